@@ -1,0 +1,31 @@
+"""job=extract: one text -> vector.safetensors (key `vector`, float32) + vector.json."""
+
+import hashlib
+import json
+
+from ..backends import make_backend
+from ..inputs import read_text
+from ..io import write_json, write_safetensors
+from . import common
+
+
+def run(cfg, out_dir) -> dict:
+    text, source = read_text(cfg.text, cfg.file)
+    chunk_list = common.chunks(cfg.pooling)
+    backend = make_backend(cfg)
+    result = backend.vectors([text], chunk_list)
+    vector = result.vectors[0]  # [C*H]
+    norm = vector.double().norm().item()
+    meta = common.metadata(cfg, backend) | {
+        "dims": vector.numel(),
+        "n_tokens": result.n_tokens[0],
+        "truncated": result.truncated[0],
+        "norm": norm,
+        "input": {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()},
+    }
+    write_safetensors(out_dir / "vector.safetensors", {"vector": vector},
+                      metadata={"actexp": json.dumps({k: meta[k] for k in ("model", "pooling", "centering")})})
+    write_json(out_dir / "vector.json", meta)
+    print(f"vector: {meta['dims']} dims ({len(chunk_list)} x {backend.metadata['hidden_size']}), "
+          f"{meta['n_tokens']} tokens{' (truncated)' if meta['truncated'] else ''}, norm {norm:.4g} -> {out_dir}")
+    return {"dims": meta["dims"], "n_tokens": meta["n_tokens"], "norm": norm}

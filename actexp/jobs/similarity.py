@@ -1,0 +1,33 @@
+"""job=similarity: cosine of two texts' vectors, overall and per chunk -> similarity.json."""
+
+import torch
+
+from ..backends import make_backend
+from ..inputs import read_text
+from ..io import write_json
+from . import common
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).item()
+
+
+def run(cfg, out_dir) -> dict:
+    text_a, source_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
+    text_b, source_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
+    chunk_list = common.chunks(cfg.pooling)
+    backend = make_backend(cfg)
+    result = backend.vectors([text_a, text_b], chunk_list)
+    a, b = result.vectors.reshape(2, len(chunk_list), -1)  # [C, H] each
+    per_chunk = {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}
+    overall = cosine(a.flatten(), b.flatten())
+    write_json(out_dir / "similarity.json", common.metadata(cfg, backend) | {
+        "cosine": overall,
+        "chunks": per_chunk,
+        "n_tokens": result.n_tokens,
+        "truncated": result.truncated,
+        "inputs": [source_a, source_b],
+    })
+    detail = ", ".join(f"{k} {v:.4f}" for k, v in per_chunk.items()) if len(chunk_list) > 1 else ""
+    print(f"cosine {overall:.4f}" + (f" (per chunk: {detail})" if detail else "") + f" -> {out_dir / 'similarity.json'}")
+    return {"cosine": overall, **{f"cosine/{k}": v for k, v in per_chunk.items()}}

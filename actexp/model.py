@@ -1,0 +1,234 @@
+"""Load a causal LM and its tokenizer: a hub id, a local checkpoint, or seeded random weights.
+
+The LM head is loaded with the checkpoint but never run: activations come from the body.
+"""
+
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
+# Where the decoder blocks live, for GPT-NeoX, Llama-style and GPT-2-style causal LMs.
+BLOCK_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HELP_MODELS = "use model=tiny (offline), or model=hf model.name_or_path=/path/to/checkpoint"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # the causal LM; its head is never run
+    body: torch.nn.Module  # embeddings, decoder blocks, final norm
+    blocks: Sequence[torch.nn.Module]
+    layer_ids: List[int]  # selected blocks, non-negative, ascending
+    tokenizer: object
+    hidden_size: int
+    max_tokens: int
+    prepend_bos: bool
+    bos_id: Optional[int]
+    device: torch.device
+    metadata: dict  # what determines the vectors: model name, revision, layers, ...
+
+    def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
+        """Token ids per text, truncated to max_tokens, and whether each was truncated."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self.prepend_bos:
+            ids = [[self.bos_id] + x for x in ids]
+        truncated = [len(x) > self.max_tokens for x in ids]
+        return [x[: self.max_tokens] for x in ids], truncated
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(mcfg, hcfg) -> LoadedModel:
+    """Build the LoadedModel described by the model and hardware config groups."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # no "sequence longer than max length" noise
+    device = torch.device(hcfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("hardware=cuda but torch sees no CUDA device: use hardware=cpu")
+    if hcfg.threads:
+        torch.set_num_threads(hcfg.threads)
+    dtype = torch_dtype(mcfg.dtype or hcfg.dtype)
+    model = _random_model(mcfg, dtype, device) if mcfg.random_init else _pretrained_model(mcfg, dtype, device)
+    model.eval().requires_grad_(False)
+    config = model.config
+    blocks = find_blocks(model, mcfg.blocks)
+    layer_ids = select_layers(mcfg.layers, len(blocks))
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    max_tokens = mcfg.max_tokens or context
+    if context and max_tokens > context:
+        raise UserError(f"model.max_tokens={max_tokens} exceeds the model's context of {context} tokens")
+    tokenizer = _tokenizer(mcfg)
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
+    if mcfg.prepend_bos and bos_id is None:
+        raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
+    metadata = {
+        "model": mcfg.name,
+        "name_or_path": mcfg.name_or_path,
+        "revision": mcfg.revision,
+        "random_init": mcfg.random_init,
+        "seed": mcfg.seed if mcfg.random_init else None,
+        "dtype": str(dtype).removeprefix("torch."),
+        "layers": "all" if layer_ids == list(range(len(blocks))) else layer_ids,
+        "prepend_bos": mcfg.prepend_bos,
+        "max_tokens": max_tokens,
+        "hidden_size": config.hidden_size,
+    }
+    return LoadedModel(model, model.base_model, blocks, layer_ids, tokenizer, config.hidden_size,
+                       max_tokens, mcfg.prepend_bos, bos_id, device, metadata)
+
+
+def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[torch.nn.Module]:
+    """The decoder block list: `path` (dotted) if given, else the first known location."""
+    for candidate in [path] if path else BLOCK_PATHS:
+        obj = model
+        for part in candidate.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+        if path:
+            raise UserError(f"model.blocks={path!r} is not a list of modules in {type(model).__name__}")
+    raise UserError(
+        f"cannot find the decoder blocks of {type(model).__name__} (looked for {', '.join(BLOCK_PATHS)}): "
+        "set model.blocks to the dotted path of its block list"
+    )
+
+
+def select_layers(layers, n_blocks: int) -> List[int]:
+    """`all` or a list of block indices (negative counts from the end) -> sorted unique indices."""
+    if layers == "all":
+        return list(range(n_blocks))
+    if isinstance(layers, int):
+        layers = [layers]
+    if isinstance(layers, str) or not all(isinstance(i, int) for i in layers) or len(layers) == 0:
+        raise UserError(f"model.layers must be all or a list of block indices, got {layers!r}")
+    bad = [i for i in layers if not -n_blocks <= i < n_blocks]
+    if bad:
+        raise UserError(f"model.layers {bad} out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})")
+    return sorted({i % n_blocks for i in layers})
+
+
+def seeded_init(model: torch.nn.Module, seed: int) -> None:
+    """Overwrite every weight from one generator, in name order: the same numbers on every machine.
+
+    Matrices and biases ~ N(0, 0.02); norm weights ~ 1 + N(0, 0.1), so no layer is an identity.
+    """
+    params = dict(model.named_parameters())
+    device = next(iter(params.values())).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name in sorted(params):
+            p = params[name]
+            if "norm" in name and name.endswith("weight"):
+                p.normal_(1.0, 0.1, generator=gen)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+
+
+def _random_model(mcfg, dtype, device):
+    from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXConfig
+
+    if mcfg.arch is not None:
+        a = mcfg.arch
+        config = GPTNeoXConfig(
+            vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers,
+            num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
+            max_position_embeddings=a.max_position_embeddings, layer_norm_eps=a.layer_norm_eps,
+            use_parallel_residual=a.use_parallel_residual, tie_word_embeddings=a.tie_word_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": a.rotary_emb_base,
+                             "partial_rotary_factor": a.rotary_pct},
+            bos_token_id=0, eos_token_id=0,
+        )
+    elif mcfg.name_or_path:
+        source = _local_source(mcfg.name_or_path) or mcfg.name_or_path
+        try:
+            config = AutoConfig.from_pretrained(source, revision=mcfg.revision, local_files_only=True,
+                                                trust_remote_code=mcfg.trust_remote_code)
+        except OSError:
+            raise UserError(f"model.random_init=true needs model.arch or a local config for {mcfg.name_or_path!r}")
+    else:
+        raise UserError("model.random_init=true needs model.arch or model.name_or_path")
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=mcfg.attn_implementation)
+    seeded_init(model, mcfg.seed)
+    return model
+
+
+def _local_source(name_or_path: str) -> Optional[str]:
+    """The local checkpoint directory meant by name_or_path, or None for a hub id."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model.name_or_path={name_or_path} is a file: give the checkpoint's directory")
+        return str(path)
+    looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if looks_like_path:
+        raise UserError(f"model directory {name_or_path} does not exist: {HELP_MODELS}")
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _pretrained_model(mcfg, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    if not mcfg.name_or_path:
+        raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
+    local = _local_source(mcfg.name_or_path)
+    kwargs = dict(revision=mcfg.revision, dtype=dtype, attn_implementation=mcfg.attn_implementation,
+                  trust_remote_code=mcfg.trust_remote_code)
+    try:
+        if local:
+            return AutoModelForCausalLM.from_pretrained(local, **kwargs).to(device)
+        try:  # a cached hub checkpoint needs no network
+            return AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, local_files_only=True, **kwargs).to(device)
+        except OSError:
+            if not _hub_reachable():  # fail in seconds instead of minutes of retries
+                raise UserError(f"cannot download {mcfg.name_or_path!r}: the Hugging Face hub is unreachable "
+                                f"and the model is not cached; {HELP_MODELS}") from None
+            return AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, **kwargs).to(device)
+    except (OSError, ValueError) as e:
+        what = f"checkpoint {local}" if local else f"hub model {mcfg.name_or_path!r}"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load {what}: {reason}; {HELP_MODELS}") from None
+
+
+def _tokenizer(mcfg):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    source = mcfg.tokenizer or (None if mcfg.random_init else _local_source(mcfg.name_or_path) or mcfg.name_or_path)
+    if source is None:
+        return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
+                                       bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return AutoTokenizer.from_pretrained(source, revision=None if mcfg.tokenizer else mcfg.revision,
+                                                 trust_remote_code=mcfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load the tokenizer from {source}: {str(e).strip().splitlines()[0]}") from None

@@ -1,0 +1,58 @@
+"""Pooling over tokens: the weight vectors of DESIGN.md section 1 and their application.
+
+Pure torch: knows nothing of models, configs or files. Weights are float64.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+KINDS = ("last", "exp", "mean")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    kind: str  # last | exp | mean
+    alpha: Optional[float] = None  # per-token decay of exp
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown pooling chunk kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind == "exp" and not (self.alpha is not None and 0.0 <= self.alpha < 1.0):
+            raise ValueError(f"an exp pooling chunk needs 0 <= alpha < 1, got {self.alpha!r}")
+
+    @property
+    def label(self) -> str:
+        return f"exp {self.alpha:g}" if self.kind == "exp" else self.kind
+
+
+def chunk_weights(chunk: Chunk, n_tokens: int) -> torch.Tensor:
+    """Weights w_t over t = 0..n_tokens-1 for one chunk, summing to 1."""
+    if n_tokens < 1:
+        raise ValueError("pooling needs at least one token")
+    t = torch.arange(n_tokens, dtype=torch.float64)  # [T]
+    if chunk.kind == "last":
+        return (t == n_tokens - 1).to(torch.float64)
+    if chunk.kind == "mean":
+        return torch.full((n_tokens,), 1.0 / n_tokens, dtype=torch.float64)
+    w = torch.tensor(1.0 - chunk.alpha, dtype=torch.float64) ** (n_tokens - 1 - t)  # [T]
+    return w / w.sum()
+
+
+def weights(chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
+    """Weights of all chunks of a mode for one text of n_tokens: [C, n_tokens] float64."""
+    return torch.stack([chunk_weights(c, n_tokens) for c in chunks])  # [C, T]
+
+
+def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
+    """Pooled vectors of a right-padded batch h [B, T, H] -> [B, C*H] float32.
+
+    Pad positions get no weight. Each text's W.h is computed in float64, one text at a time, so
+    the result does not depend on how texts were batched and needs no [B, T, H] float64 copy.
+    """
+    out = torch.empty(len(lengths), len(chunks) * h.shape[-1], dtype=torch.float32, device=h.device)  # [B, C*H]
+    for b, n in enumerate(lengths):
+        w = weights(chunks, n).to(h.device)  # [C, n]
+        out[b] = (w @ h[b, :n].to(torch.float64)).reshape(-1)
+    return out

@@ -1,0 +1,112 @@
+"""Dataclass schemas of every config group, registered in Hydra's ConfigStore.
+
+The root schema `base_config` types every group, so a misspelt key or a wrong type in a YAML
+file or on the command line fails at compose time instead of being ignored.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class JobConfig:
+    name: str = "extract"
+
+
+@dataclass
+class ArchConfig:
+    """GPT-NeoX architecture numbers, enough to build the model with `random_init=true`."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    vocab_size: int = 4096
+    max_position_embeddings: int = 2048
+    rotary_pct: float = 0.25
+    rotary_emb_base: float = 10000.0
+    use_parallel_residual: bool = True
+    layer_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: Optional[str] = None
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    random_init: bool = False
+    seed: int = 0
+    layers: Any = "all"
+    max_tokens: Optional[int] = None
+    prepend_bos: bool = False
+    blocks: Optional[str] = None
+    tokenizer: Optional[str] = None
+    arch: Optional[ArchConfig] = None
+
+
+@dataclass
+class ChunkConfig:
+    kind: str = "exp"
+    alpha: Optional[float] = None
+
+
+@dataclass
+class PoolingConfig:
+    name: str = "long"
+    chunks: List[ChunkConfig] = field(default_factory=list)
+
+
+@dataclass
+class CenteringConfig:
+    name: str = "none"
+    mean_path: str = "auto"
+    min_count: int = 1
+    tail_start: int = 0
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    backend: str = "local"
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_tokens: int = 8192
+    threads: Optional[int] = None
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+
+
+@dataclass
+class PathsConfig:
+    artifacts: str = "artifacts"
+
+
+@dataclass
+class Config:
+    job: JobConfig = field(default_factory=JobConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    centering: CenteringConfig = field(default_factory=CenteringConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    name: str = "default"
+    text: Optional[str] = None
+    file: Optional[str] = None
+    text_a: Optional[str] = None
+    text_b: Optional[str] = None
+    file_a: Optional[str] = None
+    file_b: Optional[str] = None
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
