@@ -1,0 +1,37 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from actexp.model import BUNDLED_TOKENIZER
+
+
+def _save(model, path):
+    model.save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER), bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def neox_dir(tmp_path_factory):
+    """A small GPT-NeoX checkpoint on disk, shaped unlike `tiny` (sequential residual, rotary 0.5)."""
+    torch.manual_seed(1)
+    config = GPTNeoXConfig(vocab_size=4096, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           intermediate_size=192, max_position_embeddings=512, use_parallel_residual=False,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
+    return _save(AutoModelForCausalLM.from_config(config), tmp_path_factory.mktemp("neox"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory):
+    torch.manual_seed(2)
+    config = GPT2Config(vocab_size=4096, n_embd=48, n_layer=2, n_head=4, n_positions=256)
+    return _save(AutoModelForCausalLM.from_config(config), tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=4096, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256)
+    return _save(AutoModelForCausalLM.from_config(config), tmp_path_factory.mktemp("llama"))

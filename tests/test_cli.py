@@ -1,0 +1,125 @@
+"""The extract and similarity jobs end to end: the real CLI in a subprocess."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from actexp.backends.local import LocalBackend
+from actexp.jobs.common import chunks as chunks_from_cfg
+from helpers import TEXTS, compose_cfg, rel_err, run_cli
+
+
+def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("job=extract", "pooling=long", "text=Hello world", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "512 dims" in r.stdout
+    vector = load_file(out / "vector.safetensors")["vector"]
+    assert vector.dtype == torch.float32 and vector.shape == (4 * 128,)
+    with safe_open(out / "vector.safetensors", "pt") as f:
+        assert json.loads(f.metadata()["actexp"])["pooling"]["name"] == "long"
+    meta = json.loads((out / "vector.json").read_text())
+    assert meta["model"]["model"] == "tiny" and meta["pooling"]["labels"][0] == "last"
+    assert meta["centering"] == {"name": "none", "mean": None}
+    assert meta["n_tokens"] == 4 and meta["truncated"] is False and meta["input"]["source"] == "text"
+    assert meta["norm"] == pytest.approx(vector.double().norm().item())
+    # The seeded tiny model gives the same vector in another process.
+    cfg = compose_cfg("pooling=long")
+    here = LocalBackend(cfg.model, cfg.hardware).vectors(["Hello world"], chunks_from_cfg(cfg.pooling))
+    assert torch.equal(here.vectors[0], vector)
+
+
+def test_extract_from_file_short_and_default_output_dir(tmp_path):
+    (tmp_path / "doc.txt").write_text(TEXTS[2], encoding="utf-8")
+    r = run_cli("pooling=short", "file=doc.txt", "model.max_tokens=16", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    [run_dir] = (tmp_path / "experiments" / "extract").iterdir()
+    meta = json.loads((run_dir / "vector.json").read_text())
+    assert meta["dims"] == 128 and meta["n_tokens"] == 16 and meta["truncated"] is True
+    assert meta["input"]["source"].endswith("doc.txt")
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert "truncated" in r.stderr + r.stdout + (run_dir / "run.log").read_text()
+
+
+def test_similarity_per_chunk(tmp_path):
+    out = tmp_path / "sim"
+    (tmp_path / "b.txt").write_text(TEXTS[1], encoding="utf-8")
+    r = run_cli("job=similarity", f"text_a={TEXTS[1]}", "file_b=b.txt", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sim = json.loads((out / "similarity.json").read_text())
+    assert sim["cosine"] == pytest.approx(1.0, abs=1e-6)  # the same text twice
+    assert list(sim["chunks"]) == ["last", "exp 0.023", "exp 0.067", "exp 0.159"]
+    out2 = tmp_path / "sim2"
+    (tmp_path / "long.txt").write_text(TEXTS[2], encoding="utf-8")
+    r = run_cli("job=similarity", "pooling=short", "text_a=Cats purr.", "file_b=long.txt",
+                f"hydra.run.dir={out2}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    sim = json.loads((out2 / "similarity.json").read_text())
+    assert -1 <= sim["cosine"] < 0.9999 and list(sim["chunks"]) == ["exp 0.067"]
+    assert sim["n_tokens"][0] < sim["n_tokens"][1]
+    cfg = compose_cfg("pooling=short")
+    v = LocalBackend(cfg.model, cfg.hardware).vectors(["Cats purr.", TEXTS[2]], chunks_from_cfg(cfg.pooling)).vectors
+    assert sim["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(v[0:1], v[1:2]).item(), abs=1e-6)
+
+
+def _bad_inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / "blob.bin").write_bytes(b"\x00\x01\x02binary")
+    return {
+        "empty text": (["text="], "text is empty"),
+        "empty file": (["file=empty.txt"], "is empty"),
+        "missing file": (["file=nope.txt"], "does not exist"),
+        "not utf-8": (["file=latin1.txt"], "not UTF-8"),
+        "binary": (["file=blob.bin"], "not text"),
+        "no input": ([], "nothing to read"),
+        "both inputs": (["text=a", "file=empty.txt"], "not both"),
+        "similarity missing b": (["job=similarity", "text_a=a"], "text_b"),
+        "unknown pooling": (["pooling=medium", "text=a"], "pooling/medium"),
+        "unknown model": (["model=gpt5", "text=a"], "model/gpt5"),
+        "unknown key": (["colour=red", "text=a"], "colour"),
+        "typo in group key": (["model.layer=3", "text=a"], "model.layer"),
+        "wrong type": (["hardware.batch_tokens=many", "text=a"], "batch_tokens"),
+        "missing model dir": (["model=hf", "model.name_or_path=./no/such/dir", "text=a"], "does not exist"),
+        "bad layers": (["model.layers=[7]", "text=a"], "out of range"),
+    }
+
+
+def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
+    for name, (args, expected) in _bad_inputs(tmp_path).items():
+        r = run_cli(*args, cwd=tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2, (name, r.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (name, r.stderr)
+        assert "Traceback" not in r.stderr + r.stdout
+        assert not (tmp_path / "experiments").exists() or not any((tmp_path / "experiments").rglob("*")), name
+
+
+def test_full_error_shows_the_traceback(tmp_path):
+    r = run_cli("text=", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "text is empty" in r.stderr
+
+
+def test_text_with_commas_can_be_quoted(tmp_path):
+    r = run_cli("text='Hello, world'", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "vector.json").read_text())["n_tokens"] > 2
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    r = run_cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for line in ("job: extract, similarity", "pooling: long, short", "hardware: cpu, cuda", "centering: none"):
+        assert line in r.stdout
+    assert "pythia-12b" in r.stdout and "tiny" in r.stdout
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "actexp"
+    assert script.exists() or shutil.which("actexp")

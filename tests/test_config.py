@@ -1,0 +1,52 @@
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from actexp.run import CONF
+from helpers import compose_cfg
+
+GROUPS = ["job", "model", "pooling", "centering", "hardware", "logger"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes(group):
+    assert options(group), f"conf/{group} is empty"
+    for option in options(group):
+        extra = ["model.name_or_path=/some/dir"] if (group, option) == ("model", "hf") else []
+        cfg = compose_cfg(f"{group}={option}", *extra)
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        assert container[group]["name"] == (option if (group, option) != ("model", "hf") else "/some/dir")
+
+
+def test_pythia_configs_carry_their_architecture():
+    cfg = compose_cfg("model=pythia-12b")
+    assert cfg.model.name_or_path == "EleutherAI/pythia-12b" and not cfg.model.random_init
+    a = cfg.model.arch
+    assert (a.hidden_size, a.num_hidden_layers, a.num_attention_heads, a.intermediate_size, a.vocab_size) == (
+        5120, 36, 40, 20480, 50688)
+    assert (a.rotary_pct, a.use_parallel_residual, a.max_position_embeddings) == (0.25, True, 2048)
+
+
+def test_defaults():
+    cfg = compose_cfg()
+    assert (cfg.job.name, cfg.model.name, cfg.pooling.name, cfg.centering.name, cfg.hardware.name) == (
+        "extract", "tiny", "long", "none", "cpu")
+    assert cfg.name == "extract"
+
+
+def test_typo_in_a_key_fails():
+    with pytest.raises(ConfigCompositionException, match="pooling.chunkz"):
+        compose_cfg("pooling.chunkz=[]")
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg("model.max_tokens=lots")
+
+
+def test_typo_inside_a_yaml_file_fails(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "typo.yaml").write_text("name: typo\nrandom_inti: true\n")
+    with pytest.raises(ConfigCompositionException, match="random_inti"):
+        compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "model=typo")
