@@ -3,7 +3,6 @@
 The LM head is loaded with the checkpoint but never run: activations come from the body.
 """
 
-import logging
 import os
 import socket
 import warnings
@@ -15,8 +14,6 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import UserError
-
-log = logging.getLogger(__name__)
 
 BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
 # Where the decoder blocks live, for GPT-NeoX, Llama-style and GPT-2-style causal LMs.
@@ -194,41 +191,47 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _load(loader, source: str, local: bool, what: str, **kwargs):
+    """loader.from_pretrained(source): a local dir, else the hub cache, else the hub if reachable."""
+    try:
+        if local:
+            return loader.from_pretrained(source, **kwargs)
+        try:  # a cached hub checkpoint needs no network
+            return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        except OSError:
+            if not _hub_reachable():  # fail in seconds instead of minutes of retries
+                raise UserError(f"cannot download {what} {source!r}: the Hugging Face hub is unreachable "
+                                f"and it is not cached; {HELP_MODELS}") from None
+            return loader.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load {what} {source}: {reason}; {HELP_MODELS}") from None
+
+
 def _pretrained_model(mcfg, dtype, device):
     from transformers import AutoModelForCausalLM
 
     if not mcfg.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
     local = _local_source(mcfg.name_or_path)
-    kwargs = dict(revision=mcfg.revision, dtype=dtype, attn_implementation=mcfg.attn_implementation,
+    model = _load(AutoModelForCausalLM, local or mcfg.name_or_path, bool(local), "checkpoint" if local else "hub model",
+                  revision=mcfg.revision, dtype=dtype, attn_implementation=mcfg.attn_implementation,
                   trust_remote_code=mcfg.trust_remote_code)
-    try:
-        if local:
-            return AutoModelForCausalLM.from_pretrained(local, **kwargs).to(device)
-        try:  # a cached hub checkpoint needs no network
-            return AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, local_files_only=True, **kwargs).to(device)
-        except OSError:
-            if not _hub_reachable():  # fail in seconds instead of minutes of retries
-                raise UserError(f"cannot download {mcfg.name_or_path!r}: the Hugging Face hub is unreachable "
-                                f"and the model is not cached; {HELP_MODELS}") from None
-            return AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, **kwargs).to(device)
-    except (OSError, ValueError) as e:
-        what = f"checkpoint {local}" if local else f"hub model {mcfg.name_or_path!r}"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load {what}: {reason}; {HELP_MODELS}") from None
+    return model.to(device)
 
 
 def _tokenizer(mcfg):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    source = mcfg.tokenizer or (None if mcfg.random_init else _local_source(mcfg.name_or_path) or mcfg.name_or_path)
-    if source is None:
+    if mcfg.tokenizer:
+        source, revision = mcfg.tokenizer, None
+    elif not mcfg.random_init:
+        source, revision = mcfg.name_or_path, mcfg.revision
+    else:  # random weights: the bundled tokenizer, so the vectors depend on nothing downloaded
         return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return AutoTokenizer.from_pretrained(source, revision=None if mcfg.tokenizer else mcfg.revision,
-                                                 trust_remote_code=mcfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the tokenizer from {source}: {str(e).strip().splitlines()[0]}") from None
+    local = _local_source(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _load(AutoTokenizer, local or source, bool(local), "tokenizer", revision=revision,
+                     trust_remote_code=mcfg.trust_remote_code)

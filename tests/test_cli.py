@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from actexp.backends.local import LocalBackend
 from actexp.jobs.common import chunks as chunks_from_cfg
-from helpers import TEXTS, compose_cfg, rel_err, run_cli
+from helpers import TEXTS, compose_cfg, run_cli
 
 
 def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
