@@ -11,19 +11,22 @@ import torch
 from .model import LoadedModel
 
 
-def token_budget_batches(lengths: Sequence[int], batch_tokens: int) -> List[List[int]]:
-    """Group indices into batches whose padded size (count x longest) fits batch_tokens.
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_padding: float = 0.1) -> List[List[int]]:
+    """Group indices into batches of similar length whose padded size (count x longest) fits batch_tokens.
 
-    Longest first, so each batch's first text sets its width; a text longer than the budget
-    goes alone.
+    Longest first, so each batch's first text sets its width. A text joins the open batch only if
+    padding it costs at most max_padding of its own length, which bounds the pad tokens of the
+    whole run by max_padding x the real tokens. A text longer than the budget goes alone.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: List[List[int]] = []
     for i in order:
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= batch_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
+        if batches:
+            width = lengths[batches[-1][0]]
+            if (len(batches[-1]) + 1) * width <= batch_tokens and width - lengths[i] <= max_padding * lengths[i]:
+                batches[-1].append(i)
+                continue
+        batches.append([i])
     return batches
 
 
@@ -71,7 +74,7 @@ class LayerMean:
         return h
 
 
-def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int
+def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int, max_padding: float = 0.1
            ) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
     """Yield (indices into ids, h [B, T, H] float32, lengths) per token-budget batch."""
     lengths = [len(x) for x in ids]
@@ -79,7 +82,7 @@ def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int
         raise ValueError("every text needs at least one token")
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
     pad = lm.bos_id if lm.bos_id is not None else 0  # any valid id: pad positions are never read
-    for batch in token_budget_batches(lengths, batch_tokens):
+    for batch in token_budget_batches(lengths, batch_tokens, max_padding):
         width = lengths[batch[0]]
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, T]
         for row, i in enumerate(batch):

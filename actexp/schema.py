@@ -77,6 +77,7 @@ class HardwareConfig:
     device: str = "cpu"
     dtype: str = "float32"
     batch_tokens: int = 8192
+    max_padding: float = 0.1
     threads: Optional[int] = None
 
 

@@ -9,17 +9,19 @@ from actexp.model import load_model
 from helpers import LONG, TEXTS, compose_cfg, reference_stream, reference_vector, rel_err
 
 
-def test_token_budget_batches_cover_every_text_once_within_budget():
-    lengths = [5, 300, 1, 40, 40, 7, 1200, 2]
-    batches = token_budget_batches(lengths, 256)
+def test_token_budget_batches_cover_every_text_once_within_budget_and_padding():
+    lengths = [5, 300, 1, 40, 40, 7, 1200, 2, 38, 290, 37]
+    batches = token_budget_batches(lengths, 256, max_padding=0.1)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         widths = [lengths[i] for i in b]
         assert widths == sorted(widths, reverse=True)  # longest first: it sets the padded width
         assert len(b) == 1 or len(b) * widths[0] <= 256
+        assert all(widths[0] - w <= 0.1 * w for w in widths)
     assert [6] in batches and [1] in batches  # texts over the budget go alone
-    pad = sum(len(b) * lengths[b[0]] for b in batches) - sum(lengths)
-    assert pad / sum(lengths) < 0.1
+    assert [3, 4, 8, 10] in batches  # 40, 40, 38, 37: similar lengths share a batch
+    # Without the padding bound, the budget alone decides.
+    assert token_budget_batches(lengths, 256, max_padding=1000)[-2:] == [[3, 4, 8, 10, 5, 0], [7, 2]]
 
 
 def _lm(*overrides):
@@ -59,11 +61,11 @@ def test_layer_subset_stops_early_and_matches_reference():
 
 def test_batched_equals_one_text_at_a_time():
     for pooling in ("short", "long"):
-        cfg = compose_cfg(f"pooling={pooling}", "hardware.batch_tokens=2048")
+        cfg = compose_cfg(f"pooling={pooling}", "hardware.batch_tokens=2048", "hardware.max_padding=1000")
         backend = LocalBackend(cfg.model, cfg.hardware)
         chunks = chunks_from_cfg(cfg.pooling)
         batched = backend.vectors(TEXTS, chunks)
-        assert len(token_budget_batches(batched.n_tokens, 2048)) < len(TEXTS)  # really batched together
+        assert len(token_budget_batches(batched.n_tokens, 2048, 1000)) == 1  # all in one padded batch
         for i, text in enumerate(TEXTS):
             alone = backend.vectors([text], chunks).vectors[0]
             assert rel_err(batched.vectors[i], alone) < 1e-5

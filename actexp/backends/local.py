@@ -23,7 +23,7 @@ class Vectors:
 class LocalBackend:
     def __init__(self, model_cfg, hardware_cfg):
         self.lm = load_model(model_cfg, hardware_cfg)
-        self.batch_tokens = hardware_cfg.batch_tokens
+        self.batch_tokens, self.max_padding = hardware_cfg.batch_tokens, hardware_cfg.max_padding
 
     @property
     def metadata(self) -> dict:
@@ -38,6 +38,6 @@ class LocalBackend:
         if empty:
             raise ValueError(f"texts {empty} have no tokens")
         out = torch.empty(len(texts), len(chunks) * self.lm.hidden_size, dtype=torch.float32)  # [N, C*H]
-        for batch, h, lengths in stream(self.lm, ids, self.batch_tokens):
+        for batch, h, lengths in stream(self.lm, ids, self.batch_tokens, self.max_padding):
             out[batch] = pool(h, lengths, chunks).cpu()
         return Vectors(out, [len(x) for x in ids], truncated)
