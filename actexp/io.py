@@ -1,10 +1,12 @@
-"""Atomic writes: a file appears whole under its final name or not at all."""
+"""Files: atomic writes (a file appears whole under its final name or not at all) and vector CSVs."""
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -38,3 +40,34 @@ def write_json(path: Path, obj) -> Path:
 def write_safetensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
+def write_matrix_csv(path: Path, vectors: torch.Tensor, names: Sequence[str]) -> Path:
+    """Vectors [N, D] as a CSV with one column per vector and one row per dim (first column `dim`).
+
+    '%.9g' keeps every float32 exactly: 9 significant digits round-trip any float32.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dim", *names])
+    for d, row in enumerate(vectors.to(torch.float32).T.tolist()):
+        writer.writerow([d, *("%.9g" % x for x in row)])
+    return write_text(path, buf.getvalue())
+
+
+def read_matrix_csv(path: Path) -> Tuple[torch.Tensor, List[str]]:
+    """(vectors [N, D] float32, column names) of a CSV written by write_matrix_csv."""
+    from .errors import UserError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        header, body = rows[0], rows[1:]
+        if not header or header[0] != "dim" or len(header) < 2:
+            raise ValueError("the first row must be dim,<sample>,...")
+        values = torch.tensor([[float(x) for x in r[1:]] for r in body], dtype=torch.float32)  # [D, N]
+        if values.shape != (len(body), len(header) - 1):
+            raise ValueError("rows have different lengths")
+    except (OSError, UnicodeDecodeError, ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"{path} is not a vector CSV of the csv job ({e})") from None
+    return values.T.contiguous(), header[1:]

@@ -37,18 +37,67 @@ class LoadedModel:
     metadata: dict  # what determines the vectors: model name, revision, layers, ...
 
     def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
-        """Token ids per text, truncated to max_tokens, and whether each was truncated."""
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        if self.prepend_bos:
-            ids = [[self.bos_id] + x for x in ids]
-        truncated = [len(x) > self.max_tokens for x in ids]
-        return [x[: self.max_tokens] for x in ids], truncated
+        return encode(self.tokenizer, texts, self.max_tokens, self.bos_id if self.prepend_bos else None)
+
+
+def encode(tokenizer, texts: Sequence[str], max_tokens: int, bos_id: Optional[int] = None
+           ) -> Tuple[List[List[int]], List[bool]]:
+    """Token ids per text (with bos_id first if given), truncated to max_tokens, and whether each was."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    if bos_id is not None:
+        ids = [[bos_id] + x for x in ids]
+    truncated = [len(x) > max_tokens for x in ids]
+    return [x[:max_tokens] for x in ids], truncated
 
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}: use one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def model_config(mcfg):
+    """The transformers config of the model, without its weights: from `arch`, or a checkpoint's config."""
+    from transformers import AutoConfig, GPTNeoXConfig
+
+    if mcfg.arch is not None:
+        a = mcfg.arch
+        return GPTNeoXConfig(
+            vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers,
+            num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
+            max_position_embeddings=a.max_position_embeddings, layer_norm_eps=a.layer_norm_eps,
+            use_parallel_residual=a.use_parallel_residual, tie_word_embeddings=a.tie_word_embeddings,
+            rope_parameters={"rope_type": "default", "rope_theta": a.rotary_emb_base,
+                             "partial_rotary_factor": a.rotary_pct},
+            bos_token_id=0, eos_token_id=0,
+        )
+    if not mcfg.name_or_path:
+        raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
+    local = _local_source(mcfg.name_or_path)
+    return _load(AutoConfig, local or mcfg.name_or_path, bool(local), "checkpoint" if local else "hub model",
+                 revision=mcfg.revision, trust_remote_code=mcfg.trust_remote_code)
+
+
+def identity(mcfg, config=None) -> dict:
+    """What determines a model's activations (and so which corpus means fit it), from config alone."""
+    config = config or model_config(mcfg)
+    n_blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    layer_ids = select_layers(mcfg.layers, n_blocks)
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    max_tokens = mcfg.max_tokens or context
+    if context and max_tokens > context:
+        raise UserError(f"model.max_tokens={max_tokens} exceeds the model's context of {context} tokens")
+    return {
+        "model": mcfg.name,
+        "name_or_path": mcfg.name_or_path,
+        "revision": mcfg.revision,
+        "random_init": mcfg.random_init,
+        "seed": mcfg.seed if mcfg.random_init else None,
+        "layers": "all" if layer_ids == list(range(n_blocks)) else layer_ids,
+        "prepend_bos": mcfg.prepend_bos,
+        "max_tokens": max_tokens,
+        "hidden_size": config.hidden_size,
+    }
 
 
 def load_model(mcfg, hcfg) -> LoadedModel:
@@ -64,31 +113,15 @@ def load_model(mcfg, hcfg) -> LoadedModel:
     dtype = torch_dtype(mcfg.dtype or hcfg.dtype)
     model = _random_model(mcfg, dtype, device) if mcfg.random_init else _pretrained_model(mcfg, dtype, device)
     model.eval().requires_grad_(False)
-    config = model.config
     blocks = find_blocks(model, mcfg.blocks)
+    meta = identity(mcfg, model.config) | {"dtype": str(dtype).removeprefix("torch.")}
     layer_ids = select_layers(mcfg.layers, len(blocks))
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    max_tokens = mcfg.max_tokens or context
-    if context and max_tokens > context:
-        raise UserError(f"model.max_tokens={max_tokens} exceeds the model's context of {context} tokens")
-    tokenizer = _tokenizer(mcfg)
-    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
+    tokenizer = load_tokenizer(mcfg)
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(model.config, "bos_token_id", None)
     if mcfg.prepend_bos and bos_id is None:
         raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
-    metadata = {
-        "model": mcfg.name,
-        "name_or_path": mcfg.name_or_path,
-        "revision": mcfg.revision,
-        "random_init": mcfg.random_init,
-        "seed": mcfg.seed if mcfg.random_init else None,
-        "dtype": str(dtype).removeprefix("torch."),
-        "layers": "all" if layer_ids == list(range(len(blocks))) else layer_ids,
-        "prepend_bos": mcfg.prepend_bos,
-        "max_tokens": max_tokens,
-        "hidden_size": config.hidden_size,
-    }
-    return LoadedModel(model, model.base_model, blocks, layer_ids, tokenizer, config.hidden_size,
-                       max_tokens, mcfg.prepend_bos, bos_id, device, metadata)
+    return LoadedModel(model, model.base_model, blocks, layer_ids, tokenizer, meta["hidden_size"],
+                       meta["max_tokens"], mcfg.prepend_bos, bos_id, device, meta)
 
 
 def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[torch.nn.Module]:
@@ -139,28 +172,11 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
 
 
 def _random_model(mcfg, dtype, device):
-    from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXConfig
+    from transformers import AutoModelForCausalLM
 
-    if mcfg.arch is not None:
-        a = mcfg.arch
-        config = GPTNeoXConfig(
-            vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers,
-            num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
-            max_position_embeddings=a.max_position_embeddings, layer_norm_eps=a.layer_norm_eps,
-            use_parallel_residual=a.use_parallel_residual, tie_word_embeddings=a.tie_word_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": a.rotary_emb_base,
-                             "partial_rotary_factor": a.rotary_pct},
-            bos_token_id=0, eos_token_id=0,
-        )
-    elif mcfg.name_or_path:
-        source = _local_source(mcfg.name_or_path) or mcfg.name_or_path
-        try:
-            config = AutoConfig.from_pretrained(source, revision=mcfg.revision, local_files_only=True,
-                                                trust_remote_code=mcfg.trust_remote_code)
-        except OSError:
-            raise UserError(f"model.random_init=true needs model.arch or a local config for {mcfg.name_or_path!r}")
-    else:
+    if mcfg.arch is None and not mcfg.name_or_path:
         raise UserError("model.random_init=true needs model.arch or model.name_or_path")
+    config = model_config(mcfg)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=mcfg.attn_implementation)
     seeded_init(model, mcfg.seed)
@@ -180,7 +196,7 @@ def _local_source(name_or_path: str) -> Optional[str]:
     return None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -199,7 +215,7 @@ def _load(loader, source: str, local: bool, what: str, **kwargs):
         try:  # a cached hub checkpoint needs no network
             return loader.from_pretrained(source, local_files_only=True, **kwargs)
         except OSError:
-            if not _hub_reachable():  # fail in seconds instead of minutes of retries
+            if not hub_reachable():  # fail in seconds instead of minutes of retries
                 raise UserError(f"cannot download {what} {source!r}: the Hugging Face hub is unreachable "
                                 f"and it is not cached; {HELP_MODELS}") from None
             return loader.from_pretrained(source, **kwargs)
@@ -220,7 +236,7 @@ def _pretrained_model(mcfg, dtype, device):
     return model.to(device)
 
 
-def _tokenizer(mcfg):
+def load_tokenizer(mcfg):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if mcfg.tokenizer:

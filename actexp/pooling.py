@@ -45,14 +45,18 @@ def weights(chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
     return torch.stack([chunk_weights(c, n_tokens) for c in chunks])  # [C, T]
 
 
-def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
+def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
+         mean: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Pooled vectors of a right-padded batch h [B, T, H] -> [B, C*H] float32.
 
-    Pad positions get no weight. Each text's W.h is computed in float64, one text at a time, so
-    the result does not depend on how texts were batched and needs no [B, T, H] float64 copy.
+    With `mean` [P, H] (a per-position corpus mean) the pooled quantity is h_t - mean_t: the
+    centred vector. Pad positions get no weight. Each text is done alone in float64, so the
+    result does not depend on how texts were batched and needs no [B, T, H] float64 copy.
     """
     out = torch.empty(len(lengths), len(chunks) * h.shape[-1], dtype=torch.float32, device=h.device)  # [B, C*H]
     for b, n in enumerate(lengths):
-        w = weights(chunks, n).to(h.device)  # [C, n]
-        out[b] = (w @ h[b, :n].to(torch.float64)).reshape(-1)
+        x = h[b, :n].to(torch.float64)  # [n, H]
+        if mean is not None:
+            x = x - mean[:n].to(torch.float64)
+        out[b] = (weights(chunks, n).to(h.device) @ x).reshape(-1)
     return out

@@ -66,8 +66,8 @@ class PoolingConfig:
 class CenteringConfig:
     name: str = "none"
     mean_path: str = "auto"
-    min_count: int = 1
-    tail_start: int = 0
+    min_count: int = 8
+    tail_start: int = 32
 
 
 @dataclass
@@ -79,6 +79,33 @@ class HardwareConfig:
     batch_tokens: int = 8192
     max_padding: float = 0.1
     threads: Optional[int] = None
+
+
+@dataclass
+class CorpusConfig:
+    name: str = "stdlib_docs"
+    source: str = "stdlib_docs"
+    path: Optional[str] = None
+    dataset: Optional[str] = None
+    split: str = "train"
+    text_field: str = "text"
+    min_chars: int = 0
+    max_docs: Optional[int] = None
+    shard_size: int = 64
+
+
+@dataclass
+class MeanConfig:
+    stage: str = "all"
+    checkpoint_every: int = 8
+
+
+@dataclass
+class CompareConfig:
+    raw_csv: Optional[str] = None
+    centered_csv: Optional[str] = None
+    use_samples: bool = False
+    tolerance: float = 1e-4
 
 
 @dataclass
@@ -98,7 +125,10 @@ class Config:
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     centering: CenteringConfig = field(default_factory=CenteringConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    mean: MeanConfig = field(default_factory=MeanConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "default"
     text: Optional[str] = None

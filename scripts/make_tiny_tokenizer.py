@@ -26,7 +26,7 @@ def main():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(python_docs(), trainer=trainer)
+    tok.train_from_iterator((doc.text for doc in python_docs()), trainer=trainer)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     tok.save(str(OUT))
     print(f"wrote {OUT} ({tok.get_vocab_size()} tokens)")

@@ -37,7 +37,7 @@ def main():
         cfg = compose("config", overrides=["pooling=long", *args])
     backend = LocalBackend(cfg.model, cfg.hardware)
     chunks = chunks_from_cfg(cfg.pooling)
-    texts = list(islice(python_docs(min_chars=300), n_docs))
+    texts = [doc.text for doc in islice(python_docs(min_chars=300), n_docs)]
     tokens = sum(backend.vectors(texts, chunks).n_tokens)
     batched = timed(lambda: backend.vectors(texts, chunks))
     single = timed(lambda: [backend.vectors([t], chunks) for t in texts])

@@ -67,8 +67,8 @@ def test_batched_equals_one_text_at_a_time():
         batched = backend.vectors(TEXTS, chunks)
         assert len(token_budget_batches(batched.n_tokens, 2048, 1000)) == 1  # all in one padded batch
         for i, text in enumerate(TEXTS):
-            alone = backend.vectors([text], chunks).vectors[0]
-            assert rel_err(batched.vectors[i], alone) < 1e-5
+            alone = backend.vectors([text], chunks).raw[0]
+            assert rel_err(batched.raw[i], alone) < 1e-5
 
 
 def test_vectors_match_the_design_math():
@@ -79,7 +79,7 @@ def test_vectors_match_the_design_math():
         ids = backend.lm.encode([text])[0][0]
         assert out.n_tokens[i] == len(ids)
         ref = reference_vector(backend.lm.model, backend.lm.blocks, ids, LONG)
-        assert rel_err(out.vectors[i], ref) < 1e-5
+        assert rel_err(out.raw[i], ref) < 1e-5
 
 
 def test_stream_yields_every_text_once_with_lengths():

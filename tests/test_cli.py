@@ -32,7 +32,7 @@ def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
     # The seeded tiny model gives the same vector in another process.
     cfg = compose_cfg("pooling=long")
     here = LocalBackend(cfg.model, cfg.hardware).vectors(["Hello world"], chunks_from_cfg(cfg.pooling))
-    assert torch.equal(here.vectors[0], vector)
+    assert torch.equal(here.raw[0], vector)
 
 
 def test_extract_from_file_short_and_default_output_dir(tmp_path):
@@ -64,7 +64,7 @@ def test_similarity_per_chunk(tmp_path):
     assert -1 <= sim["cosine"] < 0.9999 and list(sim["chunks"]) == ["exp 0.067"]
     assert sim["n_tokens"][0] < sim["n_tokens"][1]
     cfg = compose_cfg("pooling=short")
-    v = LocalBackend(cfg.model, cfg.hardware).vectors(["Cats purr.", TEXTS[2]], chunks_from_cfg(cfg.pooling)).vectors
+    v = LocalBackend(cfg.model, cfg.hardware).vectors(["Cats purr.", TEXTS[2]], chunks_from_cfg(cfg.pooling)).raw
     assert sim["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(v[0:1], v[1:2]).item(), abs=1e-6)
 
 

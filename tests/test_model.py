@@ -23,8 +23,8 @@ def test_hf_checkpoint_loads_through_from_pretrained_and_matches_the_math(neox_d
     for i, text in enumerate(TEXTS):
         ids = backend.lm.encode([text])[0][0]
         ref = reference_vector(reference, reference.gpt_neox.layers, ids, spec)
-        assert out.vectors[i].shape == (len(spec) * 64,)
-        assert rel_err(out.vectors[i], ref) < 1e-5
+        assert out.raw[i].shape == (len(spec) * 64,)
+        assert rel_err(out.raw[i], ref) < 1e-5
 
 
 def test_layers_and_prepend_bos_follow_the_config(neox_dir):
@@ -34,7 +34,7 @@ def test_layers_and_prepend_bos_follow_the_config(neox_dir):
     assert ids[0] == 0 and backend.lm.metadata["layers"] == [2]
     reference = AutoModelForCausalLM.from_pretrained(neox_dir).eval()
     ref = reference_vector(reference, reference.gpt_neox.layers, ids, SHORT, layers=[2])
-    assert rel_err(backend.vectors([TEXTS[1]], chunks).vectors[0], ref) < 1e-5
+    assert rel_err(backend.vectors([TEXTS[1]], chunks).raw[0], ref) < 1e-5
 
 
 @pytest.mark.parametrize("fixture,attr", [("gpt2_dir", "transformer.h"), ("llama_dir", "model.layers")])
@@ -46,7 +46,7 @@ def test_other_families_find_their_blocks(request, fixture, attr):
         obj = getattr(obj, part)
     assert backend.lm.blocks is obj
     out = backend.vectors(TEXTS[:2], chunks)
-    assert out.vectors.shape == (2, 4 * 48) and torch.isfinite(out.vectors).all()
+    assert out.raw.shape == (2, 4 * 48) and torch.isfinite(out.raw).all()
 
 
 def test_unknown_architecture_names_the_setting():

@@ -4,7 +4,7 @@ import importlib
 
 from ..errors import UserError
 
-NAMES = ("extract", "similarity")
+NAMES = ("extract", "similarity", "mean", "compare")
 
 
 def get(name: str):

@@ -1,12 +1,21 @@
-"""What several jobs share: pooling chunks from config and the metadata every output carries."""
+"""What several jobs share: pooling chunks from config, the corpus mean to centre with, and the
+metadata every output carries."""
 
-from typing import List
+import shlex
+from pathlib import Path
+from typing import List, Optional
 
 from omegaconf import OmegaConf
 
 from .. import __version__
+from ..artifacts import find_means, mismatch
+from ..centering import CorpusMean
 from ..errors import UserError
+from ..model import identity
 from ..pooling import Chunk
+
+# Overrides that decide which corpus mean fits: repeated in the command we suggest.
+MEAN_GROUPS = ("model", "hardware", "corpus", "paths", "centering.min_count", "centering.tail_start")
 
 
 def chunks(pooling_cfg) -> List[Chunk]:
@@ -18,12 +27,54 @@ def chunks(pooling_cfg) -> List[Chunk]:
         raise UserError(f"pooling={pooling_cfg.name}: {e}") from None
 
 
-def metadata(cfg, backend) -> dict:
+def mean_command() -> str:
+    """The command that computes the corpus mean for the current model overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keep = [o for o in overrides if o.lstrip("+~").startswith(MEAN_GROUPS)]
+    return " ".join(["python -m actexp.run job=mean", *map(shlex.quote, keep)])
+
+
+def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
+    """The mean named by the centering group (None for centering=none unless required), checked
+    against the model before any weights are loaded."""
+    if cfg.centering.name == "none" and not required:
+        return None
+    model_id = identity(cfg.model)
+    if cfg.centering.mean_path == "auto":
+        found = find_means(cfg.paths.artifacts, model_id)
+        if not found:
+            raise UserError(f"no corpus mean for model {model_id['model']} (layers {model_id['layers']}, "
+                            f"max_tokens {model_id['max_tokens']}) in {Path(cfg.paths.artifacts) / 'means'}: "
+                            f"compute it with `{mean_command()}`")
+        path = found[0]
+    else:
+        path = Path(cfg.centering.mean_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"centering.mean_path={path} does not exist: compute a mean with `{mean_command()}`")
+    mean = CorpusMean.load(path)
+    diff = mismatch(mean.metadata, model_id)
+    if diff is None and tuple(mean.mean.shape) != (model_id["max_tokens"], model_id["hidden_size"]):
+        diff = f"shape {tuple(mean.mean.shape)} (this model needs {(model_id['max_tokens'], model_id['hidden_size'])})"
+    if diff:
+        raise UserError(f"corpus mean {path} does not fit this model: it has {diff}; compute one with `{mean_command()}`")
+    return mean
+
+
+def centering_metadata(cfg, mean: Optional[CorpusMean]) -> dict:
+    if mean is None:
+        return {"name": cfg.centering.name, "mean": None}
+    keys = ("mean_id", "corpus", "docs", "tokens", "min_count", "tail_start")
+    return {"name": cfg.centering.name, "mean": {"path": str(mean.path)} | {k: mean.metadata.get(k) for k in keys}}
+
+
+def metadata(cfg, backend, mean: Optional[CorpusMean] = None) -> dict:
     """Model, pooling and centring: what determines a vector."""
     return {
         "actexp_version": __version__,
         "model": backend.metadata,
         "pooling": {"name": cfg.pooling.name, "chunks": OmegaConf.to_container(cfg.pooling.chunks),
                     "labels": [c.label for c in chunks(cfg.pooling)]},
-        "centering": {"name": cfg.centering.name, "mean": None},
+        "centering": centering_metadata(cfg, mean),
     }

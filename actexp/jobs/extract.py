@@ -12,11 +12,12 @@ from . import common
 def run(cfg, out_dir) -> dict:
     text, source = read_text(cfg.text, cfg.file)
     chunk_list = common.chunks(cfg.pooling)
+    mean = common.corpus_mean(cfg)
     backend = make_backend(cfg)
-    result = backend.vectors([text], chunk_list)
-    vector = result.vectors[0]  # [C*H]
+    result = backend.vectors([text], chunk_list, None if mean is None else mean.mean)
+    vector = (result.raw if mean is None else result.centered)[0]  # [C*H]
     norm = vector.double().norm().item()
-    meta = common.metadata(cfg, backend) | {
+    meta = common.metadata(cfg, backend, mean) | {
         "dims": vector.numel(),
         "n_tokens": result.n_tokens[0],
         "truncated": result.truncated[0],
@@ -27,5 +28,6 @@ def run(cfg, out_dir) -> dict:
                       metadata={"actexp": json.dumps({k: meta[k] for k in ("model", "pooling", "centering")})})
     write_json(out_dir / "vector.json", meta)
     print(f"vector: {meta['dims']} dims ({len(chunk_list)} x {backend.metadata['hidden_size']}), "
-          f"{meta['n_tokens']} tokens{' (truncated)' if meta['truncated'] else ''}, norm {norm:.4g} -> {out_dir}")
+          f"{meta['n_tokens']} tokens{' (truncated)' if meta['truncated'] else ''}, "
+          f"{'centred' if mean else 'raw'}, norm {norm:.4g} -> {out_dir}")
     return {"dims": meta["dims"], "n_tokens": meta["n_tokens"], "norm": norm}

@@ -16,12 +16,13 @@ def run(cfg, out_dir) -> dict:
     text_a, source_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
     text_b, source_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)
+    mean = common.corpus_mean(cfg)
     backend = make_backend(cfg)
-    result = backend.vectors([text_a, text_b], chunk_list)
-    a, b = result.vectors.reshape(2, len(chunk_list), -1)  # [C, H] each
+    result = backend.vectors([text_a, text_b], chunk_list, None if mean is None else mean.mean)
+    a, b = (result.raw if mean is None else result.centered).reshape(2, len(chunk_list), -1)  # [C, H] each
     per_chunk = {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}
     overall = cosine(a.flatten(), b.flatten())
-    write_json(out_dir / "similarity.json", common.metadata(cfg, backend) | {
+    write_json(out_dir / "similarity.json", common.metadata(cfg, backend, mean) | {
         "cosine": overall,
         "chunks": per_chunk,
         "n_tokens": result.n_tokens,

@@ -1,0 +1,113 @@
+"""The per-position corpus mean of DESIGN.md section 1: accumulate, merge, finalise, save/load,
+and pooled_mean(T) for centring after the fact.
+
+Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents longer than t.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import UserError
+from .io import write_safetensors
+from .pooling import Chunk, weights
+
+
+class MeanAccumulator:
+    """Running float64 sum [P, H] and int64 count [P] of h_t; P grows to the longest document."""
+
+    def __init__(self, hidden_size: int, device="cpu"):
+        self.sum = torch.zeros(0, hidden_size, dtype=torch.float64, device=device)  # [P, H]
+        self.count = torch.zeros(0, dtype=torch.int64, device=device)  # [P]
+        self.docs = 0
+        self.tokens = 0
+
+    def _grow(self, n: int) -> None:
+        if n > self.count.numel():
+            extra = n - self.count.numel()
+            self.sum = torch.cat([self.sum, self.sum.new_zeros(extra, self.sum.shape[1])])
+            self.count = torch.cat([self.count, self.count.new_zeros(extra)])
+
+    def add(self, h: torch.Tensor, lengths: Sequence[int]) -> None:
+        """Add the real positions of a right-padded batch h [B, T, H], one document at a time."""
+        self._grow(max(lengths))
+        for b, n in enumerate(lengths):
+            self.sum[:n] += h[b, :n].to(torch.float64)
+            self.count[:n] += 1
+        self.docs += len(lengths)
+        self.tokens += sum(lengths)
+
+    def merge(self, sum_: torch.Tensor, count: torch.Tensor, docs: int, tokens: int) -> None:
+        """Add another accumulator's statistics (a shard)."""
+        self._grow(count.numel())
+        self.sum[: count.numel()] += sum_.to(self.sum.device)
+        self.count[: count.numel()] += count.to(self.count.device)
+        self.docs += docs
+        self.tokens += tokens
+
+
+def finalise(sum_: torch.Tensor, count: torch.Tensor, min_count: int, tail_start: int) -> torch.Tensor:
+    """mu_t = S_t / n_t [P, H] float32; positions with n_t < min_count take the count-weighted mean
+    of the positions >= tail_start that have enough documents."""
+    enough = count >= max(min_count, 1)  # [P]
+    mean = torch.zeros_like(sum_)  # [P, H] float64
+    mean[enough] = sum_[enough] / count[enough, None]
+    if not enough.all():
+        tail = enough & (torch.arange(count.numel()) >= tail_start)
+        if not tail.any():
+            raise UserError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
+                            "documents: lower them or use a larger corpus")
+        mean[~enough] = sum_[tail].sum(0) / count[tail].sum()
+    return mean.to(torch.float32)
+
+
+@dataclass
+class CorpusMean:
+    mean: torch.Tensor  # [P, H] float32, after the min_count/tail_start fallback
+    sum: torch.Tensor  # [P, H] float64
+    count: torch.Tensor  # [P] int64
+    metadata: dict = field(default_factory=dict)
+    path: Path = None
+
+    @classmethod
+    def from_stats(cls, sum_, count, max_tokens: int, min_count: int, tail_start: int, metadata: dict):
+        """Pad the statistics to P = max_tokens positions and finalise them."""
+        pad = max_tokens - count.numel()
+        sum_ = torch.cat([sum_.cpu(), sum_.new_zeros(pad, sum_.shape[1]).cpu()])
+        count = torch.cat([count.cpu(), count.new_zeros(pad).cpu()])
+        meta = metadata | {"min_count": min_count, "tail_start": tail_start}
+        return cls(finalise(sum_, count, min_count, tail_start), sum_, count, meta)
+
+    def save(self, path: Path) -> Path:
+        header = {k: json.dumps(v) for k, v in self.metadata.items()}
+        self.path = write_safetensors(path, {"mean": self.mean, "sum": self.sum, "count": self.count}, header)
+        return self.path
+
+    @classmethod
+    def load(cls, path: Path) -> "CorpusMean":
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+                tensors = {k: f.get_tensor(k) for k in ("mean", "sum", "count")}
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+            raise UserError(f"{path} is not a readable corpus mean ({e}): recompute it with job=mean") from None
+        return cls(tensors["mean"], tensors["sum"], tensors["count"], meta, Path(path))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mean.shape[1]
+
+    def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
+        """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
+        if n_tokens > self.mean.shape[0]:
+            raise UserError(f"a text of {n_tokens} tokens is longer than the corpus mean ({self.mean.shape[0]} positions)")
+        return (weights(chunks, n_tokens) @ self.mean[:n_tokens].to(torch.float64)).reshape(-1)
+
+    def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
+        """Centred vectors from raw ones [N, C*H] and their token counts, without the model."""
+        pooled = torch.stack([self.pooled_mean(chunks, n) for n in n_tokens])  # [N, C*H]
+        return (raw.to(torch.float64) - pooled).to(torch.float32)
