@@ -60,7 +60,7 @@ def finalise(sum_: torch.Tensor, count: torch.Tensor, min_count: int, tail_start
         tail = enough & (torch.arange(count.numel()) >= tail_start)
         if not tail.any():
             raise UserError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
-                            "documents: lower them or use a larger corpus")
+                            "documents: lower them (job=mean mean.stage=aggregate reuses the shards) or use a larger corpus")
         mean[~enough] = sum_[tail].sum(0) / count[tail].sum()
     return mean.to(torch.float32)
 

@@ -1,0 +1,122 @@
+"""Centred vectors, the identity raw - centred = pooled_mean(T), finding a mean, and job=compare."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from actexp import jobs
+from actexp.backends.local import LocalBackend
+from actexp.centering import CorpusMean
+from actexp.corpus import bundled_samples
+from actexp.errors import UserError
+from actexp.io import write_json, write_matrix_csv
+from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import corpus_mean
+from helpers import TEXTS, compose_cfg, rel_err, run_cli
+
+MEAN = ["corpus=samples", "centering.min_count=4"]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """A store with two means of the samples: all layers, and layer 0 only."""
+    root = tmp_path_factory.mktemp("store")
+    for extra in ([], ["model.layers=[0]"]):
+        cfg = compose_cfg("job=mean", f"paths.artifacts={root / 'artifacts'}", *MEAN, *extra)
+        jobs.get("mean")(cfg, root)
+    return root / "artifacts"
+
+
+@pytest.mark.parametrize("pooling", ["short", "long"])
+def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pooling):
+    cfg = compose_cfg(f"pooling={pooling}", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    mean = corpus_mean(cfg)
+    assert mean.metadata["layers"] == "all"
+    chunks = chunks_from_cfg(cfg.pooling)
+    out = LocalBackend(cfg.model, cfg.hardware).vectors(TEXTS, chunks, mean.mean)
+    for i, n in enumerate(out.n_tokens):
+        pooled = mean.pooled_mean(chunks, n)
+        assert rel_err(out.raw[i].double() - out.centered[i].double(), pooled) < 1e-5
+    assert rel_err(mean.recenter(out.raw, out.n_tokens, chunks), out.centered) < 1e-5
+    assert not torch.allclose(out.raw, out.centered)
+
+
+def test_auto_picks_the_matching_and_newest_mean(artifacts, tmp_path):
+    for layers, expected in (("all", "all"), ("[0]", [0])):
+        cfg = compose_cfg("centering=corpus_mean", f"model.layers={layers}", f"paths.artifacts={artifacts}")
+        assert corpus_mean(cfg).metadata["layers"] == expected
+    # A newer matching mean wins.
+    newest = sorted(artifacts.glob("means/*/corpus_mean.safetensors"))[0]
+    copy = tmp_path / "store" / "means" / "copy" / "corpus_mean.safetensors"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(newest.read_bytes())
+    os.utime(copy, (time.time() + 60, time.time() + 60))
+    for other in artifacts.glob("means/*"):
+        (tmp_path / "store" / "means" / other.name).symlink_to(other)
+    cfg = compose_cfg("centering=corpus_mean", f"model.layers={'[0]' if 'L0' in str(newest) else 'all'}",
+                      f"paths.artifacts={tmp_path / 'store'}")
+    assert corpus_mean(cfg).path == copy
+
+
+def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
+    [layer0] = artifacts.glob("means/*L0*/corpus_mean.safetensors")
+    cfg = compose_cfg("centering=corpus_mean", f"centering.mean_path={layer0}")
+    with pytest.raises(UserError, match=r"layers=\[0\] \(this model has layers=\"all\"\)"):
+        corpus_mean(cfg)
+    cfg = compose_cfg("centering=corpus_mean", "model.max_tokens=512", f"paths.artifacts={artifacts}")
+    with pytest.raises(UserError, match="no corpus mean .* compute it with `python -m actexp.run job=mean"):
+        corpus_mean(cfg)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(UserError, match="not a readable corpus mean"):
+        CorpusMean.load(bad)
+
+
+def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
+    r = run_cli("centering=corpus_mean", f"paths.artifacts={artifacts}", "text=Hello world",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "run" / "vector.json").read_text())
+    assert meta["centering"]["name"] == "corpus_mean" and meta["centering"]["mean"]["docs"] == 20
+    r = run_cli("centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi",
+                cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} 'model.layers=[1]'`" in r.stderr
+
+
+def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
+    r = run_cli("job=compare", "pooling=short", f"paths.artifacts={artifacts}", f"hydra.run.dir={tmp_path / 'c1'}",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("PASS")
+    lines = (tmp_path / "c1" / "compare_report.csv").read_text().splitlines()
+    assert lines[0] == "sample,chunk,n_tokens,pooled_mean_norm,abs_error,rel_error,cosine" and len(lines) == 21
+
+    # The same check from CSVs of the samples, token counts from the sidecar or recomputed.
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    samples = bundled_samples()
+    chunks = chunks_from_cfg(cfg.pooling)
+    out = LocalBackend(cfg.model, cfg.hardware).vectors([s.text for s in samples], chunks, corpus_mean(cfg).mean)
+    names = [s.name for s in samples]
+    write_matrix_csv(tmp_path / "raw.csv", out.raw, names)
+    write_json(tmp_path / "raw.json", {"samples": names, "n_tokens": out.n_tokens})
+    write_matrix_csv(tmp_path / "centered.csv", out.centered, names)
+    common = ["job=compare", f"paths.artifacts={artifacts}", f"compare.raw_csv={tmp_path / 'raw.csv'}"]
+    for extra in ([], ["compare.use_samples=true"]):
+        r = run_cli(*common, f"compare.centered_csv={tmp_path / 'centered.csv'}", *extra, cwd=tmp_path)
+        assert r.returncode == 0 and "PASS" in r.stdout, r.stderr
+
+    # A centred CSV that does not fit fails the check; a CSV of another size is refused.
+    tampered = out.centered.clone()
+    tampered[3, 5] += 0.01
+    write_matrix_csv(tmp_path / "tampered.csv", tampered, names)
+    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'tampered.csv'}", f"hydra.run.dir={tmp_path / 'c2'}",
+                cwd=tmp_path)
+    assert r.returncode == 2 and "FAIL" in r.stdout and "04_tomato_garden / last" in r.stderr
+    assert (tmp_path / "c2" / "compare_report.csv").exists()
+    write_matrix_csv(tmp_path / "small.csv", out.centered[:, :100], names)
+    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'small.csv'}", cwd=tmp_path)
+    assert r.returncode == 2 and "has 100 rows but pooling=long" in r.stderr

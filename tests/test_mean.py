@@ -1,0 +1,199 @@
+"""The corpus mean job: exact sums and counts, resume after a crash, corrupt shards, finalise."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from actexp import artifacts as store
+from actexp import jobs
+from actexp.centering import CorpusMean, finalise
+from actexp.errors import UserError
+from actexp.model import load_model
+from helpers import REPO, TEXTS, compose_cfg, reference_stream, rel_err, run_cli
+
+
+@pytest.fixture()
+def docs_dir(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    texts = TEXTS + ["Short note.", TEXTS[2][:300], TEXTS[1] * 3]
+    for i, text in enumerate(texts):
+        (folder / f"{i:02d}.txt").write_text(text)
+    return folder
+
+
+def run_mean(artifacts, *overrides):
+    cfg = compose_cfg("job=mean", f"paths.artifacts={artifacts}", *overrides)
+    out = artifacts.parent / "out"
+    out.mkdir(exist_ok=True)
+    return jobs.get("mean")(cfg, out), cfg
+
+
+def mean_folder(artifacts):
+    [folder] = (artifacts / "means").iterdir()
+    return folder
+
+
+def files_corpus(folder, shard_size=2):
+    # 7 documents: every position has fewer than the default min_count of 8
+    return ["corpus=files", f"corpus.path={folder}", f"corpus.shard_size={shard_size}", "centering.min_count=1"]
+
+
+def test_mean_equals_per_document_reference(tmp_path, docs_dir):
+    metrics, cfg = run_mean(tmp_path / "art", *files_corpus(docs_dir), "centering.tail_start=0")
+    folder = mean_folder(tmp_path / "art")
+    assert len(list((folder / "shards").glob("*.safetensors"))) == 4  # 7 documents, 2 per shard
+    saved = load_file(folder / store.MEAN_FILE)
+    lm = load_model(cfg.model, cfg.hardware)
+    P, H = 2048, lm.hidden_size
+    ref_sum, ref_count = torch.zeros(P, H, dtype=torch.float64), torch.zeros(P, dtype=torch.int64)
+    for path in sorted(docs_dir.iterdir()):
+        ids = lm.encode([path.read_text()])[0][0]
+        per_block, _ = reference_stream(lm.model, lm.blocks, ids)
+        ref_sum[: len(ids)] += per_block.mean(0)
+        ref_count[: len(ids)] += 1
+    assert saved["sum"].dtype == torch.float64 and saved["count"].dtype == torch.int64
+    assert saved["mean"].dtype == torch.float32 and saved["mean"].shape == (P, H)
+    assert torch.equal(saved["count"], ref_count)
+    assert rel_err(saved["sum"], ref_sum) < 1e-6
+    seen = ref_count > 0
+    assert rel_err(saved["mean"][seen], ref_sum[seen] / ref_count[seen, None]) < 1e-6
+    # Positions no document reached take the count-weighted mean of all positions (tail_start 0).
+    assert rel_err(saved["mean"][~seen][0], ref_sum.sum(0) / ref_count.sum()) < 1e-6
+    header = CorpusMean.load(folder / store.MEAN_FILE).metadata
+    assert header["docs"] == 7 and header["tokens"] == int(ref_count.sum())
+    for key in ("model", "revision", "layers", "prepend_bos", "max_tokens", "corpus", "min_count", "tail_start"):
+        assert key in header
+    assert metrics["docs"] == 7
+
+
+def test_finalise_fallback_by_hand():
+    sum_ = torch.tensor([[10.0], [6.0], [4.0], [0.0]], dtype=torch.float64)
+    count = torch.tensor([5, 3, 1, 0])
+    mean = finalise(sum_, count, min_count=2, tail_start=1)
+    # positions 0 and 1 have enough documents; 2 and 3 take the tail mean of position 1: 6 / 3
+    assert mean[:, 0].tolist() == [2.0, 2.0, 2.0, 2.0]
+    assert finalise(sum_, count, min_count=1, tail_start=0)[:, 0].tolist() == pytest.approx([2.0, 2.0, 4.0, 20.0 / 9.0])
+    with pytest.raises(UserError, match="tail_start"):
+        finalise(sum_, count, min_count=4, tail_start=1)
+
+
+def _tensors(artifacts):
+    return load_file(mean_folder(artifacts) / store.MEAN_FILE)
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in ("sum", "count", "mean"))
+
+
+def test_resume_after_a_crash_in_extract_is_bit_identical(tmp_path, docs_dir, monkeypatch):
+    run_mean(tmp_path / "whole", *files_corpus(docs_dir))
+    real_write, calls = store.write_stats, []
+
+    def crash_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise RuntimeError("injected crash after shard 1")
+        calls.append(real_write(*args, **kwargs))
+
+    monkeypatch.setattr(store, "write_stats", crash_after_two)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
+    monkeypatch.setattr(store, "write_stats", real_write)
+    assert len(list((mean_folder(tmp_path / "resumed") / "shards").iterdir())) == 2
+    metrics, _ = run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
+    assert 0 < metrics["tokens_computed"] < metrics["tokens"]  # only the missing shards ran
+    assert _same(_tensors(tmp_path / "whole"), _tensors(tmp_path / "resumed"))
+    again, _ = run_mean(tmp_path / "resumed", *files_corpus(docs_dir))  # a re-run is free
+    assert "tokens_computed" not in again
+
+
+def test_resume_after_a_crash_in_aggregate_uses_the_checkpoint(tmp_path, docs_dir, monkeypatch):
+    run_mean(tmp_path / "whole", *files_corpus(docs_dir))
+    art = tmp_path / "resumed"
+    run_mean(art, *files_corpus(docs_dir), "mean.stage=extract")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("injected crash before the mean is saved")
+
+    monkeypatch.setattr(CorpusMean, "save", crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate", "mean.checkpoint_every=1")
+    monkeypatch.undo()
+    folder = mean_folder(art)
+    assert store.read_stats(folder / store.CHECKPOINT_FILE)[2]["next"] == 3
+    for k in range(3):  # the checkpoint covers these: the merge must not read them again
+        store.shard_path(folder, k).unlink()
+    run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
+    assert _same(_tensors(tmp_path / "whole"), _tensors(art))
+    assert not (folder / store.CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_shard_is_detected_and_redone(tmp_path, docs_dir, damage, caplog):
+    art = tmp_path / "art"
+    run_mean(art, *files_corpus(docs_dir))
+    whole = _tensors(art)
+    folder = mean_folder(art)
+    shard = store.shard_path(folder, 1)
+    data = bytearray(shard.read_bytes())
+    if damage == "flip":
+        data[-5] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    else:
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+    assert store.read_stats(shard) is None
+    # The merge alone refuses it and removes it ...
+    with pytest.raises(UserError, match="shard 1 .* corrupt"):
+        run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
+    assert not shard.exists()
+    # ... and the next run recomputes it.
+    if damage == "flip":
+        shard.write_bytes(bytes(data))
+    (folder / store.MEAN_FILE).unlink()
+    metrics, _ = run_mean(art, *files_corpus(docs_dir))
+    assert 0 < metrics["tokens_computed"] < metrics["tokens"]
+    assert _same(whole, _tensors(art))
+
+
+def test_sigkill_at_random_points_then_rerun_is_identical(tmp_path):
+    overrides = ["job=mean", "corpus.max_docs=96", "corpus.shard_size=8"]
+    reference, _ = run_mean(tmp_path / "whole", *overrides[1:])
+    art = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "actexp.run", *overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run'}"]
+    for wanted in (2, 7):  # kill once early, once late
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if len(list(art.glob("means/*/shards/*.safetensors"))) >= wanted:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait()
+    r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert not list(art.rglob("*.tmp"))
+    assert _same(_tensors(tmp_path / "whole"), _tensors(art))
+
+
+def test_progress_and_cli_errors(tmp_path, docs_dir):
+    art = tmp_path / "art"
+    run_mean(art, *files_corpus(docs_dir), "mean.stage=extract")
+    r = run_cli("job=mean", "mean.stage=progress", *files_corpus(docs_dir), f"paths.artifacts={art}",
+                f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "shards 4 / 4, documents 7 / 7" in r.stdout and "not yet aggregated" in r.stdout
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blank.txt").write_text("\n")
+    for args, expected in [
+        (["corpus=files", f"corpus.path={tmp_path / 'empty'}"], "has no documents"),
+        (["corpus=files"], "corpus.path"),
+        (["mean.stage=sideways"], "mean.stage"),
+    ]:
+        r = run_cli("job=mean", f"paths.artifacts={art}", *args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
