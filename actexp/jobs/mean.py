@@ -32,7 +32,7 @@ def _shards_done(folder: Path):
 
 def extract(cfg, corpus: Corpus, folder: Path, mid: str) -> dict:
     store.clean_temp_files(folder)
-    backend, docs, tokens, computed, start = None, 0, 0, 0, time.perf_counter()
+    backend, docs, tokens, computed, seconds = None, 0, 0, 0, 0.0
     total = corpus.count()
     bar = tqdm(total=None if total is None else -(-total // cfg.corpus.shard_size), unit="shard",
                desc="mean", disable=None)
@@ -44,10 +44,12 @@ def extract(cfg, corpus: Corpus, folder: Path, mid: str) -> dict:
             if path.exists():
                 log.warning("shard %d (%s) is corrupt, truncated or stale: recomputing it", k, path)
             backend = backend or make_backend(cfg)
+            start = time.perf_counter()
             acc = backend.mean_stats([d.text for d in shard])
             meta = {"shard": k, "doc_ids": doc_ids, "docs": acc.docs, "tokens": acc.tokens,
                     "mean_id": mid, "dtype": backend.metadata["dtype"]}
             store.write_stats(path, acc.sum, acc.count, meta)
+            seconds += time.perf_counter() - start  # forward, accumulation and the shard write
             computed += acc.tokens
             stats = (None, None, meta)
         docs, tokens = docs + stats[2]["docs"], tokens + stats[2]["tokens"]
@@ -56,7 +58,6 @@ def extract(cfg, corpus: Corpus, folder: Path, mid: str) -> dict:
     bar.close()
     if k < 0:
         raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
-    seconds = time.perf_counter() - start
     write_json(folder / MANIFEST, {"n_shards": k + 1, "docs": docs, "tokens": tokens, "corpus": corpus.id})
     return {"shards": k + 1, "docs": docs, "tokens": tokens, "tokens_computed": computed,
             "extract_seconds": seconds, "tokens_per_s": computed / seconds if computed else None}
