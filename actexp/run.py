@@ -13,33 +13,52 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import jobs
 from .errors import UserError
 from .schema import register
+from .tracking import NULL, Tracker
 
 # A checkout keeps conf/ beside the package; an installed wheel carries it inside.
 CONF = Path(__file__).resolve().parent.parent / "conf"
 if not CONF.is_dir():
     CONF = Path(__file__).resolve().parent / "conf"
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # asked for by the user
-HYDRA_FILES = {".hydra", "run.log"}  # what Hydra writes into a run dir before the job starts
+HYDRA_FILES = {".hydra", "run.log", "wandb"}  # what a run dir holds before the job writes anything
 
 register()
+
+
+def _run_names(cfg, hc) -> tuple:
+    """W&B run name and group: a sweep's jobs share a group, named after the sweep."""
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = Path(hc.sweep.dir).name
+        overrides = hc.job.override_dirname or "defaults"
+        return f"{cfg.name}-{hc.job.num}-{overrides}", f"{cfg.name}-{sweep}"
+    return f"{cfg.name}-{Path(hc.runtime.output_dir).name}", cfg.name
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def _main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    tracker = NULL
     try:
-        return jobs.get(cfg.job.name)(cfg, out_dir)
+        job = jobs.get(cfg.job.name)
+        name, group = _run_names(cfg, hc)
+        tracker = Tracker.start(cfg.logger, OmegaConf.to_container(cfg, resolve=True), out_dir, name, group,
+                                cfg.job.name)
+        metrics = job(cfg, out_dir, tracker)
+        tracker.metrics(metrics)
+        tracker.finish(0)
+        return metrics
     except Exception as e:
+        tracker.finish(1)  # a failed job still closes its run, so a sweep gets one run per job
         if hc.mode == RunMode.MULTIRUN:
             raise  # Hydra records the failed job and runs the others
-        if {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:  # nothing written: leave no folder behind
-            shutil.rmtree(out_dir, ignore_errors=True)
+        if isinstance(e, UserError) and {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:
+            shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves no run folder behind
             with contextlib.suppress(OSError):
                 out_dir.parent.rmdir()
         if FULL_ERROR:

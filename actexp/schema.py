@@ -101,6 +101,23 @@ class MeanConfig:
 
 
 @dataclass
+class CsvConfig:
+    source: str = "samples"
+    variants: Optional[List[str]] = None
+
+
+@dataclass
+class PlotConfig:
+    csv: Optional[str] = None
+
+
+@dataclass
+class VisualizeConfig:
+    csvs: List[str] = field(default_factory=list)
+    top_dims: int = 10
+
+
+@dataclass
 class CompareConfig:
     raw_csv: Optional[str] = None
     centered_csv: Optional[str] = None
@@ -110,7 +127,12 @@ class CompareConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "wandb"
+    project: str = "actexp"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    log_artifacts: bool = False
+    tags: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,6 +151,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     mean: MeanConfig = field(default_factory=MeanConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    csv: CsvConfig = field(default_factory=CsvConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "default"
     text: Optional[str] = None

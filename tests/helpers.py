@@ -78,3 +78,56 @@ TEXTS = [
               " position by position, layer by layer."] * 12),
     "Rain.",
 ]
+
+
+def wandb_records(run_dir):
+    """The records of an offline W&B run (`run-*.wandb`: a LevelDB-style log of protobuf Records)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    [path] = Path(run_dir).glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, payloads, pending = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        space = block - pos % block
+        if space < 7:  # a block's tail too short for a header is padding
+            pos += space
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += space
+            continue
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:  # full
+            payloads.append(payload)
+        elif kind == 2:  # first
+            pending = payload
+        elif kind == 3:  # middle
+            pending += payload
+        else:  # last
+            payloads.append(pending + payload)
+    records = []
+    for payload in payloads:
+        record = pb.Record()
+        record.ParseFromString(payload)
+        records.append(record)
+    return records
+
+
+def wandb_summary(run_dir):
+    """(run record, config dict, set of history keys) of an offline W&B run."""
+    import json
+
+    run, config, keys = None, {}, set()
+    for r in wandb_records(run_dir):
+        kind = r.WhichOneof("record_type")
+        if kind == "run":
+            run = r.run
+            config |= {i.key: json.loads(i.value_json) for i in r.run.config.update}
+        elif kind == "config":
+            config |= {i.key: json.loads(i.value_json) for i in r.config.update}
+        elif kind == "history":
+            keys |= {i.key or "/".join(i.nested_key) for i in r.history.item}
+    return run, config, keys

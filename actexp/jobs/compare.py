@@ -15,6 +15,7 @@ from ..corpus import bundled_samples
 from ..errors import CheckFailed, UserError
 from ..io import read_matrix_csv, write_text
 from ..model import encode, identity, load_tokenizer
+from ..tracking import NULL
 from . import common
 
 COLUMNS = ["sample", "chunk", "n_tokens", "pooled_mean_norm", "abs_error", "rel_error", "cosine"]
@@ -47,7 +48,7 @@ def _from_csvs(cfg, model_id, dims):
     return names, raw, centered, n_tokens
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg, out_dir, tracker=NULL) -> dict:
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg, required=True)
     model_id = identity(cfg.model)
@@ -73,7 +74,8 @@ def run(cfg, out_dir) -> dict:
             rows.append([name, chunk.label, n_tokens[i], norm, abs_err, rel_err, cosine])
             worst = max(worst, (rel_err, f"{name} / {chunk.label}"), key=lambda w: w[0])
     lines = [",".join(COLUMNS)] + [",".join(str(x) if not isinstance(x, float) else "%.9g" % x for x in r) for r in rows]
-    write_text(Path(out_dir) / "compare_report.csv", "\n".join(lines) + "\n")
+    report = write_text(Path(out_dir) / "compare_report.csv", "\n".join(lines) + "\n")
+    tracker.table("compare_report", report)
 
     passed = worst[0] <= cfg.compare.tolerance
     verdict = "PASS" if passed else "FAIL"

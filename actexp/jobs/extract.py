@@ -6,10 +6,11 @@ import json
 from ..backends import make_backend
 from ..inputs import read_text
 from ..io import write_json, write_safetensors
+from ..tracking import NULL
 from . import common
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg, out_dir, tracker=NULL) -> dict:
     text, source = read_text(cfg.text, cfg.file)
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)

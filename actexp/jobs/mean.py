@@ -20,6 +20,7 @@ from ..corpus import Corpus
 from ..errors import UserError
 from ..io import write_json
 from ..model import identity
+from ..tracking import NULL
 
 log = logging.getLogger(__name__)
 STAGES = ("all", "extract", "aggregate", "progress")
@@ -109,7 +110,7 @@ def progress(corpus: Corpus, folder: Path) -> dict:
     return {"shards": len(done), "docs": docs, "tokens": tokens, "mean": str(final) if final.exists() else None}
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg, out_dir, tracker=NULL) -> dict:
     if cfg.mean.stage not in STAGES:
         raise UserError(f"unknown mean.stage {cfg.mean.stage!r}: use one of {', '.join(STAGES)}")
     corpus = Corpus(cfg.corpus)
@@ -128,6 +129,7 @@ def run(cfg, out_dir) -> dict:
         metrics |= extract(cfg, corpus, folder, mid)
     if cfg.mean.stage in ("all", "aggregate"):
         metrics |= aggregate(cfg, model_id, corpus, folder, mid)
+        tracker.artifact(Path(metrics["mean"]), "corpus_mean", mid[-60:])
         print(f"corpus mean of {metrics['docs']} documents, {metrics['tokens']} tokens -> {metrics['mean']}")
     else:
         print(f"{metrics['shards']} shards of {mid} extracted; merge them with mean.stage=aggregate")

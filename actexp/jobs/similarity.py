@@ -5,6 +5,7 @@ import torch
 from ..backends import make_backend
 from ..inputs import read_text
 from ..io import write_json
+from ..tracking import NULL
 from . import common
 
 
@@ -12,7 +13,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).item()
 
 
-def run(cfg, out_dir) -> dict:
+def run(cfg, out_dir, tracker=NULL) -> dict:
     text_a, source_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
     text_b, source_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)

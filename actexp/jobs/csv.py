@@ -1,0 +1,71 @@
+"""job=csv: vectors of the bundled samples (or the corpus group's documents) as CSV matrices.
+
+vectors_<mode>_mode_<raw|centered>.csv: first column `dim`, one column per text, one row per dim;
+a sidecar .json beside each holds the text names, token counts, model, pooling and mean used.
+"""
+
+from pathlib import Path
+
+from ..backends import make_backend
+from ..corpus import Corpus, bundled_samples
+from ..errors import UserError
+from ..io import write_json, write_matrix_csv
+from ..tracking import NULL
+from . import common
+
+VARIANTS = ("raw", "centered")
+
+
+def csv_path(out_dir, mode: str, variant: str) -> Path:
+    return Path(out_dir) / f"vectors_{mode}_mode_{variant}.csv"
+
+
+def variants(cfg) -> list:
+    chosen = list(cfg.csv.variants or ["centered" if cfg.centering.name != "none" else "raw"])
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown or not chosen:
+        raise UserError(f"csv.variants={chosen} : use a list of {', '.join(VARIANTS)}")
+    return chosen
+
+
+def documents(cfg):
+    if cfg.csv.source == "samples":
+        return bundled_samples()
+    if cfg.csv.source == "corpus":
+        docs = list(Corpus(cfg.corpus).documents())
+        if not docs:
+            raise UserError(f"corpus={cfg.corpus.name} has no documents")
+        return docs
+    raise UserError(f"unknown csv.source {cfg.csv.source!r}: use samples or corpus")
+
+
+def unique_names(names):
+    seen = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return out
+
+
+def run(cfg, out_dir, tracker=NULL) -> dict:
+    chosen = variants(cfg)
+    chunk_list = common.chunks(cfg.pooling)
+    mean = common.corpus_mean(cfg, required="centered" in chosen)
+    docs = documents(cfg)
+    backend = make_backend(cfg)
+    result = backend.vectors([d.text for d in docs], chunk_list, None if mean is None else mean.mean)
+    names = unique_names([d.name for d in docs])
+    meta = common.metadata(cfg, backend, mean)
+    metrics = {"texts": len(docs), "dims": result.raw.shape[1], "tokens": sum(result.n_tokens)}
+    for variant in chosen:
+        vectors = result.raw if variant == "raw" else result.centered
+        path = write_matrix_csv(csv_path(out_dir, cfg.pooling.name, variant), vectors, names)
+        write_json(path.with_suffix(".json"), meta | {
+            "variant": variant, "source": cfg.csv.source, "samples": names, "n_tokens": result.n_tokens,
+            "truncated": result.truncated, "dims": vectors.shape[1],
+        })
+        tracker.artifact(path, "vectors")
+        metrics[f"norm_mean/{variant}"] = vectors.double().norm(dim=1).mean().item()
+        print(f"{path.name}: {vectors.shape[1]} dims x {len(names)} texts")
+    return metrics

@@ -1,0 +1,118 @@
+"""Figures of vectors: cosine-similarity heatmaps and distribution plots. Matplotlib only, no
+config; every PNG is written atomically. All text is black."""
+
+import io
+from pathlib import Path
+from typing import List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+
+from .io import write_bytes  # noqa: E402
+
+# RdBu without its darkest ends, so black annotations stay readable on every cell.
+DIVERGING = LinearSegmentedColormap.from_list("actexp_rdbu", plt.get_cmap("RdBu_r")(np.linspace(0.12, 0.88, 256)))
+plt.rcParams.update({"text.color": "black", "axes.labelcolor": "black", "axes.titlecolor": "black",
+                     "xtick.color": "black", "ytick.color": "black", "axes.edgecolor": "black"})
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, facecolor="white")
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """[N, D] -> [N, N] cosine similarities, in float64."""
+    x = vectors.astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    return x @ x.T
+
+
+def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path) -> Path:
+    """Annotated heatmap of a similarity matrix, colours diverging around 0."""
+    n = len(names)
+    side = max(6.0, 0.55 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(side + 1.8, side))
+    off = sim[~np.eye(n, dtype=bool)] if n > 1 else sim.ravel()
+    # Symmetric around 0, scaled to the off-diagonal values so their structure shows (the diagonal saturates).
+    limit = max(float(np.abs(off).max()), 0.05)
+    image = ax.imshow(sim, cmap=DIVERGING, vmin=-limit, vmax=limit)
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    size = 7 if n <= 12 else 6 if n <= 24 else 4
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=size, color="black")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("cosine similarity")
+    ax.set_title(title, fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _panels(labels: Sequence[str], title: str, width: float = 6.5, height: float = 4.5):
+    fig, axes = plt.subplots(1, len(labels), figsize=(width * len(labels), height), squeeze=False)
+    fig.suptitle(title, fontsize=12)
+    return fig, axes[0]
+
+
+def norms(sets: List[np.ndarray], labels: Sequence[str], names: Sequence[str], path: Path) -> Path:
+    fig, axes = _panels(labels, "L2 norm per sample", height=max(4.5, 0.25 * len(names) + 1.5))
+    for ax, x, label in zip(axes, sets, labels):
+        ax.barh(range(len(names)), np.linalg.norm(x.astype(np.float64), axis=1), color="#6a8fbf")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(label)
+        ax.set_xlabel("norm")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def value_histograms(sets: List[np.ndarray], labels: Sequence[str], path: Path) -> Path:
+    fig, axes = _panels(labels, "Distribution of vector values (all samples, all dims)")
+    for ax, x, label in zip(axes, sets, labels):
+        ax.hist(x.ravel(), bins=120, color="#6a8fbf", log=True)
+        ax.set_title(f"{label}: mean {x.mean():.3g}, std {x.std():.3g}")
+        ax.set_xlabel("value")
+        ax.set_ylabel("count (log)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def dim_stats(sets: List[np.ndarray], labels: Sequence[str], chunk_size: int, path: Path) -> Path:
+    fig, axes = _panels(labels, "Per-dimension mean and std across samples", width=8)
+    for ax, x, label in zip(axes, sets, labels):
+        dims = np.arange(x.shape[1])
+        ax.plot(dims, x.mean(0), lw=0.6, color="#b2443a", label="mean")
+        ax.plot(dims, x.std(0), lw=0.6, color="#3a6eb2", label="std")
+        for edge in range(chunk_size, x.shape[1], chunk_size):
+            ax.axvline(edge, color="black", lw=0.5, ls=":")
+        ax.set_title(label)
+        ax.set_xlabel("dimension (dotted lines: chunk edges)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def top_dims(x: np.ndarray, k: int) -> np.ndarray:
+    """The k dimensions with the largest mean |value| across samples (massive activations)."""
+    return np.argsort(-np.abs(x).mean(0), kind="stable")[:k]
+
+
+def outlier_dims(sets: List[np.ndarray], labels: Sequence[str], k: int, path: Path) -> Path:
+    fig, axes = _panels(labels, f"Top {k} dimensions by mean |value|")
+    for ax, x, label in zip(axes, sets, labels):
+        top = top_dims(x, k)
+        ax.bar(range(len(top)), np.abs(x[:, top]).mean(0), color="#b2443a")
+        ax.set_xticks(range(len(top)), [str(d) for d in top], rotation=60, fontsize=8)
+        ax.set_title(f"{label} (median |value| {np.median(np.abs(x)):.3g})")
+        ax.set_xlabel("dimension")
+        ax.set_ylabel("mean |value|")
+    fig.tight_layout()
+    return _save(fig, path)

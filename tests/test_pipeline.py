@@ -1,0 +1,105 @@
+"""The research outputs: CSV round trip, the pipeline end to end, W&B offline runs, sweeps."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from actexp.centering import CorpusMean
+from actexp.io import read_matrix_csv, write_matrix_csv
+from actexp.jobs.common import chunks as chunks_from_cfg
+from helpers import compose_cfg, rel_err, run_cli, wandb_summary
+
+CONTRACT = ["vectors_long_mode_raw.csv", "vectors_long_mode_raw.json", "vectors_long_mode_centered.csv",
+            "vectors_long_mode_centered.json", "compare_report.csv", "similarity_long_all.png",
+            *[f"similarity_long_chunk{k}.png" for k in range(4)], "vectors_norms.png", "vectors_values.png",
+            "vectors_dim_stats.png", "vectors_outlier_dims.png"]
+
+
+def test_csv_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(3, 50) * torch.logspace(-30, 30, 50)  # [N, D] float32 across magnitudes
+    x[0, :4] = torch.tensor([0.0, -0.0, 1e-45, 3.4028235e38])  # zero, subnormal, float32 max
+    write_matrix_csv(tmp_path / "v.csv", x, ["a", "b,c", "d"])
+    back, names = read_matrix_csv(tmp_path / "v.csv")
+    assert names == ["a", "b,c", "d"] and back.dtype == torch.float32
+    assert torch.equal(back.view(torch.int32), x.view(torch.int32))  # every bit, signed zero too
+    lines = (tmp_path / "v.csv").read_text().splitlines()
+    assert lines[0].startswith("dim,") and len(lines) == 51 and lines[1].startswith("0,")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    r = run_cli("+experiment=long_centered", f"paths.artifacts={root / 'artifacts'}", cwd=root)
+    assert r.returncode == 0, r.stderr
+    [run_dir] = (root / "experiments" / "long_centered").iterdir()
+    return root, run_dir
+
+
+def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment):
+    _, run_dir = experiment
+    for name in CONTRACT:
+        assert (run_dir / name).is_file(), name
+    raw, names = read_matrix_csv(run_dir / "vectors_long_mode_raw.csv")
+    centered, _ = read_matrix_csv(run_dir / "vectors_long_mode_centered.csv")
+    assert raw.shape == (20, 4 * 128) and names[0] == "01_cats_apartment" and len(set(names)) == 20
+    info = json.loads((run_dir / "vectors_long_mode_centered.json").read_text())
+    mean = CorpusMean.load(info["centering"]["mean"]["path"])
+    assert info["centering"]["mean"]["corpus"].startswith("stdlib_docs") and info["centering"]["mean"]["docs"] >= 500
+    chunks = chunks_from_cfg(compose_cfg("pooling=long").pooling)
+    assert rel_err(mean.recenter(raw, info["n_tokens"], chunks), centered) < 1e-5
+    report = (run_dir / "compare_report.csv").read_text().splitlines()
+    assert len(report) == 1 + 20 * 4
+    for png in run_dir.glob("*.png"):
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            assert im.format == "PNG" and min(im.size) >= 400, png
+
+
+def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experiment):
+    _, run_dir = experiment
+    [offline] = (run_dir / "wandb").glob("offline-run-*")
+    run, config, keys = wandb_summary(offline)
+    assert run.project == "actexp" and run.run_group == "long_centered"
+    assert config["model"]["name"] == "tiny" and config["centering"]["name"] == "corpus_mean"
+    assert config["job"]["name"] == "pipeline"
+    assert {"compare/worst_rel_error", "csv/tokens", "plot/cosine_offdiag_mean", "mean/docs"} <= keys
+    images = {k.split("/")[1] for k in keys if k.startswith("images/")}
+    assert len(images) >= 9 and "similarity_long_all" in images
+    assert any(k.startswith("compare_report/") for k in keys)  # the report as a table
+    assert len(list((offline / "files" / "media" / "images").rglob("*.png"))) >= 9
+
+
+def test_sweep_gives_one_folder_and_one_run_per_job(experiment):
+    root, _ = experiment
+    r = run_cli("-m", "+experiment=long_centered", "pooling=short,long", f"paths.artifacts={root / 'artifacts'}",
+                cwd=root)
+    assert r.returncode == 0, r.stderr
+    [sweep] = (root / "multirun" / "long_centered").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0_pooling=short", "1_pooling=long"]
+    rows = [read_matrix_csv(j / f"vectors_{m}_mode_centered.csv")[0].shape[1] for j, m in zip(jobs, ("short", "long"))]
+    assert rows == [128, 512]
+    runs = [wandb_summary(next((j / "wandb").glob("offline-run-*"))) for j in jobs]
+    assert runs[0][0].run_id != runs[1][0].run_id
+    assert runs[0][0].run_group == runs[1][0].run_group == f"long_centered-{sweep.name}"
+    assert [r[1]["pooling"]["name"] for r in runs] == ["short", "long"]
+
+
+def test_a_failing_job_does_not_lose_the_others(tmp_path):
+    r = run_cli("-m", "job=extract", "text=hello,''", cwd=tmp_path)
+    assert r.returncode != 0 and "text is empty" in r.stderr
+    [sweep] = (tmp_path / "multirun" / "extract").iterdir()
+    [first] = sweep.glob("0_*")  # texts are kept out of folder names
+    assert (first / "vector.safetensors").is_file()
+    assert len(list(sweep.glob("*/wandb/offline-run-*"))) == 2  # the failed job closed its run too
+
+
+def test_logger_none_writes_no_wandb_files(tmp_path):
+    r = run_cli("logger=none", "text=hello", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "run" / "vector.safetensors").is_file()
+    assert not list(tmp_path.rglob("wandb"))
