@@ -14,6 +14,8 @@ from typing import List, Optional, Tuple
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .centering import CorpusMean, MeanAccumulator
+from .errors import UserError
 from .io import write_safetensors
 
 MEAN_FILE = "corpus_mean.safetensors"
@@ -100,3 +102,40 @@ def clean_temp_files(folder: Path) -> None:
     """Remove temp files left by a write that was killed before its rename."""
     for tmp in folder.rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def shard_headers(folder: Path) -> List[dict]:
+    """The headers of the shard files in a mean folder (unreadable ones count as empty)."""
+    return [read_header(p) or {} for p in sorted((folder / "shards").glob("*.safetensors"))]
+
+
+def merge_shards(folder: Path, n_shards: int, model_identity: dict, meta: dict, min_count: int, tail_start: int,
+                 checkpoint_every: int) -> CorpusMean:
+    """Merge shards 0..n-1 in order into corpus_mean.safetensors, resuming from the checkpoint.
+
+    In-order float64 merging makes the result bit-identical however the work was interrupted.
+    A missing or corrupt shard is removed and reported: the next extract recomputes it.
+    """
+    acc, first = MeanAccumulator(model_identity["hidden_size"]), 0
+    ckpt = read_stats(folder / CHECKPOINT_FILE)
+    if ckpt is not None and ckpt[2].get("n_shards") == n_shards:
+        acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
+        first = ckpt[2]["next"]
+    dtype = None
+    for k in range(first, n_shards):
+        path = shard_path(folder, k)
+        stats = read_stats(path)
+        if stats is None:
+            path.unlink(missing_ok=True)
+            raise UserError(f"shard {k} of {folder.name} is missing or corrupt and was removed: "
+                            "run the same job=mean command again to recompute it")
+        acc.merge(stats[0], stats[1], stats[2]["docs"], stats[2]["tokens"])
+        dtype = dtype or stats[2].get("dtype")
+        if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
+            write_stats(folder / CHECKPOINT_FILE, acc.sum, acc.count,
+                        {"next": k + 1, "n_shards": n_shards, "docs": acc.docs, "tokens": acc.tokens})
+    meta = model_identity | meta | {"docs": acc.docs, "tokens": acc.tokens, "shards": n_shards, "dtype": dtype}
+    mean = CorpusMean.from_stats(acc.sum, acc.count, model_identity["max_tokens"], min_count, tail_start, meta)
+    mean.save(folder / MEAN_FILE)
+    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return mean

@@ -36,7 +36,7 @@ def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pool
     mean = corpus_mean(cfg)
     assert mean.metadata["layers"] == "all"
     chunks = chunks_from_cfg(cfg.pooling)
-    out = LocalBackend(cfg.model, cfg.hardware).vectors(TEXTS, chunks, mean.mean)
+    out = LocalBackend(cfg.model, cfg.hardware).vectors(TEXTS, chunks, mean)
     for i, n in enumerate(out.n_tokens):
         pooled = mean.pooled_mean(chunks, n)
         assert rel_err(out.raw[i].double() - out.centered[i].double(), pooled) < 1e-5
@@ -99,7 +99,7 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
     samples = bundled_samples()
     chunks = chunks_from_cfg(cfg.pooling)
-    out = LocalBackend(cfg.model, cfg.hardware).vectors([s.text for s in samples], chunks, corpus_mean(cfg).mean)
+    out = LocalBackend(cfg.model, cfg.hardware).vectors([s.text for s in samples], chunks, corpus_mean(cfg))
     names = [s.name for s in samples]
     write_matrix_csv(tmp_path / "raw.csv", out.raw, names)
     write_json(tmp_path / "raw.json", {"samples": names, "n_tokens": out.n_tokens})

@@ -1,15 +1,19 @@
-"""The in-process backend: load the model here and turn texts into pooled vectors or mean statistics."""
+"""The in-process backend: the model runs here; shards and means are files under paths.artifacts."""
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import artifacts as store
 from ..activations import stream
-from ..centering import MeanAccumulator
+from ..centering import CorpusMean, MeanAccumulator
+from ..corpus import Document
 from ..errors import UserError
-from ..model import load_model
+from ..model import LoadedModel, identity, load_model
 from ..pooling import Chunk, pool
 
 log = logging.getLogger(__name__)
@@ -25,8 +29,15 @@ class Vectors:
 
 class LocalBackend:
     def __init__(self, model_cfg, hardware_cfg):
-        self.lm = load_model(model_cfg, hardware_cfg)
-        self.batch_tokens, self.max_padding = hardware_cfg.batch_tokens, hardware_cfg.max_padding
+        self.model_cfg, self.hardware_cfg = model_cfg, hardware_cfg
+        self._lm: Optional[LoadedModel] = None
+
+    @property
+    def lm(self) -> LoadedModel:
+        """The model, loaded on first use (aggregating and reporting progress need none)."""
+        if self._lm is None:
+            self._lm = load_model(self.model_cfg, self.hardware_cfg)
+        return self._lm
 
     @property
     def metadata(self) -> dict:
@@ -43,19 +54,19 @@ class LocalBackend:
         return ids, truncated
 
     def _batches(self, ids):
-        return stream(self.lm, ids, self.batch_tokens, self.max_padding)
+        return stream(self.lm, ids, self.hardware_cfg.batch_tokens, self.hardware_cfg.max_padding)
 
-    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[torch.Tensor] = None) -> Vectors:
-        """Raw vectors, and centred ones (h_t - mean_t pooled) too when mean [P, H] is given."""
+    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
+        """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given."""
         ids, truncated = self._encode(texts)
         dims = len(chunks) * self.lm.hidden_size
         raw = torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
         centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
-        mean = None if mean is None else mean.to(self.lm.device)
+        mu = None if mean is None else mean.mean.to(self.lm.device)  # [P, H]
         for batch, h, lengths in self._batches(ids):
             raw[batch] = pool(h, lengths, chunks).cpu()
-            if mean is not None:
-                centered[batch] = pool(h, lengths, chunks, mean).cpu()
+            if mu is not None:
+                centered[batch] = pool(h, lengths, chunks, mu).cpu()
         return Vectors(raw, centered, [len(x) for x in ids], truncated)
 
     def mean_stats(self, texts: Sequence[str]) -> MeanAccumulator:
@@ -65,3 +76,37 @@ class LocalBackend:
         for _, h, lengths in self._batches(ids):
             acc.add(h, lengths)
         return acc
+
+    def write_shard(self, docs: Sequence[Document], path: Path, index: int, mean_id: str) -> dict:
+        """Compute one shard and write it atomically; its header (with the seconds it took)."""
+        start = time.perf_counter()
+        acc = self.mean_stats([d.text for d in docs])
+        meta = {"shard": index, "doc_ids": [d.id for d in docs], "docs": acc.docs, "tokens": acc.tokens,
+                "mean_id": mean_id, "dtype": self.metadata["dtype"]}
+        store.write_stats(path, acc.sum, acc.count, meta)
+        return meta | {"seconds": time.perf_counter() - start}
+
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], folder: Path, mean_id: str
+                       ) -> Iterator[dict]:
+        """For each (index, documents): the header of its valid shard file, computing it if needed."""
+        store.clean_temp_files(folder)
+        for k, docs in shards:
+            path = store.shard_path(folder, k)
+            stats = store.read_stats(path) if path.exists() else None
+            if stats is not None and stats[2].get("doc_ids") == [d.id for d in docs]:
+                yield stats[2]
+                continue
+            if path.exists():
+                log.warning("shard %d (%s) is corrupt, truncated or stale: recomputing it", k, path)
+            yield self.write_shard(docs, path, k, mean_id) | {"computed": True}
+
+    def aggregate(self, folder: Path, n_shards: int, meta: dict, min_count: int, tail_start: int,
+                  checkpoint_every: int) -> CorpusMean:
+        return store.merge_shards(folder, n_shards, identity(self.model_cfg), meta, min_count, tail_start,
+                                  checkpoint_every)
+
+    def shard_headers(self, folder: Path) -> List[dict]:
+        return store.shard_headers(folder)
+
+    def close(self) -> None:
+        pass

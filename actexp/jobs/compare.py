@@ -59,7 +59,7 @@ def run(cfg, out_dir, tracker=NULL) -> dict:
         names, raw, centered, n_tokens = _from_csvs(cfg, model_id, dims)
     else:
         samples = bundled_samples()
-        result = make_backend(cfg).vectors([d.text for d in samples], chunk_list, mean.mean)
+        result = make_backend(cfg).vectors([d.text for d in samples], chunk_list, mean)
         names, raw, centered, n_tokens = [d.name for d in samples], result.raw, result.centered, result.n_tokens
 
     rows, worst = [], (0.0, None)

@@ -54,7 +54,7 @@ def run(cfg, out_dir, tracker=NULL) -> dict:
     mean = common.corpus_mean(cfg, required="centered" in chosen)
     docs = documents(cfg)
     backend = make_backend(cfg)
-    result = backend.vectors([d.text for d in docs], chunk_list, None if mean is None else mean.mean)
+    result = backend.vectors([d.text for d in docs], chunk_list, mean)
     names = unique_names([d.name for d in docs])
     meta = common.metadata(cfg, backend, mean)
     metrics = {"texts": len(docs), "dims": result.raw.shape[1], "tokens": sum(result.n_tokens)}
