@@ -79,6 +79,17 @@ class HardwareConfig:
     batch_tokens: int = 8192
     max_padding: float = 0.1
     threads: Optional[int] = None
+    # Modal (hardware=modal)
+    gpu: str = "H100"
+    timeout: int = 3600
+    max_containers: int = 8
+    retries: int = 2
+    deployed: bool = False
+    app_name: str = "actexp"
+    hf_volume: str = "actexp-hf-cache"
+    artifacts_volume: str = "actexp-artifacts"
+    hf_secret: Optional[str] = None
+    request_tokens: int = 262144
 
 
 @dataclass

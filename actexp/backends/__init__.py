@@ -8,4 +8,8 @@ def make_backend(cfg):
         from .local import LocalBackend
 
         return LocalBackend(cfg.model, cfg.hardware)
-    raise UserError(f"unknown hardware.backend {cfg.hardware.backend!r}: use local")
+    if cfg.hardware.backend == "modal":
+        from .remote import ModalBackend
+
+        return ModalBackend(cfg)
+    raise UserError(f"unknown hardware.backend {cfg.hardware.backend!r}: use local or modal")

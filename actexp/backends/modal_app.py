@@ -1,0 +1,153 @@
+"""The Modal app: the same forward-pass code as the local backend, on a cloud GPU.
+
+    modal deploy -m actexp.backends.modal_app      # once; deployed classes restore from snapshots
+
+`Extractor` loads the model onto the GPU in `@modal.enter(snap=True)`, so cold starts of the
+deployed class restore from a memory + GPU snapshot. Requests and replies are plain dicts (never
+Hydra objects): texts and numbers in, float32 numpy arrays out. Shards and corpus means live on
+the `actexp-artifacts` volume under means/<mean-id>/, exactly as in the local artifact store;
+Hugging Face weights are cached on the `actexp-hf-cache` volume.
+Settings come from the environment, which the Modal backend fills from `hardware=modal` for
+ephemeral runs (set them yourself when deploying): ACTEXP_MODAL_APP (actexp), ACTEXP_MODAL_GPU
+(H100), ACTEXP_HF_VOLUME, ACTEXP_ARTIFACTS_VOLUME, ACTEXP_HF_SECRET (the name of a modal.Secret
+holding HF_TOKEN; optional).
+"""
+
+import json
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import modal
+
+APP_NAME = os.environ.get("ACTEXP_MODAL_APP", "actexp")
+HF_VOLUME = os.environ.get("ACTEXP_HF_VOLUME", "actexp-hf-cache")
+ARTIFACTS_VOLUME = os.environ.get("ACTEXP_ARTIFACTS_VOLUME", "actexp-artifacts")
+GPU = os.environ.get("ACTEXP_MODAL_GPU", "H100")
+HF_SECRET = os.environ.get("ACTEXP_HF_SECRET")
+HF_DIR, ARTIFACTS_DIR = "/cache/huggingface", "/artifacts"
+# The remote image runs the versions installed here, so both sides compute the same thing.
+PINNED = ["torch", "transformers", "tokenizers", "safetensors", "hydra-core", "omegaconf", "numpy"]
+
+app = modal.App(APP_NAME)
+hf_cache = modal.Volume.from_name(HF_VOLUME, create_if_missing=True)
+artifacts_volume = modal.Volume.from_name(ARTIFACTS_VOLUME, create_if_missing=True)
+secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
+
+image = (
+    modal.Image.debian_slim(python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
+    .uv_pip_install(*(f"{name}=={version(name).split('+')[0]}" for name in PINNED))
+    .env({"HF_HOME": HF_DIR, "TOKENIZERS_PARALLELISM": "false"})
+    # Last, so that editing actexp does not rebuild the layers above; with its data files
+    # (the bundled tokenizer and samples), not only the .py files.
+    .add_local_python_source("actexp", ignore=["**/__pycache__/**"])
+)
+
+CLASS_OPTIONS = dict(
+    image=image, gpu=GPU, volumes={HF_DIR: hf_cache, ARTIFACTS_DIR: artifacts_volume}, secrets=secrets,
+    enable_memory_snapshot=True, experimental_options={"enable_gpu_snapshot": True}, timeout=3600,
+    scaledown_window=300,
+)
+
+
+def _model_cfg(name_or_path: str, revision: str, dtype: str, options: str):
+    from omegaconf import OmegaConf
+
+    spec = json.loads(options) | {"name_or_path": name_or_path or None, "revision": revision or None, "dtype": dtype}
+    return OmegaConf.create(spec)
+
+
+def _hardware_cfg(request: dict):
+    import torch
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": "bfloat16",
+                             "threads": None, "batch_tokens": request.get("batch_tokens", 32768),
+                             "max_padding": request.get("max_padding", 0.1)})
+
+
+@app.cls(**CLASS_OPTIONS)
+class Extractor:
+    name_or_path: str = modal.parameter(default="")
+    revision: str = modal.parameter(default="")
+    dtype: str = modal.parameter(default="bfloat16")
+    options: str = modal.parameter(default="{}")  # the rest of the model config group, as JSON
+
+    @modal.enter(snap=True)
+    def load(self):
+        from actexp.backends.local import LocalBackend
+        from actexp.pooling import Chunk
+
+        self.backend = LocalBackend(_model_cfg(self.name_or_path, self.revision, self.dtype, self.options),
+                                    _hardware_cfg({}))
+        self.backend.vectors(["A short warm-up text."], [Chunk("last")])  # compile kernels before the snapshot
+
+    def _configure(self, request: dict) -> None:
+        self.backend.hardware_cfg.batch_tokens = request.get("batch_tokens", 32768)
+        self.backend.hardware_cfg.max_padding = request.get("max_padding", 0.1)
+
+    @modal.method()
+    def vectors(self, request: dict) -> dict:
+        """{texts, chunks: [{kind, alpha}], mean: path on the artifacts volume or None} ->
+        {raw, centered: float32 [N, C*H] or None, n_tokens, truncated}."""
+        from actexp.centering import CorpusMean
+        from actexp.pooling import Chunk
+
+        self._configure(request)
+        mean = None
+        if request.get("mean"):
+            artifacts_volume.reload()
+            mean = CorpusMean.load(Path(ARTIFACTS_DIR) / request["mean"])
+        chunks = [Chunk(c["kind"], c.get("alpha")) for c in request["chunks"]]
+        out = self.backend.vectors(request["texts"], chunks, mean)
+        return {"raw": out.raw.numpy(), "centered": None if out.centered is None else out.centered.numpy(),
+                "n_tokens": out.n_tokens, "truncated": out.truncated}
+
+    @modal.method()
+    def mean_shard(self, request: dict) -> dict:
+        """{index, texts, doc_ids, mean_id} -> the shard's header; the file is written atomically on
+        the artifacts volume and committed, so a preempted input that runs again is harmless."""
+        from actexp import artifacts as store
+        from actexp.corpus import Document
+
+        self._configure(request)
+        docs = [Document(i, i, t) for i, t in zip(request["doc_ids"], request["texts"])]
+        folder = store.mean_dir(ARTIFACTS_DIR, request["mean_id"])
+        meta = self.backend.write_shard(docs, store.shard_path(folder, request["index"]), request["index"],
+                                        request["mean_id"])
+        artifacts_volume.commit()
+        return meta
+
+
+@app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600, memory=32768)
+def aggregate(request: dict) -> dict:
+    """Merge the shards of means/<mean_id> on the volume into corpus_mean.safetensors (CPU only)."""
+    from actexp import artifacts as store
+
+    artifacts_volume.reload()
+    folder = store.mean_dir(ARTIFACTS_DIR, request["mean_id"])
+    try:
+        mean = store.merge_shards(folder, request["n_shards"], request["identity"], request["meta"],
+                                  request["min_count"], request["tail_start"], request["checkpoint_every"])
+    finally:
+        artifacts_volume.commit()  # keep the merge checkpoint, or the removal of a corrupt shard
+    return {"path": str(Path(mean.path).relative_to(ARTIFACTS_DIR)), "metadata": mean.metadata}
+
+
+@app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)
+def shard_headers(mean_id: str) -> list:
+    from actexp import artifacts as store
+
+    artifacts_volume.reload()
+    return store.shard_headers(store.mean_dir(ARTIFACTS_DIR, mean_id))
+
+
+@app.function(image=image, volumes={HF_DIR: hf_cache}, secrets=secrets, timeout=7200)
+def download_weights(name_or_path: str, revision: str = "") -> str:
+    """Fetch a hub checkpoint into the weights volume once; later containers read it from there."""
+    from huggingface_hub import snapshot_download
+
+    path = snapshot_download(name_or_path, revision=revision or None)
+    hf_cache.commit()
+    return path

@@ -1,0 +1,198 @@
+"""The Modal backend: the Hydra job runs here, every forward pass runs in `modal_app.Extractor`.
+
+Texts go out in token-budget groups (one remote call each, spread over up to max_containers
+GPUs); mean shards fan out with `.map(..., return_exceptions=True)`, shards already on the
+artifacts volume are skipped, and the merged mean is downloaded into the local artifact store.
+"""
+
+import atexit
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from .. import artifacts as store
+from ..centering import CorpusMean
+from ..corpus import Document
+from ..errors import UserError
+from ..io import write_bytes
+from ..model import encode, identity, load_tokenizer
+from ..pooling import Chunk
+from .local import Vectors
+
+log = logging.getLogger(__name__)
+DEPLOY = "modal deploy -m actexp.backends.modal_app"
+APP_MODULE = None  # tests put a stand-in for Modal's objects here (Modal's servers are out of reach)
+
+
+class RemoteError(Exception):
+    """A remote call failed; the message is the remote error's."""
+
+
+def has_credentials() -> bool:
+    if os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET"):
+        return True
+    import modal.config
+
+    return bool(modal.config.config.get("token_id") and modal.config.config.get("token_secret"))
+
+
+def token_groups(lengths: Sequence[int], budget: int) -> List[List[int]]:
+    """Consecutive groups of texts with at most `budget` tokens each (a longer text goes alone)."""
+    groups: List[List[int]] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if groups and total + n <= budget:
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups
+
+
+def _raise_failures(results: list, what: str) -> None:
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise RemoteError(f"{len(failures)} of {len(results)} {what} failed on Modal: {failures[0]}")
+
+
+class ModalBackend:
+    def __init__(self, cfg):
+        self.cfg, self.hw = cfg, cfg.hardware
+        modal_app = APP_MODULE
+        if modal_app is None:
+            if not has_credentials():
+                raise UserError("hardware=modal needs Modal credentials: run `modal setup`, "
+                                "or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
+            os.environ.update({"ACTEXP_MODAL_APP": self.hw.app_name, "ACTEXP_MODAL_GPU": self.hw.gpu,
+                               "ACTEXP_HF_VOLUME": self.hw.hf_volume,
+                               "ACTEXP_ARTIFACTS_VOLUME": self.hw.artifacts_volume})
+            if self.hw.hf_secret:
+                os.environ["ACTEXP_HF_SECRET"] = self.hw.hf_secret
+            from . import modal_app
+        self.app_module, self._run = modal_app, None
+        m = cfg.model
+        options = {k: v for k, v in _plain(m).items() if k not in ("name_or_path", "revision", "dtype")}
+        self.params = dict(name_or_path=m.name_or_path or "", revision=m.revision or "",
+                           dtype=m.dtype or self.hw.dtype, options=json.dumps(options, sort_keys=True))
+        self.metadata = identity(m) | {"dtype": self.params["dtype"]}
+        self._extractor = None
+
+    # -- connection ----------------------------------------------------------------------------
+    def _options(self, target):
+        import modal
+
+        return target.with_options(gpu=self.hw.gpu, timeout=self.hw.timeout, max_containers=self.hw.max_containers,
+                                   retries=modal.Retries(max_retries=self.hw.retries, initial_delay=1.0))
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            if self.hw.deployed:
+                import modal
+
+                cls = modal.Cls.from_name(self.hw.app_name, "Extractor")
+                try:
+                    cls.hydrate()
+                except modal.exception.NotFoundError:
+                    raise UserError(f"the Modal app {self.hw.app_name!r} is not deployed: run `{DEPLOY}`, "
+                                    "or set hardware.deployed=false for an ephemeral app") from None
+            else:
+                self._run = self.app_module.app.run()
+                self._run.__enter__()
+                atexit.register(self.close)
+                cls = self.app_module.Extractor
+            self._extractor = self._options(cls)(**self.params)
+        return self._extractor
+
+    def _function(self, name: str):
+        """A deployed or ephemeral Modal function of the app."""
+        _ = self.extractor  # connects (ephemeral app started, or the deployment checked)
+        if self.hw.deployed:
+            import modal
+
+            return modal.Function.from_name(self.hw.app_name, name)
+        return getattr(self.app_module, name)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.__exit__(None, None, None)
+            self._run = None
+
+    # -- vectors -------------------------------------------------------------------------------
+    def _remote_mean(self, mean: CorpusMean) -> str:
+        """The mean's path on the artifacts volume, uploading it if only the local copy exists."""
+        relpath = f"means/{mean.metadata['mean_id']}/{store.MEAN_FILE}"
+        volume = self.app_module.artifacts_volume
+        try:
+            next(iter(volume.listdir(relpath)))
+        except Exception:  # not on the volume yet
+            log.info("uploading %s to the Modal volume", mean.path)
+            with volume.batch_upload(force=True) as batch:
+                batch.put_file(str(mean.path), relpath)
+        return relpath
+
+    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
+        tokenizer = load_tokenizer(self.cfg.model)  # only to size the groups; the remote side tokenises
+        ids, _ = encode(tokenizer, texts, self.metadata["max_tokens"])
+        groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
+        base = {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],
+                "mean": self._remote_mean(mean) if mean is not None else None,
+                "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+        requests = [base | {"texts": [texts[i] for i in g]} for g in groups]
+        results = list(self.extractor.vectors.map(requests, return_exceptions=True))
+        _raise_failures(results, "vector requests")
+        order = [i for g in groups for i in g]
+        raw = torch.cat([torch.from_numpy(r["raw"]) for r in results])  # [N, C*H] in group order
+        centered = None if mean is None else torch.cat([torch.from_numpy(r["centered"]) for r in results])
+        back = torch.empty(len(order), dtype=torch.long)
+        back[torch.tensor(order)] = torch.arange(len(order))
+        n_tokens = [n for r in results for n in r["n_tokens"]]
+        truncated = [t for r in results for t in r["truncated"]]
+        return Vectors(raw[back], None if centered is None else centered[back],
+                       [n_tokens[j] for j in back.tolist()], [truncated[j] for j in back.tolist()])
+
+    # -- corpus mean ---------------------------------------------------------------------------
+    def shard_headers(self, folder: Path) -> List[dict]:
+        return self._function("shard_headers").remote(folder.name)
+
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], folder: Path, mean_id: str
+                       ) -> Iterator[dict]:
+        """Fan the shards not yet on the volume out over the GPUs; the successful ones are kept even
+        when others fail, so running the job again resumes."""
+        done = {h["shard"]: h for h in self.shard_headers(folder) if "shard" in h}
+        requests, headers = [], {}
+        for k, docs in shards:
+            if k in done and done[k].get("doc_ids") == [d.id for d in docs]:
+                headers[k] = done[k]
+            else:
+                requests.append({"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
+                                 "mean_id": mean_id, "batch_tokens": self.hw.batch_tokens,
+                                 "max_padding": self.hw.max_padding})
+        results = list(self.extractor.mean_shard.map(requests, return_exceptions=True)) if requests else []
+        for request, result in zip(requests, results):
+            if not isinstance(result, BaseException):
+                headers[request["index"]] = result | {"computed": True}
+        _raise_failures(results, "shards")
+        for k in sorted(headers):
+            yield headers[k]
+
+    def aggregate(self, folder: Path, n_shards: int, meta: dict, min_count: int, tail_start: int,
+                  checkpoint_every: int) -> CorpusMean:
+        """Merge on Modal (next to the shards), then download the mean into the local store."""
+        reply = self._function("aggregate").remote({
+            "mean_id": folder.name, "n_shards": n_shards, "identity": identity(self.cfg.model), "meta": meta,
+            "min_count": min_count, "tail_start": tail_start, "checkpoint_every": checkpoint_every})
+        data = b"".join(self.app_module.artifacts_volume.read_file(reply["path"]))
+        path = write_bytes(folder / store.MEAN_FILE, data)
+        return CorpusMean.load(path)
+
+
+def _plain(node) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
