@@ -74,6 +74,16 @@ class LayerMean:
         return h
 
 
+def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], batch: Sequence[int]) -> torch.Tensor:
+    """Right-padded input ids [B, T] of one batch (longest first), on the model's device."""
+    width = len(ids[batch[0]])
+    pad = lm.bos_id if lm.bos_id is not None else 0  # any valid id: pad positions are never read
+    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, T]
+    for row, i in enumerate(batch):
+        input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
+    return input_ids.to(lm.device)
+
+
 def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int, max_padding: float = 0.1
            ) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
     """Yield (indices into ids, h [B, T, H] float32, lengths) per token-budget batch."""
@@ -81,11 +91,6 @@ def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int, max
     if min(lengths, default=1) < 1:
         raise ValueError("every text needs at least one token")
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
-    pad = lm.bos_id if lm.bos_id is not None else 0  # any valid id: pad positions are never read
     for batch in token_budget_batches(lengths, batch_tokens, max_padding):
-        width = lengths[batch[0]]
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, T]
-        for row, i in enumerate(batch):
-            input_ids[row, : lengths[i]] = torch.tensor(ids[i], dtype=torch.long)
-        h = layer_mean(lm.body, input_ids.to(lm.device))  # [B, T, H]
+        h = layer_mean(lm.body, batch_ids(lm, ids, batch))  # [B, T, H]
         yield batch, h, [lengths[i] for i in batch]

@@ -105,7 +105,7 @@ class CorpusMean:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
         if n_tokens > self.mean.shape[0]:
             raise UserError(f"a text of {n_tokens} tokens is longer than the corpus mean ({self.mean.shape[0]} positions)")
-        return (weights(chunks, n_tokens) @ self.mean[:n_tokens].to(torch.float64)).reshape(-1)
+        return (weights(tuple(chunks), n_tokens) @ self.mean[:n_tokens].to(torch.float64)).reshape(-1)
 
     def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
         """Centred vectors from raw ones [N, C*H] and their token counts, without the model."""

@@ -3,8 +3,9 @@
 Pure torch: knows nothing of models, configs or files. Weights are float64.
 """
 
+import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -40,23 +41,26 @@ def chunk_weights(chunk: Chunk, n_tokens: int) -> torch.Tensor:
     return w / w.sum()
 
 
+@functools.lru_cache(maxsize=8192)
 def weights(chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
-    """Weights of all chunks of a mode for one text of n_tokens: [C, n_tokens] float64."""
+    """Weights of all chunks of a mode for one text of n_tokens: [C, n_tokens] float64 (cached: read only)."""
     return torch.stack([chunk_weights(c, n_tokens) for c in chunks])  # [C, T]
 
 
 def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
-         mean: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pooled vectors of a right-padded batch h [B, T, H] -> [B, C*H] float32.
+         means: Sequence[Optional[torch.Tensor]] = (None,)) -> List[torch.Tensor]:
+    """Pooled vectors of a right-padded batch h [B, T, H]: one [B, C*H] float32 tensor per entry of means.
 
-    With `mean` [P, H] (a per-position corpus mean) the pooled quantity is h_t - mean_t: the
-    centred vector. Pad positions get no weight. Each text is done alone in float64, so the
-    result does not depend on how texts were batched and needs no [B, T, H] float64 copy.
+    An entry None pools h_t (raw); a per-position corpus mean [P, H] pools h_t - mean_t (centred).
+    Pad positions get no weight. Each text is done alone in float64, so the result does not
+    depend on how texts were batched and needs no [B, T, H] float64 copy.
     """
-    out = torch.empty(len(lengths), len(chunks) * h.shape[-1], dtype=torch.float32, device=h.device)  # [B, C*H]
+    chunks = tuple(chunks)
+    outs = [torch.empty(len(lengths), len(chunks) * h.shape[-1], dtype=torch.float32, device=h.device)
+            for _ in means]  # [B, C*H] each
     for b, n in enumerate(lengths):
+        w = weights(chunks, n).to(h.device)  # [C, n]
         x = h[b, :n].to(torch.float64)  # [n, H]
-        if mean is not None:
-            x = x - mean[:n].to(torch.float64)
-        out[b] = (weights(chunks, n).to(h.device) @ x).reshape(-1)
-    return out
+        for out, mean in zip(outs, means):
+            out[b] = (w @ (x if mean is None else x - mean[:n].to(torch.float64))).reshape(-1)
+    return outs

@@ -129,6 +129,16 @@ class VisualizeConfig:
 
 
 @dataclass
+class BenchConfig:
+    docs: int = 48
+    doc_tokens: int = 256
+    mean_docs: int = 64
+    repeats: int = 3
+    warmup: int = 1
+    peak_tflops: Optional[float] = None
+
+
+@dataclass
 class CompareConfig:
     raw_csv: Optional[str] = None
     centered_csv: Optional[str] = None
@@ -165,6 +175,7 @@ class Config:
     csv: CsvConfig = field(default_factory=CsvConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "default"
     text: Optional[str] = None

@@ -49,8 +49,8 @@ def test_modes_from_config_give_h_and_4h_dims():
     short = chunks_from_cfg(compose_cfg("pooling=short").pooling)
     long = chunks_from_cfg(compose_cfg("pooling=long").pooling)
     assert [c.label for c in long] == ["last", "exp 0.023", "exp 0.067", "exp 0.159"]
-    assert pool(h, [7, 3], short).shape == (2, 16)
-    assert pool(h, [7, 3], long).shape == (2, 64)
+    assert pool(h, [7, 3], short)[0].shape == (2, 16)
+    assert pool(h, [7, 3], long)[0].shape == (2, 64)
 
 
 def test_pool_is_weighted_sum_and_ignores_pads():
@@ -58,10 +58,19 @@ def test_pool_is_weighted_sum_and_ignores_pads():
     h = torch.randn(2, 5, 3)  # [B, T, H]
     h[1, 2:] = float("nan")  # pads of the second text: must not leak in
     chunks = [Chunk("last"), Chunk("mean"), Chunk("exp", 0.3)]
-    out = pool(h, [5, 2], chunks)  # [B, 3*H]
+    [out] = pool(h, [5, 2], chunks)  # [B, 3*H]
     assert torch.isfinite(out).all()
     for b, n in enumerate([5, 2]):
-        expected = torch.cat([weights([c], n)[0] @ h[b, :n].double() for c in chunks]).float()
+        expected = torch.cat([weights((c,), n)[0] @ h[b, :n].double() for c in chunks]).float()
         assert torch.allclose(out[b], expected, atol=1e-6)
     assert torch.allclose(out[1, :3], h[1, 1])  # last
     assert torch.allclose(out[1, 3:6], h[1, :2].mean(0))  # mean
+
+
+def test_pool_with_a_mean_pools_the_difference_in_the_same_pass():
+    torch.manual_seed(1)
+    h, mu = torch.randn(2, 6, 4), torch.randn(10, 4)  # [B, T, H], [P, H]
+    chunks = [Chunk("last"), Chunk("exp", 0.2)]
+    raw, centered = pool(h, [6, 3], chunks, (None, mu))
+    [expected] = pool(h - mu[:6], [6, 3], chunks)
+    assert torch.allclose(centered, expected, atol=1e-6) and torch.equal(raw, pool(h, [6, 3], chunks)[0])

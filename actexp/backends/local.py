@@ -64,9 +64,10 @@ class LocalBackend:
         centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
         mu = None if mean is None else mean.mean.to(self.lm.device)  # [P, H]
         for batch, h, lengths in self._batches(ids):
-            raw[batch] = pool(h, lengths, chunks).cpu()
+            pooled = pool(h, lengths, chunks, (None,) if mu is None else (None, mu))
+            raw[batch] = pooled[0].cpu()
             if mu is not None:
-                centered[batch] = pool(h, lengths, chunks, mu).cpu()
+                centered[batch] = pooled[1].cpu()
         return Vectors(raw, centered, [len(x) for x in ids], truncated)
 
     def mean_stats(self, texts: Sequence[str]) -> MeanAccumulator:

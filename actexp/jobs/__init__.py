@@ -4,7 +4,7 @@ import importlib
 
 from ..errors import UserError
 
-NAMES = ("extract", "similarity", "mean", "csv", "compare", "plot", "visualize", "pipeline")
+NAMES = ("extract", "similarity", "mean", "csv", "compare", "plot", "visualize", "pipeline", "bench")
 
 
 def get(name: str):
