@@ -24,7 +24,7 @@ def variants(cfg) -> list:
     chosen = list(cfg.csv.variants or ["centered" if cfg.centering.name != "none" else "raw"])
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown or not chosen:
-        raise UserError(f"csv.variants={chosen} : use a list of {', '.join(VARIANTS)}")
+        raise UserError(f"csv.variants={chosen}: use a list of {', '.join(VARIANTS)}")
     return chosen
 
 
