@@ -130,7 +130,7 @@ class VisualizeConfig:
 
 @dataclass
 class BenchConfig:
-    docs: int = 48
+    docs: int = 40
     doc_tokens: int = 256
     mean_docs: int = 64
     repeats: int = 3

@@ -1,5 +1,6 @@
 """The in-process backend: the model runs here; shards and means are files under paths.artifacts."""
 
+import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,19 @@ from ..model import LoadedModel, identity, load_model
 from ..pooling import Chunk, pool
 
 log = logging.getLogger(__name__)
+
+
+def _heap_trimmer():
+    """glibc's malloc_trim, or None. Batches of ever-different shapes fragment the C heap, so
+    without a trim the resident set of a long CPU mean job creeps up with the corpus (measured:
+    931 -> 1,305 MB from 256 to 1,024 documents; with a trim per batch 783 -> 832 MB, ~10 % slower)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+TRIM_HEAP = _heap_trimmer()
 
 
 @dataclass
@@ -74,8 +88,12 @@ class LocalBackend:
         """Per-position float64 sum and count of h_t over the texts (one shard of a corpus mean)."""
         ids, _ = self._encode(texts)
         acc = MeanAccumulator(self.lm.hidden_size, self.lm.device)
+        trim = TRIM_HEAP if self.lm.device.type == "cpu" else None  # CUDA has its own caching allocator
         for _, h, lengths in self._batches(ids):
             acc.add(h, lengths)
+            if trim is not None:
+                del h
+                trim(0)
         return acc
 
     def write_shard(self, docs: Sequence[Document], path: Path, index: int, mean_id: str) -> dict:
