@@ -7,7 +7,7 @@ Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents lo
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -71,7 +71,7 @@ class CorpusMean:
     sum: torch.Tensor  # [P, H] float64
     count: torch.Tensor  # [P] int64
     metadata: dict = field(default_factory=dict)
-    path: Path = None
+    path: Optional[Path] = None
 
     @classmethod
     def from_stats(cls, sum_, count, max_tokens: int, min_count: int, tail_start: int, metadata: dict):
@@ -96,10 +96,6 @@ class CorpusMean:
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
             raise UserError(f"{path} is not a readable corpus mean ({e}): recompute it with job=mean") from None
         return cls(tensors["mean"], tensors["sum"], tensors["count"], meta, Path(path))
-
-    @property
-    def hidden_size(self) -> int:
-        return self.mean.shape[1]
 
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
