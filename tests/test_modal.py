@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from actexp import artifacts as store
@@ -119,9 +120,8 @@ def stand_in(tmp_path, monkeypatch):
 
 def test_extractor_methods_run_locally_and_match_the_local_backend():
     cfg = compose_cfg("pooling=long")
-    options = {k: v for k, v in json.loads(json.dumps(dict(
-        __import__("omegaconf").OmegaConf.to_container(cfg.model, resolve=True)))).items()
-        if k not in ("name_or_path", "revision", "dtype")}
+    options = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+               if k not in ("name_or_path", "revision", "dtype")}
     extractor = modal_app.Extractor(dtype="float32", options=json.dumps(options))
     reply = extractor.vectors.local({"texts": TEXTS, "chunks": [{"kind": "last"}, {"kind": "exp", "alpha": 0.067}]})
     chunks = chunks_from_cfg(compose_cfg("pooling.chunks=[{kind:last},{kind:exp,alpha:0.067}]").pooling)

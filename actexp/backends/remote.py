@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from omegaconf import OmegaConf
 
 from .. import artifacts as store
 from ..centering import CorpusMean
@@ -76,7 +77,8 @@ class ModalBackend:
             from . import modal_app
         self.app_module, self._run = modal_app, None
         m = cfg.model
-        options = {k: v for k, v in _plain(m).items() if k not in ("name_or_path", "revision", "dtype")}
+        options = {k: v for k, v in OmegaConf.to_container(m, resolve=True).items()
+                   if k not in ("name_or_path", "revision", "dtype")}
         self.params = dict(name_or_path=m.name_or_path or "", revision=m.revision or "",
                            dtype=m.dtype or self.hw.dtype, options=json.dumps(options, sort_keys=True))
         self.metadata = identity(m) | {"dtype": self.params["dtype"]}
@@ -146,15 +148,11 @@ class ModalBackend:
         requests = [base | {"texts": [texts[i] for i in g]} for g in groups]
         results = list(self.extractor.vectors.map(requests, return_exceptions=True))
         _raise_failures(results, "vector requests")
-        order = [i for g in groups for i in g]
-        raw = torch.cat([torch.from_numpy(r["raw"]) for r in results])  # [N, C*H] in group order
+        # token_groups keeps the texts' order, so concatenating the replies restores it.
+        raw = torch.cat([torch.from_numpy(r["raw"]) for r in results])  # [N, C*H]
         centered = None if mean is None else torch.cat([torch.from_numpy(r["centered"]) for r in results])
-        back = torch.empty(len(order), dtype=torch.long)
-        back[torch.tensor(order)] = torch.arange(len(order))
-        n_tokens = [n for r in results for n in r["n_tokens"]]
-        truncated = [t for r in results for t in r["truncated"]]
-        return Vectors(raw[back], None if centered is None else centered[back],
-                       [n_tokens[j] for j in back.tolist()], [truncated[j] for j in back.tolist()])
+        return Vectors(raw, centered, [n for r in results for n in r["n_tokens"]],
+                       [t for r in results for t in r["truncated"]])
 
     # -- corpus mean ---------------------------------------------------------------------------
     def shard_headers(self, folder: Path) -> List[dict]:
@@ -191,8 +189,3 @@ class ModalBackend:
         path = write_bytes(folder / store.MEAN_FILE, data)
         return CorpusMean.load(path)
 
-
-def _plain(node) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True)

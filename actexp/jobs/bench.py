@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..activations import batch_ids, token_budget_batches
 from ..backends.local import LocalBackend
-from ..centering import MeanAccumulator
+from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Corpus, Document
 from ..io import write_json
 from ..pooling import Chunk, weights
@@ -141,8 +141,6 @@ def _child_peak(cfg_dict: dict, name: str, docs_file: str, mean_path) -> float:
     docs = [Document(**d) for d in json.loads(Path(docs_file).read_text())]
     work = Workload(cfg, docs)
     if mean_path:
-        from ..centering import CorpusMean
-
         work.mean = CorpusMean.load(mean_path)
     _reset_peak_rss()  # the model's construction has its own transient peak: not part of the measurement
     getattr(work, name)()
