@@ -1,4 +1,4 @@
-"""The layer-reduced residual stream h_t of DESIGN.md section 1, for batches of token ids.
+"""The layer-reduced residual stream h_t of docs/math.md, for batches of token ids.
 
 Forward hooks on the selected decoder blocks add each block's raw output into one float32
 buffer, so an all-layer stack is never built; the LM head never runs and no KV cache is made.

@@ -1,46 +1,113 @@
-"""The artifact store of corpus means: ids, folder layout, shard files, and finding a mean again.
+"""The artifact store of corpus means: where its files live, their ids, locks and checksums.
 
-    <paths.artifacts>/means/<mean-id>/shards/00000.safetensors   one per shard: sum, count
-    <paths.artifacts>/means/<mean-id>/aggregate.ckpt.safetensors  merge progress (removed at the end)
-    <paths.artifacts>/means/<mean-id>/corpus_mean.safetensors     the mean (centering.CorpusMean)
+    <root>/stats/<stats-id>/shards/00000.safetensors   per shard: float64 sum [p, H], count [p], doc ids
+    <root>/stats/<stats-id>/manifest.json              written once every shard is on disk
+    <root>/stats/<stats-id>/aggregate.ckpt.safetensors merge progress (removed at the end)
+    <root>/stats/<stats-id>/.locks/                    one lock per shard and one for the merge
+    <root>/means/<mean-id>/corpus_mean.safetensors     the mean; <mean-id> = <stats-id>-m<min_count>-t<tail_start>
+
+The stats id names everything that changes the sums (the model identity, dtype included, and the
+corpus's content); the mean id adds the settings of the finalisation, so re-finalising reuses the
+shards and never overwrites a mean that earlier outputs used.
+
+Several processes may share a store: a shard is written only by the holder of its lock, the
+checkpoint and the mean only by the holder of the merge lock, and a writer removes only the temp
+files of a file whose lock it holds. On a Modal volume (no locks) `locking=False`: there every
+shard has one writer at a time and equal inputs write equal bytes.
 """
 
+import contextlib
 import hashlib
 import json
 import re
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from .centering import CorpusMean, MeanAccumulator
 from .errors import UserError
-from .io import write_safetensors
+from .io import write_json, write_safetensors
 
 MEAN_FILE = "corpus_mean.safetensors"
 CHECKPOINT_FILE = "aggregate.ckpt.safetensors"
-# Identity fields a mean must share with the model it centres.
-MATCH_FIELDS = ("model", "name_or_path", "revision", "seed", "layers", "prepend_bos", "max_tokens", "hidden_size")
+MANIFEST = "manifest.json"
 
 
-def mean_id(model_identity: dict, corpus_id: str) -> str:
-    """Readable, and unique to the model identity and the corpus (by a hash of both)."""
+def root(artifacts) -> Path:
+    """The store's folder as an absolute path (paths.artifacts may be relative or start with ~)."""
+    return Path(artifacts).expanduser().resolve()
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def stats_id(model_identity: dict, corpus_id: str) -> str:
+    """Readable (model, revision or seed, layers, BOS, max_tokens, dtype, corpus), and unique by a
+    hash of the whole identity and the corpus id."""
     m = model_identity
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
     revision = m["revision"] or (f"seed{m['seed']}" if m["random_init"] else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
-    digest = hashlib.sha256(json.dumps([m, corpus_id], sort_keys=True).encode()).hexdigest()[:8]
     bos = "bos" if m["prepend_bos"] else "nobos"
-    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}__{corpus_id}__{digest}"
+    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}__{corpus_id}__{_digest([m, corpus_id])}"
 
 
-def mean_dir(artifacts: str, mid: str) -> Path:
-    return Path(artifacts) / "means" / mid
+@dataclass(frozen=True)
+class Stats:
+    """The shard sums of one model identity over one corpus, in the store at `root`."""
+
+    root: Path
+    identity: dict
+    corpus_id: str
+    locking: bool = True
+
+    @property
+    def id(self) -> str:
+        return stats_id(self.identity, self.corpus_id)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "stats" / self.id
+
+    def shard(self, index: int) -> Path:
+        return self.folder / "shards" / f"{index:05d}.safetensors"
+
+    def mean_id(self, min_count: int, tail_start: int) -> str:
+        return f"{self.id}-m{min_count}-t{tail_start}"
+
+    def mean_path(self, min_count: int, tail_start: int) -> Path:
+        return self.root / "means" / self.mean_id(min_count, tail_start) / MEAN_FILE
+
+    def lock(self, name: str):
+        """A cross-process lock of this folder (FileLock), or a no-op where files cannot be locked."""
+        if not self.locking:
+            return _NoLock()
+        (self.folder / ".locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(self.folder / ".locks" / f"{name}.lock")
+
+    def spec(self) -> dict:
+        """What a remote worker needs to find the same files under its own root."""
+        return {"identity": self.identity, "corpus_id": self.corpus_id}
 
 
-def shard_path(folder: Path, index: int) -> Path:
-    return folder / "shards" / f"{index:05d}.safetensors"
+class _NoLock(contextlib.nullcontext):
+    def acquire(self, blocking: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
+
+
+def remove_temp_files(path: Path) -> None:
+    """Remove the temp files a killed write of `path` left behind; call it holding path's lock."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _checksum(tensors: dict) -> str:
@@ -51,91 +118,172 @@ def _checksum(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def write_stats(path: Path, sum_: torch.Tensor, count: torch.Tensor, meta: dict) -> Path:
-    """Write a sum/count file atomically, with a checksum over its tensors in the header."""
-    tensors = {"sum": sum_.cpu(), "count": count.cpu()}
-    header = {k: json.dumps(v) for k, v in meta.items()} | {"sha256": _checksum(tensors)}
-    return write_safetensors(path, tensors, header)
+def _write_checked(path: Path, tensors: dict, meta: dict) -> str:
+    """Write tensors atomically with their checksum in the header; the checksum."""
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    digest = _checksum(tensors)
+    write_safetensors(path, tensors, {k: json.dumps(v) for k, v in meta.items()} | {"sha256": digest})
+    return digest
 
 
-def read_stats(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor, dict]]:
-    """(sum, count, meta) of a sum/count file, or None if it is missing, truncated or corrupt."""
+def _read_checked(path: Path, names: Tuple[str, ...]) -> Optional[Tuple[dict, dict]]:
+    """(tensors, header) of a file written by _write_checked, or None if missing, truncated or corrupt."""
     try:
         with safe_open(str(path), "pt") as f:
             header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in ("sum", "count")}
-        if header.pop("sha256", None) != _checksum(tensors):
+            tensors = {k: f.get_tensor(k) for k in names}
+        if header.get("sha256") != _checksum(tensors):
             return None
-        return tensors["sum"], tensors["count"], {k: json.loads(v) for k, v in header.items()}
+        return tensors, {k: v if k == "sha256" else json.loads(v) for k, v in header.items()}
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
+
+
+def write_stats(path: Path, sum_: torch.Tensor, count: torch.Tensor, meta: dict) -> Path:
+    """A shard or checkpoint: float64 sum and int64 count, with a checksum over both."""
+    _write_checked(path, {"sum": sum_, "count": count}, meta)
+    return path
+
+
+def read_stats(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor, dict]]:
+    """(sum, count, header) of a shard or checkpoint, or None if it is missing, truncated or corrupt."""
+    read = _read_checked(path, ("sum", "count"))
+    return None if read is None else (read[0]["sum"], read[0]["count"], read[1])
+
+
+def save_mean(mean: CorpusMean, path: Path) -> CorpusMean:
+    """Write a mean atomically; its metadata gains the checksum of its tensors."""
+    tensors = {"mean": mean.mean, "sum": mean.sum, "count": mean.count}
+    meta = {k: v for k, v in mean.metadata.items() if k != "sha256"}
+    mean.metadata = meta | {"sha256": _write_checked(path, tensors, meta)}
+    mean.path = Path(path)
+    return mean
+
+
+def load_mean(path: Path) -> CorpusMean:
+    """A mean written by save_mean, its checksum verified."""
+    read = _read_checked(Path(path), ("mean", "sum", "count"))
+    if read is None:
+        raise UserError(f"{path} is not a readable corpus mean (missing, truncated or corrupt): "
+                        "recompute it with job=mean")
+    t, meta = read
+    return CorpusMean(t["mean"], t["sum"], t["count"], meta, Path(path))
 
 
 def read_header(path: Path) -> Optional[dict]:
     """The metadata of a safetensors file without reading its tensors, or None if unreadable."""
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "sha256"}
+            return {k: v if k == "sha256" else json.loads(v) for k, v in (f.metadata() or {}).items()}
     except (SafetensorError, OSError, ValueError):
         return None
 
 
+def header_of_stream(chunks: Iterable[bytes]) -> dict:
+    """The metadata of a safetensors file from the first chunks of its bytes (the rest is not read)."""
+    data, need = b"", None
+    for chunk in chunks:
+        data += chunk
+        if need is None and len(data) >= 8:
+            need = 8 + struct.unpack("<Q", data[:8])[0]
+        if need is not None and len(data) >= need:
+            return json.loads(data[8:need]).get("__metadata__", {})
+    raise ValueError("truncated safetensors header")
+
+
 def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
     """The first identity field where a mean's metadata differs from the model, described; None if it fits."""
-    for key in MATCH_FIELDS:
-        if meta.get(key) != model_identity.get(key):
-            return f"{key}={json.dumps(meta.get(key))} (this model has {key}={json.dumps(model_identity.get(key))})"
+    for key, value in model_identity.items():
+        if meta.get(key) != value:
+            return f"{key}={json.dumps(meta.get(key))} (this model has {key}={json.dumps(value)})"
     return None
 
 
-def find_means(artifacts: str, model_identity: dict) -> List[Path]:
-    """Corpus means in the store that fit the model, newest first."""
-    found = []
-    for path in Path(artifacts).glob(f"means/*/{MEAN_FILE}"):
-        meta = read_header(path)
-        if meta is not None and mismatch(meta, model_identity) is None:
+def find_means(artifacts: Path, model_identity: dict) -> Tuple[List[Path], Optional[str]]:
+    """Corpus means in the store that fit the model, newest first, and why the newest mean made
+    for a model of the same name does not fit (None if there is none)."""
+    found, misses = [], []
+    paths = sorted(root(artifacts).glob(f"means/*/{MEAN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in paths:
+        meta = read_header(path) or {}
+        diff = mismatch(meta, model_identity)
+        if diff is None:
             found.append(path)
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+        elif meta.get("model") == model_identity["model"]:
+            misses.append(f"{path.parent.name} has {diff}")
+    return found, misses[0] if misses else None
 
 
-def clean_temp_files(folder: Path) -> None:
-    """Remove temp files left by a write that was killed before its rename."""
-    for tmp in folder.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+def shard_headers(stats: Stats) -> List[dict]:
+    """The headers of the shard files on disk (unreadable ones count as empty)."""
+    return [read_header(p) or {} for p in sorted((stats.folder / "shards").glob("*.safetensors"))]
 
 
-def shard_headers(folder: Path) -> List[dict]:
-    """The headers of the shard files in a mean folder (unreadable ones count as empty)."""
-    return [read_header(p) or {} for p in sorted((folder / "shards").glob("*.safetensors"))]
+def shard_problem(stats: Stats, header: dict, doc_ids: Optional[List[str]] = None) -> Optional[str]:
+    """Why a shard's header does not belong to these sums (None if it does)."""
+    for key, expected in (("stats_id", stats.id), ("dtype", stats.identity["dtype"])):
+        if header.get(key) != expected:
+            return f"it was computed for {key}={header.get(key)} (these sums are for {key}={expected})"
+    if doc_ids is not None and header.get("doc_ids") != doc_ids:
+        return "its documents are not this shard's documents"
+    return None
 
 
-def merge_shards(folder: Path, n_shards: int, model_identity: dict, meta: dict, min_count: int, tail_start: int,
-                 checkpoint_every: int) -> CorpusMean:
-    """Merge shards 0..n-1 in order into corpus_mean.safetensors, resuming from the checkpoint.
+def write_manifest(stats: Stats, n_shards: int, docs: int, tokens: int) -> None:
+    with stats.lock("merge"):
+        path = stats.folder / MANIFEST
+        remove_temp_files(path)
+        write_json(path, {"n_shards": n_shards, "docs": docs, "tokens": tokens, "stats_id": stats.id})
 
-    In-order float64 merging makes the result bit-identical however the work was interrupted.
-    A missing or corrupt shard is removed and reported: the next extract recomputes it.
+
+def read_manifest(stats: Stats) -> Optional[dict]:
+    path = stats.folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _merge_one(stats: Stats, acc: MeanAccumulator, k: int) -> None:
+    """Add shard k to acc; refuse a missing, corrupt or foreign shard (removed: extract redoes it)."""
+    path = stats.shard(k)
+    read = read_stats(path)
+    problem = "is missing or corrupt" if read is None else shard_problem(stats, read[2])
+    if problem:
+        with stats.lock(f"shard-{k:05d}"):  # a writer of this shard may be finishing it: wait, then look again
+            read = read_stats(path)
+            problem = "is missing or corrupt" if read is None else shard_problem(stats, read[2])
+            if problem:
+                path.unlink(missing_ok=True)
+                raise UserError(f"shard {k} of {stats.id} {problem} and was removed: "
+                                "run the same job=mean command again to recompute it")
+    acc.merge(read[0], read[1], read[2]["docs"], read[2]["tokens"])
+
+
+def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, checkpoint_every: int) -> CorpusMean:
+    """Merge shards 0..n-1 in order into the mean of these settings, resuming from the checkpoint.
+
+    In-order float64 merging makes the result bit-identical however the work was interrupted or
+    shared. Under the merge lock, so a second writer finds the finished mean and reuses it.
     """
-    acc, first = MeanAccumulator(model_identity["hidden_size"]), 0
-    ckpt = read_stats(folder / CHECKPOINT_FILE)
-    if ckpt is not None and ckpt[2].get("n_shards") == n_shards:
-        acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
-        first = ckpt[2]["next"]
-    dtype = None
-    for k in range(first, n_shards):
-        path = shard_path(folder, k)
-        stats = read_stats(path)
-        if stats is None:
-            path.unlink(missing_ok=True)
-            raise UserError(f"shard {k} of {folder.name} is missing or corrupt and was removed: "
-                            "run the same job=mean command again to recompute it")
-        acc.merge(stats[0], stats[1], stats[2]["docs"], stats[2]["tokens"])
-        dtype = dtype or stats[2].get("dtype")
-        if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
-            write_stats(folder / CHECKPOINT_FILE, acc.sum, acc.count,
-                        {"next": k + 1, "n_shards": n_shards, "docs": acc.docs, "tokens": acc.tokens})
-    meta = model_identity | meta | {"docs": acc.docs, "tokens": acc.tokens, "shards": n_shards, "dtype": dtype}
-    mean = CorpusMean.from_stats(acc.sum, acc.count, model_identity["max_tokens"], min_count, tail_start, meta)
-    mean.save(folder / MEAN_FILE)
-    (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
-    return mean
+    final = stats.mean_path(min_count, tail_start)
+    with stats.lock("merge"):
+        with contextlib.suppress(UserError):
+            return load_mean(final)  # finished by another process (a mean id fixes its content)
+        ckpt_path = stats.folder / CHECKPOINT_FILE
+        remove_temp_files(ckpt_path)
+        remove_temp_files(final)
+        acc, first = MeanAccumulator(stats.identity["hidden_size"]), 0
+        ckpt = read_stats(ckpt_path)
+        if ckpt is not None and ckpt[2].get("n_shards") == n_shards and ckpt[2].get("stats_id") == stats.id:
+            acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
+            first = ckpt[2]["next"]
+        for k in range(first, n_shards):
+            _merge_one(stats, acc, k)
+            if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
+                write_stats(ckpt_path, acc.sum, acc.count, {"next": k + 1, "n_shards": n_shards, "docs": acc.docs,
+                                                            "tokens": acc.tokens, "stats_id": stats.id})
+        meta = stats.identity | {"corpus": stats.corpus_id, "stats_id": stats.id,
+                                 "mean_id": stats.mean_id(min_count, tail_start), "docs": acc.docs,
+                                 "tokens": acc.tokens, "shards": n_shards}
+        mean = CorpusMean.from_stats(acc.sum, acc.count, stats.identity["max_tokens"], min_count, tail_start, meta)
+        save_mean(mean, final)
+        ckpt_path.unlink(missing_ok=True)
+        return mean

@@ -1,19 +1,16 @@
-"""The per-position corpus mean of DESIGN.md section 1: accumulate, merge, finalise, save/load,
-and pooled_mean(T) for centring after the fact.
+"""The per-position corpus mean of docs/math.md: accumulate, merge, finalise, and pooled_mean(T)
+for centring after the fact. Pure torch: files are the artifact store's business (artifacts.py).
 
 Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents longer than t.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .errors import UserError
-from .io import write_safetensors
 from .pooling import Chunk, weights
 
 
@@ -82,20 +79,10 @@ class CorpusMean:
         meta = metadata | {"min_count": min_count, "tail_start": tail_start}
         return cls(finalise(sum_, count, min_count, tail_start), sum_, count, meta)
 
-    def save(self, path: Path) -> Path:
-        header = {k: json.dumps(v) for k, v in self.metadata.items()}
-        self.path = write_safetensors(path, {"mean": self.mean, "sum": self.sum, "count": self.count}, header)
-        return self.path
-
-    @classmethod
-    def load(cls, path: Path) -> "CorpusMean":
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-                tensors = {k: f.get_tensor(k) for k in ("mean", "sum", "count")}
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-            raise UserError(f"{path} is not a readable corpus mean ({e}): recompute it with job=mean") from None
-        return cls(tensors["mean"], tensors["sum"], tensors["count"], meta, Path(path))
+    @property
+    def sha256(self) -> Optional[str]:
+        """The checksum of the mean's tensors (set when it is saved): which mean was used, exactly."""
+        return self.metadata.get("sha256")
 
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""

@@ -22,7 +22,7 @@ import sysconfig
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 from .errors import UserError
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 TEXT_SUFFIXES = (".txt", ".md")
+SOURCES = ("stdlib_docs", "samples", "files", "hf")
 
 
 @dataclass(frozen=True)
@@ -143,27 +144,46 @@ def bundled_samples() -> List[Document]:
 
 
 class Corpus:
-    """The documents named by a `corpus` config group."""
+    """The documents named by a `corpus` config group.
+
+    Its id reads as name, source and limit, and ends with a hash of the config and of the
+    documents' own ids in order (a hash of their texts), so an edited, added or removed file gives
+    a new id. A streamed Hugging Face dataset is identified by name, split and limit only: hashing
+    it would mean downloading it.
+    """
 
     def __init__(self, cfg):
         self.cfg = cfg
         if cfg.shard_size < 1:
             raise UserError(f"corpus.shard_size must be at least 1, got {cfg.shard_size}")
+        if cfg.source not in SOURCES:
+            raise UserError(f"unknown corpus.source {cfg.source!r}: use {', '.join(SOURCES)}")
+        if cfg.source == "files" and not cfg.path:
+            raise UserError("corpus=files needs corpus.path=DIR, a glob, or a .jsonl file")
+
+    @functools.cached_property
+    def id(self) -> str:
+        cfg = self.cfg
         source = {
             "stdlib_docs": f"py{platform.python_version()}-min{cfg.min_chars}",
             "samples": "bundled",
             "files": Path(cfg.path or ".").expanduser().name or "root",
             "hf": f"{cfg.dataset}-{cfg.split}".replace("/", "_"),
-        }.get(cfg.source)
-        if source is None:
-            raise UserError(f"unknown corpus.source {cfg.source!r}: use stdlib_docs, samples, files or hf")
-        if cfg.source == "files" and not cfg.path:
-            raise UserError("corpus=files needs corpus.path=DIR, a glob, or a .jsonl file")
-        # What determines the documents and the shards, hashed, so that two configs never share an id.
+        }[cfg.source]
         key = json.dumps([cfg.source, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
-                          cfg.dataset, cfg.split, cfg.text_field, cfg.min_chars, cfg.max_docs, cfg.shard_size])
+                          cfg.dataset, cfg.split, cfg.text_field, cfg.min_chars, cfg.max_docs, cfg.shard_size,
+                          None if cfg.source == "hf" else self._scan[1]])
         limit = f"n{cfg.max_docs}" if cfg.max_docs else "all"
-        self.id = f"{cfg.name}-{source}-{limit}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+        return f"{cfg.name}-{source}-{limit}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+    @functools.cached_property
+    def _scan(self) -> Tuple[int, str]:
+        """(number of documents, sha256 of their ids in order): one pass over the source."""
+        h, n = hashlib.sha256(), 0
+        for doc in self.documents():
+            h.update(doc.id.encode())
+            n += 1
+        return n, h.hexdigest()
 
     def _source(self) -> Iterator[Document]:
         cfg = self.cfg
@@ -194,7 +214,7 @@ class Corpus:
 
     def count(self) -> Optional[int]:
         """How many documents there are, or None for a streamed dataset (counting would download it)."""
-        return None if self.cfg.source == "hf" else sum(1 for _ in self.documents())
+        return None if self.cfg.source == "hf" else self._scan[0]
 
     def shards(self) -> Iterator[List[Document]]:
         """Consecutive groups of shard_size documents (the last may be shorter)."""

@@ -3,6 +3,7 @@
 The LM head is loaded with the checkpoint but never run: activations come from the body.
 """
 
+import hashlib
 import os
 import socket
 import warnings
@@ -78,8 +79,36 @@ def model_config(mcfg):
                  revision=mcfg.revision, trust_remote_code=mcfg.trust_remote_code)
 
 
-def identity(mcfg, config=None) -> dict:
-    """What determines a model's activations (and so which corpus means fit it), from config alone."""
+def run_dtype(mcfg, hcfg) -> str:
+    """The dtype the model runs in: model.dtype, else the hardware's."""
+    name = mcfg.dtype or hcfg.dtype
+    torch_dtype(name)  # refuse an unknown name before anything runs
+    return name
+
+
+# Weight, config and tokenizer files of a checkpoint folder: their names, sizes and times identify it.
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
+
+
+def checkpoint_fingerprint(name_or_path: Optional[str]) -> Optional[str]:
+    """For a local checkpoint folder, a hash of its config.json and of the names, sizes and
+    modification times of its files, so that a folder re-saved with new weights gets a new
+    identity without reading gigabytes of weights; None for hub ids and random weights."""
+    path = Path(name_or_path).expanduser() if name_or_path else None
+    if path is None or not path.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES):
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        if f.name == "config.json":
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def identity(mcfg, dtype: str, config=None) -> dict:
+    """Everything that determines a model's activations, from config alone (no weights loaded):
+    a corpus mean fits a model only if every field is equal."""
     config = config or model_config(mcfg)
     n_blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
     layer_ids = select_layers(mcfg.layers, n_blocks)
@@ -87,12 +116,21 @@ def identity(mcfg, config=None) -> dict:
     max_tokens = mcfg.max_tokens or context
     if context and max_tokens > context:
         raise UserError(f"model.max_tokens={max_tokens} exceeds the model's context of {context} tokens")
+    arch = None
+    if mcfg.random_init and mcfg.arch is not None:
+        arch = {k: mcfg.arch[k] for k in sorted(mcfg.arch)}
     return {
         "model": mcfg.name,
         "name_or_path": mcfg.name_or_path,
         "revision": mcfg.revision,
+        "checkpoint": checkpoint_fingerprint(mcfg.name_or_path),
         "random_init": mcfg.random_init,
         "seed": mcfg.seed if mcfg.random_init else None,
+        "arch": arch,
+        "tokenizer": mcfg.tokenizer,
+        "blocks": mcfg.blocks,
+        "attn_implementation": mcfg.attn_implementation,
+        "dtype": dtype,
         "layers": "all" if layer_ids == list(range(n_blocks)) else layer_ids,
         "prepend_bos": mcfg.prepend_bos,
         "max_tokens": max_tokens,
@@ -110,11 +148,12 @@ def load_model(mcfg, hcfg) -> LoadedModel:
         raise UserError("hardware=cuda but torch sees no CUDA device: use hardware=cpu")
     if hcfg.threads:
         torch.set_num_threads(hcfg.threads)
-    dtype = torch_dtype(mcfg.dtype or hcfg.dtype)
+    dtype_name = run_dtype(mcfg, hcfg)
+    dtype = torch_dtype(dtype_name)
     model = _random_model(mcfg, dtype, device) if mcfg.random_init else _pretrained_model(mcfg, dtype, device)
     model.eval().requires_grad_(False)
     blocks = find_blocks(model, mcfg.blocks)
-    meta = identity(mcfg, model.config) | {"dtype": str(dtype).removeprefix("torch.")}
+    meta = identity(mcfg, dtype_name, model.config)
     layer_ids = select_layers(mcfg.layers, len(blocks))
     tokenizer = load_tokenizer(mcfg)
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(model.config, "bos_token_id", None)

@@ -1,4 +1,4 @@
-"""Pooling over tokens: the weight vectors of DESIGN.md section 1 and their application.
+"""Pooling over tokens: the weight vectors of docs/math.md and their application.
 
 Pure torch: knows nothing of models, configs or files. Weights are float64.
 """

@@ -45,11 +45,11 @@ def _main(cfg: DictConfig) -> dict:
     out_dir = Path(hc.runtime.output_dir)
     tracker = NULL
     try:
-        job = jobs.get(cfg.job.name)
+        jobs.get(cfg.job.name)  # an unknown job fails before a W&B run starts
         name, group = _run_names(cfg, hc)
         tracker = Tracker.start(cfg.logger, OmegaConf.to_container(cfg, resolve=True), out_dir, name, group,
                                 cfg.job.name)
-        metrics = job(cfg, out_dir, tracker)
+        metrics = jobs.run(cfg.job.name, cfg, out_dir, tracker)  # one backend for the whole run
         tracker.metrics(metrics)
         tracker.finish(0)
         return metrics

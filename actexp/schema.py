@@ -158,7 +158,7 @@ class LoggerConfig:
 
 @dataclass
 class PathsConfig:
-    artifacts: str = "artifacts"
+    artifacts: str = "~/.cache/actexp"  # conf/config.yaml reads $ACTEXP_ARTIFACTS and $XDG_CACHE_HOME first
 
 
 @dataclass

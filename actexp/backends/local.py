@@ -4,17 +4,17 @@ import ctypes
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from filelock import Timeout
 
 from .. import artifacts as store
 from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
 from ..errors import UserError
-from ..model import LoadedModel, identity, load_model
+from ..model import LoadedModel, load_model
 from ..pooling import Chunk, pool
 
 log = logging.getLogger(__name__)
@@ -96,36 +96,59 @@ class LocalBackend:
                 trim(0)
         return acc
 
-    def write_shard(self, docs: Sequence[Document], path: Path, index: int, mean_id: str) -> dict:
+    def write_shard(self, docs: Sequence[Document], stats: store.Stats, index: int) -> dict:
         """Compute one shard and write it atomically; its header (with the seconds it took)."""
         start = time.perf_counter()
         acc = self.mean_stats([d.text for d in docs])
         meta = {"shard": index, "doc_ids": [d.id for d in docs], "docs": acc.docs, "tokens": acc.tokens,
-                "mean_id": mean_id, "dtype": self.metadata["dtype"]}
-        store.write_stats(path, acc.sum, acc.count, meta)
+                "stats_id": stats.id, "dtype": self.metadata["dtype"]}
+        store.write_stats(stats.shard(index), acc.sum, acc.count, meta)
         return meta | {"seconds": time.perf_counter() - start}
 
-    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], folder: Path, mean_id: str
-                       ) -> Iterator[dict]:
-        """For each (index, documents): the header of its valid shard file, computing it if needed."""
-        store.clean_temp_files(folder)
+    def _shard(self, stats: store.Stats, index: int, docs: Sequence[Document]) -> dict:
+        """The header of shard `index`, computed unless a valid one is on disk; call it holding its lock."""
+        path = stats.shard(index)
+        read = store.read_stats(path)
+        problem = "is corrupt or truncated" if read is None else store.shard_problem(stats, read[2], [d.id for d in docs])
+        if problem is None:
+            return read[2]
+        if path.exists():
+            log.warning("shard %d (%s) %s: recomputing it", index, path, problem)
+        store.remove_temp_files(path)  # ours: no one else writes this shard while we hold its lock
+        return self.write_shard(docs, stats, index) | {"computed": True}
+
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
+        """For each (index, documents): the header of its valid shard file, computing it if needed.
+
+        A shard whose lock another process holds is left to it and read at the end (after waiting
+        for that lock), so two runs of the same mean share the work instead of colliding.
+        """
+        busy = []
         for k, docs in shards:
-            path = store.shard_path(folder, k)
-            stats = store.read_stats(path) if path.exists() else None
-            if stats is not None and stats[2].get("doc_ids") == [d.id for d in docs]:
-                yield stats[2]
+            lock = stats.lock(f"shard-{k:05d}")
+            try:
+                lock.acquire(blocking=False)
+            except Timeout:
+                busy.append((k, docs, lock))
                 continue
-            if path.exists():
-                log.warning("shard %d (%s) is corrupt, truncated or stale: recomputing it", k, path)
-            yield self.write_shard(docs, path, k, mean_id) | {"computed": True}
+            try:
+                yield self._shard(stats, k, docs)
+            finally:
+                lock.release()
+        for k, docs, lock in busy:
+            with lock:
+                yield self._shard(stats, k, docs)
 
-    def aggregate(self, folder: Path, n_shards: int, meta: dict, min_count: int, tail_start: int,
+    def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
-        return store.merge_shards(folder, n_shards, identity(self.model_cfg), meta, min_count, tail_start,
-                                  checkpoint_every)
+        return store.merge_shards(stats, n_shards, min_count, tail_start, checkpoint_every)
 
-    def shard_headers(self, folder: Path) -> List[dict]:
-        return store.shard_headers(folder)
+    def shard_headers(self, stats: store.Stats) -> List[dict]:
+        return store.shard_headers(stats)
 
     def close(self) -> None:
-        pass
+        """Release the model (a run opens one backend and closes it when it ends)."""
+        on_gpu = self._lm is not None and self._lm.device.type == "cuda"
+        self._lm = None
+        if on_gpu:
+            torch.cuda.empty_cache()

@@ -89,16 +89,19 @@ class Extractor:
 
     @modal.method()
     def vectors(self, request: dict) -> dict:
-        """{texts, chunks: [{kind, alpha}], mean: path on the artifacts volume or None} ->
+        """{texts, chunks: [{kind, alpha}], mean: path on the artifacts volume or None, mean_sha256} ->
         {raw, centered: float32 [N, C*H] or None, n_tokens, truncated}."""
-        from actexp.centering import CorpusMean
+        from actexp.artifacts import load_mean
         from actexp.pooling import Chunk
 
         self._configure(request)
         mean = None
         if request.get("mean"):
             artifacts_volume.reload()
-            mean = CorpusMean.load(Path(ARTIFACTS_DIR) / request["mean"])
+            mean = load_mean(Path(ARTIFACTS_DIR) / request["mean"])
+            if mean.sha256 != request.get("mean_sha256"):
+                raise RuntimeError(f"the corpus mean {request['mean']} on the volume is not the one sent "
+                                   "(another run replaced it): run the job again")
         chunks = [Chunk(c["kind"], c.get("alpha")) for c in request["chunks"]]
         out = self.backend.vectors(request["texts"], chunks, mean)
         return {"raw": out.raw.numpy(), "centered": None if out.centered is None else out.centered.numpy(),
@@ -106,41 +109,46 @@ class Extractor:
 
     @modal.method()
     def mean_shard(self, request: dict) -> dict:
-        """{index, texts, doc_ids, mean_id} -> the shard's header; the file is written atomically on
-        the artifacts volume and committed, so a preempted input that runs again is harmless."""
-        from actexp import artifacts as store
+        """{index, texts, doc_ids, stats: {identity, corpus_id}} -> the shard's header; the file is
+        written atomically on the artifacts volume and committed, so a preempted input that runs
+        again is harmless."""
         from actexp.corpus import Document
 
         self._configure(request)
         docs = [Document(i, i, t) for i, t in zip(request["doc_ids"], request["texts"])]
-        folder = store.mean_dir(ARTIFACTS_DIR, request["mean_id"])
-        meta = self.backend.write_shard(docs, store.shard_path(folder, request["index"]), request["index"],
-                                        request["mean_id"])
+        meta = self.backend.write_shard(docs, _stats(request["stats"]), request["index"])
         artifacts_volume.commit()
         return meta
 
 
+def _stats(spec: dict):
+    """The sums named by a request, on the volume (which has no file locks)."""
+    from actexp.artifacts import Stats
+
+    return Stats(Path(ARTIFACTS_DIR), spec["identity"], spec["corpus_id"], locking=False)
+
+
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600, memory=32768)
 def aggregate(request: dict) -> dict:
-    """Merge the shards of means/<mean_id> on the volume into corpus_mean.safetensors (CPU only)."""
+    """Merge the shards on the volume into the mean of the requested settings (CPU only)."""
     from actexp import artifacts as store
 
     artifacts_volume.reload()
-    folder = store.mean_dir(ARTIFACTS_DIR, request["mean_id"])
+    stats = _stats(request["stats"])
     try:
-        mean = store.merge_shards(folder, request["n_shards"], request["identity"], request["meta"],
-                                  request["min_count"], request["tail_start"], request["checkpoint_every"])
+        mean = store.merge_shards(stats, request["n_shards"], request["min_count"], request["tail_start"],
+                                  request["checkpoint_every"])
     finally:
         artifacts_volume.commit()  # keep the merge checkpoint, or the removal of a corrupt shard
     return {"path": str(Path(mean.path).relative_to(ARTIFACTS_DIR)), "metadata": mean.metadata}
 
 
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)
-def shard_headers(mean_id: str) -> list:
+def shard_headers(spec: dict) -> list:
     from actexp import artifacts as store
 
     artifacts_volume.reload()
-    return store.shard_headers(store.mean_dir(ARTIFACTS_DIR, mean_id))
+    return store.shard_headers(_stats(spec))
 
 
 @app.function(image=image, volumes={HF_DIR: hf_cache}, secrets=secrets, timeout=7200)

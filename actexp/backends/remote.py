@@ -5,11 +5,9 @@ GPUs); mean shards fan out with `.map(..., return_exceptions=True)`, shards alre
 artifacts volume are skipped, and the merged mean is downloaded into the local artifact store.
 """
 
-import atexit
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,7 +18,7 @@ from ..centering import CorpusMean
 from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
-from ..model import encode, identity, load_tokenizer
+from ..model import encode, identity, load_tokenizer, run_dtype
 from ..pooling import Chunk
 from .local import Vectors
 
@@ -81,7 +79,7 @@ class ModalBackend:
                    if k not in ("name_or_path", "revision", "dtype")}
         self.params = dict(name_or_path=m.name_or_path or "", revision=m.revision or "",
                            dtype=m.dtype or self.hw.dtype, options=json.dumps(options, sort_keys=True))
-        self.metadata = identity(m) | {"dtype": self.params["dtype"]}
+        self.metadata = identity(m, run_dtype(m, self.hw))
         self._extractor = None
 
     # -- connection ----------------------------------------------------------------------------
@@ -103,10 +101,10 @@ class ModalBackend:
                 except modal.exception.NotFoundError:
                     raise UserError(f"the Modal app {self.hw.app_name!r} is not deployed: run `{DEPLOY}`, "
                                     "or set hardware.deployed=false for an ephemeral app") from None
-            else:
-                self._run = self.app_module.app.run()
-                self._run.__enter__()
-                atexit.register(self.close)
+            else:  # one ephemeral app per run: Modal refuses to start an app that is already running
+                run = self.app_module.app.run()
+                run.__enter__()
+                self._run = run
                 cls = self.app_module.Extractor
             self._extractor = self._options(cls)(**self.params)
         return self._extractor
@@ -121,18 +119,23 @@ class ModalBackend:
         return getattr(self.app_module, name)
 
     def close(self) -> None:
+        """Leave the ephemeral app (the run is over)."""
+        self._extractor = None
         if self._run is not None:
-            self._run.__exit__(None, None, None)
-            self._run = None
+            run, self._run = self._run, None
+            run.__exit__(None, None, None)
 
     # -- vectors -------------------------------------------------------------------------------
     def _remote_mean(self, mean: CorpusMean) -> str:
-        """The mean's path on the artifacts volume, uploading it if only the local copy exists."""
+        """The mean's path on the artifacts volume: the copy there is used only if its checksum is
+        the local mean's; otherwise the local file is uploaded over it."""
         relpath = f"means/{mean.metadata['mean_id']}/{store.MEAN_FILE}"
         volume = self.app_module.artifacts_volume
         try:
-            next(iter(volume.listdir(relpath)))
-        except Exception:  # not on the volume yet
+            remote_sha = store.header_of_stream(volume.read_file(relpath)).get("sha256")
+        except FileNotFoundError:
+            remote_sha = None
+        if remote_sha != mean.sha256:
             log.info("uploading %s to the Modal volume", mean.path)
             with volume.batch_upload(force=True) as batch:
                 batch.put_file(str(mean.path), relpath)
@@ -144,6 +147,7 @@ class ModalBackend:
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
         base = {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],
                 "mean": self._remote_mean(mean) if mean is not None else None,
+                "mean_sha256": mean.sha256 if mean is not None else None,
                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
         requests = [base | {"texts": [texts[i] for i in g]} for g in groups]
         results = list(self.extractor.vectors.map(requests, return_exceptions=True))
@@ -155,22 +159,21 @@ class ModalBackend:
                        [t for r in results for t in r["truncated"]])
 
     # -- corpus mean ---------------------------------------------------------------------------
-    def shard_headers(self, folder: Path) -> List[dict]:
-        return self._function("shard_headers").remote(folder.name)
+    def shard_headers(self, stats: store.Stats) -> List[dict]:
+        return self._function("shard_headers").remote(stats.spec())
 
-    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], folder: Path, mean_id: str
-                       ) -> Iterator[dict]:
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
         """Fan the shards not yet on the volume out over the GPUs; the successful ones are kept even
         when others fail, so running the job again resumes."""
-        done = {h["shard"]: h for h in self.shard_headers(folder) if "shard" in h}
+        done = {h["shard"]: h for h in self.shard_headers(stats) if "shard" in h}
         requests, headers = [], {}
         for k, docs in shards:
-            if k in done and done[k].get("doc_ids") == [d.id for d in docs]:
+            ids = [d.id for d in docs]
+            if k in done and store.shard_problem(stats, done[k], ids) is None:
                 headers[k] = done[k]
             else:
-                requests.append({"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
-                                 "mean_id": mean_id, "batch_tokens": self.hw.batch_tokens,
-                                 "max_padding": self.hw.max_padding})
+                requests.append({"index": k, "texts": [d.text for d in docs], "doc_ids": ids, "stats": stats.spec(),
+                                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding})
         results = list(self.extractor.mean_shard.map(requests, return_exceptions=True)) if requests else []
         for request, result in zip(requests, results):
             if not isinstance(result, BaseException):
@@ -179,13 +182,12 @@ class ModalBackend:
         for k in sorted(headers):
             yield headers[k]
 
-    def aggregate(self, folder: Path, n_shards: int, meta: dict, min_count: int, tail_start: int,
+    def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
         """Merge on Modal (next to the shards), then download the mean into the local store."""
         reply = self._function("aggregate").remote({
-            "mean_id": folder.name, "n_shards": n_shards, "identity": identity(self.cfg.model), "meta": meta,
-            "min_count": min_count, "tail_start": tail_start, "checkpoint_every": checkpoint_every})
+            "stats": stats.spec(), "n_shards": n_shards, "min_count": min_count, "tail_start": tail_start,
+            "checkpoint_every": checkpoint_every})
         data = b"".join(self.app_module.artifacts_volume.read_file(reply["path"]))
-        path = write_bytes(folder / store.MEAN_FILE, data)
-        return CorpusMean.load(path)
-
+        write_bytes(stats.mean_path(min_count, tail_start), data)
+        return store.load_mean(stats.mean_path(min_count, tail_start))

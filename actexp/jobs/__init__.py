@@ -1,8 +1,11 @@
-"""One module per job, each exposing `run(cfg, out_dir) -> dict of metrics`."""
+"""One module per job, each exposing `run(cfg, out_dir, tracker, backend) -> dict of metrics`."""
 
 import importlib
+from pathlib import Path
 
+from ..backends import open_backend
 from ..errors import UserError
+from ..tracking import NULL
 
 NAMES = ("extract", "similarity", "mean", "csv", "compare", "plot", "visualize", "pipeline", "bench")
 
@@ -11,3 +14,12 @@ def get(name: str):
     if name not in NAMES:
         raise UserError(f"unknown job {name!r}: use one of {', '.join(NAMES)}")
     return importlib.import_module(f"{__name__}.{name}").run
+
+
+def run(name: str, cfg, out_dir, tracker=NULL, backend=None) -> dict:
+    """Run a job; without a backend it opens one for the run and closes it at the end."""
+    job = get(name)
+    if backend is not None:
+        return job(cfg, Path(out_dir), tracker, backend)
+    with open_backend(cfg) as opened:
+        return job(cfg, Path(out_dir), tracker, opened)

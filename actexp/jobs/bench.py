@@ -11,9 +11,7 @@ Peak memory: one child process per measurement on the CPU (resident set), or
 torch.cuda.max_memory_allocated on a GPU; the corpus mean at N and 4N documents.
 """
 
-import copy
 import json
-import logging
 import multiprocessing
 import resource
 import shutil
@@ -29,12 +27,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from ..activations import batch_ids, token_budget_batches
-from ..backends.local import LocalBackend
-from ..centering import CorpusMean, MeanAccumulator
+from ..artifacts import Stats, load_mean
+from ..backends import open_backend
+from ..centering import MeanAccumulator
 from ..corpus import Corpus, Document
+from ..errors import UserError
 from ..io import write_json
 from ..pooling import Chunk, weights
-from ..tracking import NULL
 
 SHORT = [Chunk("exp", 0.067)]
 LONG = [Chunk("last"), Chunk("exp", 0.023), Chunk("exp", 0.067), Chunk("exp", 0.159)]
@@ -44,13 +43,11 @@ TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style",
 class Workload:
     """The model, the documents cut to bench.doc_tokens, and scratch space for the mean files."""
 
-    def __init__(self, cfg, docs: List[Document]):
-        cfg = copy.deepcopy(cfg)
-        cfg.model.max_tokens = cfg.bench.doc_tokens
-        logging.getLogger("actexp.backends.local").setLevel(logging.ERROR)  # cutting texts is the point here
-        self.cfg, self.backend = cfg, LocalBackend(cfg.model, cfg.hardware)
-        self.lm = self.backend.lm
-        self.docs, self.texts = docs, [d.text for d in docs]
+    def __init__(self, cfg, docs: List[Document], backend):
+        self.cfg, self.backend = cfg, backend
+        self.lm = backend.lm
+        self.docs = [_cut(self.lm, d, cfg.bench.doc_tokens) for d in docs]
+        self.texts = [d.text for d in self.docs]
         self.ids, _ = self.lm.encode(self.texts)
         self.tokens = sum(len(x) for x in self.ids)
         self.batches = token_budget_batches([len(x) for x in self.ids], cfg.hardware.batch_tokens,
@@ -81,12 +78,12 @@ class Workload:
             torch.cat([weights((c,), len(ids))[0].float().to(h.device) @ h for c in LONG])
 
     def corpus_mean(self, docs=None):
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        stats = Stats(Path(tempfile.mkdtemp(dir=self.scratch)), self.lm.metadata, "bench")
         docs = docs or self.docs
         size = self.cfg.corpus.shard_size
         shards = ((k, docs[k * size:(k + 1) * size]) for k in range(-(-len(docs) // size)))
-        n = sum(1 for _ in self.backend.extract_shards(shards, folder, folder.name))
-        self.mean = self.backend.aggregate(folder, n, {"mean_id": folder.name}, 1, 0, 8)
+        n = sum(1 for _ in self.backend.extract_shards(shards, stats))
+        self.mean = self.backend.aggregate(stats, n, 1, 0, 8)
 
     @torch.inference_mode()
     def seed_style_mean(self):
@@ -135,16 +132,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cut(lm, doc: Document, n_tokens: int) -> Document:
+    """The document with its text cut to about n_tokens tokens (the tokens actually run are counted)."""
+    ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+    return doc if len(ids) <= n_tokens else Document(doc.id, doc.name, lm.tokenizer.decode(ids[:n_tokens]))
+
+
 def _child_peak(cfg_dict: dict, name: str, docs_file: str, mean_path) -> float:
     """Peak resident memory (MB) of a fresh process that runs one measurement once."""
     cfg = OmegaConf.create(cfg_dict)
     docs = [Document(**d) for d in json.loads(Path(docs_file).read_text())]
-    work = Workload(cfg, docs)
-    if mean_path:
-        work.mean = CorpusMean.load(mean_path)
-    _reset_peak_rss()  # the model's construction has its own transient peak: not part of the measurement
-    getattr(work, name)()
-    return _peak_rss_mb()
+    with open_backend(cfg) as backend:  # a process of its own, so a backend of its own
+        work = Workload(cfg, docs, backend)
+        if mean_path:
+            work.mean = load_mean(mean_path)
+        _reset_peak_rss()  # the model's construction has its own transient peak: not part of the measurement
+        getattr(work, name)()
+        return _peak_rss_mb()
 
 
 def peak_memory(cfg, work: Workload) -> dict:
@@ -156,7 +160,7 @@ def peak_memory(cfg, work: Workload) -> dict:
     if work.lm.device.type == "cuda":
         peaks = {}
         for key, (name, docs) in plan.items():
-            target = work if docs is work.docs else Workload(cfg, docs)
+            target = work if docs is work.docs else Workload(cfg, docs, work.backend)
             target.mean = work.mean
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -183,8 +187,11 @@ def flops_per_token(work: Workload) -> float:
     return 2 * params + 2 * len(work.lm.blocks) * context * work.lm.hidden_size
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
-    work = Workload(cfg, list(islice(Corpus(cfg.corpus).documents(), cfg.bench.docs)))
+def run(cfg, out_dir, tracker, backend) -> dict:
+    if cfg.hardware.backend != "local":
+        raise UserError(f"job=bench times the forward pass in this process and cannot time hardware={cfg.hardware.name}: "
+                        "run it on the machine with the GPU, with hardware=cuda")
+    work = Workload(cfg, list(islice(Corpus(cfg.corpus).documents(), cfg.bench.docs)), backend)
     work.corpus_mean()  # extract_long_centered centres with it
     seconds = median_seconds(work, TIMED, cfg.bench.repeats, cfg.bench.warmup)
     rates = {name: work.tokens / seconds[name] for name in TIMED}

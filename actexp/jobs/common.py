@@ -8,10 +8,11 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from .. import __version__
-from ..artifacts import find_means, mismatch
+from ..artifacts import find_means, load_mean, mismatch
+from ..artifacts import root as store_root
 from ..centering import CorpusMean
 from ..errors import UserError
-from ..model import identity
+from ..model import identity, run_dtype
 from ..pooling import Chunk
 
 # Overrides that decide which corpus mean fits: repeated in the command we suggest.
@@ -36,24 +37,30 @@ def mean_command() -> str:
     return " ".join(["python -m actexp.run job=mean", *map(shlex.quote, keep)])
 
 
+def model_identity(cfg) -> dict:
+    """The identity of the configured model (artifacts.mismatch), from config alone."""
+    return identity(cfg.model, run_dtype(cfg.model, cfg.hardware))
+
+
 def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
     """The mean named by the centering group (None for centering=none unless required), checked
     against the model before any weights are loaded."""
     if cfg.centering.name == "none" and not required:
         return None
-    model_id = identity(cfg.model)
+    model_id = model_identity(cfg)
     if cfg.centering.mean_path == "auto":
-        found = find_means(cfg.paths.artifacts, model_id)
+        found, nearest = find_means(cfg.paths.artifacts, model_id)
         if not found:
-            raise UserError(f"no corpus mean for model {model_id['model']} (layers {model_id['layers']}, "
-                            f"max_tokens {model_id['max_tokens']}) in {Path(cfg.paths.artifacts) / 'means'}: "
-                            f"compute it with `{mean_command()}`")
+            why = f" (the newest mean of {model_id['model']}, {nearest})" if nearest else ""
+            raise UserError(f"no corpus mean fits model {model_id['model']} ({model_id['dtype']}, layers "
+                            f"{model_id['layers']}, max_tokens {model_id['max_tokens']}) in "
+                            f"{store_root(cfg.paths.artifacts) / 'means'}{why}: compute it with `{mean_command()}`")
         path = found[0]
     else:
         path = Path(cfg.centering.mean_path).expanduser()
         if not path.is_file():
             raise UserError(f"centering.mean_path={path} does not exist: compute a mean with `{mean_command()}`")
-    mean = CorpusMean.load(path)
+    mean = load_mean(path)
     diff = mismatch(mean.metadata, model_id)
     if diff is None and tuple(mean.mean.shape) != (model_id["max_tokens"], model_id["hidden_size"]):
         diff = f"shape {tuple(mean.mean.shape)} (this model needs {(model_id['max_tokens'], model_id['hidden_size'])})"
@@ -62,11 +69,12 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
     return mean
 
 
-def centering_metadata(cfg, mean: Optional[CorpusMean]) -> dict:
+def centering_metadata(mean: Optional[CorpusMean]) -> dict:
+    """What centring was done: none, or the corpus mean subtracted, named exactly by its checksum."""
     if mean is None:
-        return {"name": cfg.centering.name, "mean": None}
-    keys = ("mean_id", "corpus", "docs", "tokens", "min_count", "tail_start")
-    return {"name": cfg.centering.name, "mean": {"path": str(mean.path)} | {k: mean.metadata.get(k) for k in keys}}
+        return {"name": "none", "mean": None}
+    keys = ("mean_id", "corpus", "docs", "tokens", "min_count", "tail_start", "dtype", "sha256")
+    return {"name": "corpus_mean", "mean": {"path": str(mean.path)} | {k: mean.metadata.get(k) for k in keys}}
 
 
 def metadata(cfg, backend, mean: Optional[CorpusMean] = None) -> dict:
@@ -76,5 +84,5 @@ def metadata(cfg, backend, mean: Optional[CorpusMean] = None) -> dict:
         "model": backend.metadata,
         "pooling": {"name": cfg.pooling.name, "chunks": OmegaConf.to_container(cfg.pooling.chunks),
                     "labels": [c.label for c in chunks(cfg.pooling)]},
-        "centering": centering_metadata(cfg, mean),
+        "centering": centering_metadata(mean),
     }

@@ -10,18 +10,26 @@ from pathlib import Path
 
 import torch
 
-from ..backends import make_backend
 from ..corpus import bundled_samples
 from ..errors import CheckFailed, UserError
 from ..io import read_matrix_csv, write_text
-from ..model import encode, identity, load_tokenizer
-from ..tracking import NULL
+from ..model import encode, load_tokenizer
 from . import common
 
 COLUMNS = ["sample", "chunk", "n_tokens", "pooled_mean_norm", "abs_error", "rel_error", "cosine"]
 
 
-def _from_csvs(cfg, model_id, dims):
+def _check_same_mean(centered_csv: Path, mean) -> None:
+    """The centred CSV's sidecar names the mean it was centred with: it must be the one checked here."""
+    sidecar = centered_csv.with_suffix(".json")
+    used = (json.loads(sidecar.read_text()).get("centering") or {}).get("mean") if sidecar.is_file() else None
+    if used and used.get("sha256") and used["sha256"] != mean.sha256:
+        raise UserError(f"{centered_csv} was centred with the mean {used['path']} (sha256 {used['sha256'][:12]}), "
+                        f"not {mean.path} (sha256 {mean.sha256[:12]}): set centering.mean_path={used['path']}")
+
+
+def _from_csvs(cfg, model_id, dims, mean):
+    _check_same_mean(Path(cfg.compare.centered_csv), mean)
     raw, names = read_matrix_csv(Path(cfg.compare.raw_csv))
     centered, names_c = read_matrix_csv(Path(cfg.compare.centered_csv))
     for path, vectors in ((cfg.compare.raw_csv, raw), (cfg.compare.centered_csv, centered)):
@@ -48,18 +56,18 @@ def _from_csvs(cfg, model_id, dims):
     return names, raw, centered, n_tokens
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg, required=True)
-    model_id = identity(cfg.model)
+    model_id = common.model_identity(cfg)
     dims = len(chunk_list) * model_id["hidden_size"]
     if cfg.compare.raw_csv or cfg.compare.centered_csv:
         if not (cfg.compare.raw_csv and cfg.compare.centered_csv):
             raise UserError("give both compare.raw_csv and compare.centered_csv, or neither")
-        names, raw, centered, n_tokens = _from_csvs(cfg, model_id, dims)
+        names, raw, centered, n_tokens = _from_csvs(cfg, model_id, dims, mean)
     else:
         samples = bundled_samples()
-        result = make_backend(cfg).vectors([d.text for d in samples], chunk_list, mean)
+        result = backend.vectors([d.text for d in samples], chunk_list, mean)
         names, raw, centered, n_tokens = [d.name for d in samples], result.raw, result.centered, result.n_tokens
 
     rows, worst = [], (0.0, None)

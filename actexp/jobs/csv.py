@@ -6,11 +6,9 @@ a sidecar .json beside each holds the text names, token counts, model, pooling a
 
 from pathlib import Path
 
-from ..backends import make_backend
 from ..corpus import Corpus, bundled_samples
 from ..errors import UserError
 from ..io import write_json, write_matrix_csv
-from ..tracking import NULL
 from . import common
 
 VARIANTS = ("raw", "centered")
@@ -48,20 +46,19 @@ def unique_names(names):
     return out
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     chosen = variants(cfg)
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg, required="centered" in chosen)
+    mean = common.corpus_mean(cfg, required=True) if "centered" in chosen else None
     docs = documents(cfg)
-    backend = make_backend(cfg)
     result = backend.vectors([d.text for d in docs], chunk_list, mean)
     names = unique_names([d.name for d in docs])
-    meta = common.metadata(cfg, backend, mean)
     metrics = {"texts": len(docs), "dims": result.raw.shape[1], "tokens": sum(result.n_tokens)}
     for variant in chosen:
         vectors = result.raw if variant == "raw" else result.centered
         path = write_matrix_csv(csv_path(out_dir, cfg.pooling.name, variant), vectors, names)
-        write_json(path.with_suffix(".json"), meta | {
+        # Each sidecar records what was done to its own vectors: the raw ones were not centred.
+        write_json(path.with_suffix(".json"), common.metadata(cfg, backend, mean if variant == "centered" else None) | {
             "variant": variant, "source": cfg.csv.source, "samples": names, "n_tokens": result.n_tokens,
             "truncated": result.truncated, "dims": vectors.shape[1],
         })

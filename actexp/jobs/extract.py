@@ -3,18 +3,15 @@
 import hashlib
 import json
 
-from ..backends import make_backend
 from ..inputs import read_text
 from ..io import write_json, write_safetensors
-from ..tracking import NULL
 from . import common
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     text, source = read_text(cfg.text, cfg.file)
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
-    backend = make_backend(cfg)
     result = backend.vectors([text], chunk_list, mean)
     vector = (result.raw if mean is None else result.centered)[0]  # [C*H]
     norm = vector.double().norm().item()

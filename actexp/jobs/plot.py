@@ -9,7 +9,6 @@ import numpy as np
 from .. import plots
 from ..errors import UserError
 from ..io import read_matrix_csv
-from ..tracking import NULL
 from . import common
 from .csv import csv_path
 
@@ -23,7 +22,7 @@ def load_csv(path: Path):
     return vectors.numpy(), names, json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     variant = "centered" if cfg.centering.name != "none" else "raw"
     path = Path(cfg.plot.csv) if cfg.plot.csv else csv_path(out_dir, cfg.pooling.name, variant)
     vectors, names, info = load_csv(path)

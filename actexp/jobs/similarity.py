@@ -2,10 +2,8 @@
 
 import torch
 
-from ..backends import make_backend
 from ..inputs import read_text
 from ..io import write_json
-from ..tracking import NULL
 from . import common
 
 
@@ -13,12 +11,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).item()
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     text_a, source_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
     text_b, source_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
-    backend = make_backend(cfg)
     result = backend.vectors([text_a, text_b], chunk_list, mean)
     a, b = (result.raw if mean is None else result.centered).reshape(2, len(chunk_list), -1)  # [C, H] each
     per_chunk = {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}

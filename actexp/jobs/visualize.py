@@ -5,12 +5,11 @@ from pathlib import Path
 
 from .. import plots
 from ..errors import UserError
-from ..tracking import NULL
 from .csv import csv_path
 from .plot import load_csv
 
 
-def run(cfg, out_dir, tracker=NULL) -> dict:
+def run(cfg, out_dir, tracker, backend) -> dict:
     paths = [Path(p) for p in cfg.visualize.csvs] or [
         p for p in (csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
     if not paths or len(paths) > 2:
