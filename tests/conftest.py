@@ -1,8 +1,23 @@
+import os
+
 import pytest
 import torch
 from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from actexp.model import BUNDLED_TOKENIZER
+
+
+@pytest.fixture(scope="session", autouse=True)
+def artifacts_home(tmp_path_factory):
+    """The default artifact store ($ACTEXP_ARTIFACTS) of every test and CLI child: never ~/.cache."""
+    home = tmp_path_factory.mktemp("artifacts-home")
+    old = os.environ.get("ACTEXP_ARTIFACTS")
+    os.environ["ACTEXP_ARTIFACTS"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("ACTEXP_ARTIFACTS", None)
+    else:
+        os.environ["ACTEXP_ARTIFACTS"] = old
 
 
 def _save(model, path):

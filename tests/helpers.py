@@ -1,5 +1,5 @@
 """Shared test helpers: config composition, the CLI in a subprocess, and an independent
-reference implementation of DESIGN.md section 1 (output_hidden_states + explicit weights)."""
+reference implementation of docs/math.md (output_hidden_states + explicit weights)."""
 
 import os
 import subprocess
@@ -38,7 +38,7 @@ def reference_weights(kind, alpha, n):
 
 
 def reference_stream(model, blocks, ids):
-    """Per-block raw outputs [L, T, H] float64 of one text, the DESIGN.md way: hidden_states[l+1]
+    """Per-block raw outputs [L, T, H] float64 of one text, the docs/math.md way: hidden_states[l+1]
     for every block but the last, and the last block's raw output through a hook."""
     captured = {}
 

@@ -9,7 +9,7 @@ import torch
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
-from actexp.centering import CorpusMean
+from actexp.artifacts import load_mean
 from actexp.corpus import bundled_samples
 from actexp.errors import UserError
 from actexp.io import write_json, write_matrix_csv
@@ -26,7 +26,7 @@ def artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     for extra in ([], ["model.layers=[0]"]):
         cfg = compose_cfg("job=mean", f"paths.artifacts={root / 'artifacts'}", *MEAN, *extra)
-        jobs.get("mean")(cfg, root)
+        jobs.run("mean", cfg, root)
     return root / "artifacts"
 
 
@@ -72,7 +72,17 @@ def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="not a readable corpus mean"):
-        CorpusMean.load(bad)
+        load_mean(bad)
+
+
+def test_a_mean_of_another_dtype_is_refused(artifacts):
+    [float32] = [p for p in artifacts.glob("means/*/corpus_mean.safetensors") if "-all-nobos-" in p.parent.name]
+    expected = r'dtype="float32" \(this model has dtype="bfloat16"\)'
+    for mean_path in ("auto", float32):
+        cfg = compose_cfg("centering=corpus_mean", "hardware.dtype=bfloat16", f"paths.artifacts={artifacts}",
+                          f"centering.mean_path={mean_path}")
+        with pytest.raises(UserError, match=expected):
+            corpus_mean(cfg)
 
 
 def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
@@ -81,10 +91,43 @@ def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "run" / "vector.json").read_text())
     assert meta["centering"]["name"] == "corpus_mean" and meta["centering"]["mean"]["docs"] == 20
+    used = load_mean(meta["centering"]["mean"]["path"])
+    assert meta["centering"]["mean"]["sha256"] == used.sha256 and len(used.sha256) == 64
+    r = run_cli("centering=corpus_mean", f"paths.artifacts={artifacts}", "text=hi", "hardware.dtype=bfloat16",
+                cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and 'dtype="float32"' in r.stderr, r.stderr
     r = run_cli("centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi",
                 cwd=tmp_path)
     assert r.returncode == 2
     assert f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} 'model.layers=[1]'`" in r.stderr
+
+
+def test_csv_records_what_was_done_to_each_variant(artifacts, tmp_path):
+    cfg = compose_cfg("job=csv", "centering=none", "csv.variants=[raw,centered]", "pooling=short",
+                      f"paths.artifacts={artifacts}")
+    jobs.run("csv", cfg, tmp_path)
+    raw = json.loads((tmp_path / "vectors_short_mode_raw.json").read_text())["centering"]
+    centered = json.loads((tmp_path / "vectors_short_mode_centered.json").read_text())["centering"]
+    assert raw == {"name": "none", "mean": None}
+    assert centered["name"] == "corpus_mean"
+    assert centered["mean"]["sha256"] == load_mean(centered["mean"]["path"]).sha256
+
+
+def test_the_default_store_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("ACTEXP_ARTIFACTS")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_cfg("job=mean", *MEAN)
+    assert cfg.paths.artifacts == str(tmp_path / "cache" / "actexp")
+    jobs.run("mean", cfg, tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    mean = corpus_mean(compose_cfg("centering=corpus_mean"))
+    assert mean.path.is_relative_to(tmp_path / "cache" / "actexp" / "means")
+    # A relative store counts from the working directory, and outputs record it absolute.
+    jobs.run("mean", compose_cfg("job=mean", *MEAN, "paths.artifacts=rel"), tmp_path)
+    assert corpus_mean(compose_cfg("centering=corpus_mean", "paths.artifacts=rel")).path.is_absolute()
+    assert list((tmp_path / "elsewhere" / "rel" / "means").iterdir())
 
 
 def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
@@ -120,3 +163,8 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     write_matrix_csv(tmp_path / "small.csv", out.centered[:, :100], names)
     r = run_cli(*common, f"compare.centered_csv={tmp_path / 'small.csv'}", cwd=tmp_path)
     assert r.returncode == 2 and "has 100 rows but pooling=long" in r.stderr
+    # A centred CSV whose sidecar names another mean is refused, naming the mean to use.
+    write_json(tmp_path / "centered.json", {"centering": {"name": "corpus_mean",
+                                                          "mean": {"path": "/old/mean.safetensors", "sha256": "0" * 64}}})
+    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'centered.csv'}", cwd=tmp_path)
+    assert r.returncode == 2 and "centering.mean_path=/old/mean.safetensors" in r.stderr, r.stderr

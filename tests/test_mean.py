@@ -1,10 +1,12 @@
 """The corpus mean job: exact sums and counts, resume after a crash, corrupt shards, finalise."""
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ from safetensors.torch import load_file
 
 from actexp import artifacts as store
 from actexp import jobs
-from actexp.centering import CorpusMean, finalise
+from actexp.centering import finalise
 from actexp.errors import UserError
+from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
 from helpers import REPO, TEXTS, compose_cfg, reference_stream, rel_err, run_cli
 
@@ -32,12 +35,17 @@ def run_mean(artifacts, *overrides):
     cfg = compose_cfg("job=mean", f"paths.artifacts={artifacts}", *overrides)
     out = artifacts.parent / "out"
     out.mkdir(exist_ok=True)
-    return jobs.get("mean")(cfg, out), cfg
+    return jobs.run("mean", cfg, out), cfg
 
 
-def mean_folder(artifacts):
-    [folder] = (artifacts / "means").iterdir()
+def stats_folder(artifacts):
+    [folder] = (artifacts / "stats").iterdir()
     return folder
+
+
+def mean_file(artifacts):
+    [path] = (artifacts / "means").glob(f"*/{store.MEAN_FILE}")
+    return path
 
 
 def files_corpus(folder, shard_size=2):
@@ -47,9 +55,9 @@ def files_corpus(folder, shard_size=2):
 
 def test_mean_equals_per_document_reference(tmp_path, docs_dir):
     metrics, cfg = run_mean(tmp_path / "art", *files_corpus(docs_dir), "centering.tail_start=0")
-    folder = mean_folder(tmp_path / "art")
+    folder = stats_folder(tmp_path / "art")
     assert len(list((folder / "shards").glob("*.safetensors"))) == 4  # 7 documents, 2 per shard
-    saved = load_file(folder / store.MEAN_FILE)
+    saved = load_file(mean_file(tmp_path / "art"))
     lm = load_model(cfg.model, cfg.hardware)
     P, H = 2048, lm.hidden_size
     ref_sum, ref_count = torch.zeros(P, H, dtype=torch.float64), torch.zeros(P, dtype=torch.int64)
@@ -66,7 +74,7 @@ def test_mean_equals_per_document_reference(tmp_path, docs_dir):
     assert rel_err(saved["mean"][seen], ref_sum[seen] / ref_count[seen, None]) < 1e-6
     # Positions no document reached take the count-weighted mean of all positions (tail_start 0).
     assert rel_err(saved["mean"][~seen][0], ref_sum.sum(0) / ref_count.sum()) < 1e-6
-    header = CorpusMean.load(folder / store.MEAN_FILE).metadata
+    header = store.load_mean(mean_file(tmp_path / "art")).metadata
     assert header["docs"] == 7 and header["tokens"] == int(ref_count.sum())
     for key in ("model", "revision", "layers", "prepend_bos", "max_tokens", "corpus", "min_count", "tail_start"):
         assert key in header
@@ -85,7 +93,7 @@ def test_finalise_fallback_by_hand():
 
 
 def _tensors(artifacts):
-    return load_file(mean_folder(artifacts) / store.MEAN_FILE)
+    return load_file(mean_file(artifacts))
 
 
 def _same(a, b):
@@ -105,7 +113,7 @@ def test_resume_after_a_crash_in_extract_is_bit_identical(tmp_path, docs_dir, mo
     with pytest.raises(RuntimeError, match="injected"):
         run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
     monkeypatch.setattr(store, "write_stats", real_write)
-    assert len(list((mean_folder(tmp_path / "resumed") / "shards").iterdir())) == 2
+    assert len(list((stats_folder(tmp_path / "resumed") / "shards").iterdir())) == 2
     metrics, _ = run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
     assert 0 < metrics["tokens_computed"] < metrics["tokens"]  # only the missing shards ran
     assert _same(_tensors(tmp_path / "whole"), _tensors(tmp_path / "resumed"))
@@ -121,41 +129,45 @@ def test_resume_after_a_crash_in_aggregate_uses_the_checkpoint(tmp_path, docs_di
     def crash(*args, **kwargs):
         raise RuntimeError("injected crash before the mean is saved")
 
-    monkeypatch.setattr(CorpusMean, "save", crash)
+    monkeypatch.setattr(store, "save_mean", crash)
     with pytest.raises(RuntimeError, match="injected"):
         run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate", "mean.checkpoint_every=1")
     monkeypatch.undo()
-    folder = mean_folder(art)
+    folder = stats_folder(art)
     assert store.read_stats(folder / store.CHECKPOINT_FILE)[2]["next"] == 3
     for k in range(3):  # the checkpoint covers these: the merge must not read them again
-        store.shard_path(folder, k).unlink()
+        (folder / "shards" / f"{k:05d}.safetensors").unlink()
     run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
     assert not (folder / store.CHECKPOINT_FILE).exists()
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
 def test_corrupt_shard_is_detected_and_redone(tmp_path, docs_dir, damage, caplog):
     art = tmp_path / "art"
     run_mean(art, *files_corpus(docs_dir))
     whole = _tensors(art)
-    folder = mean_folder(art)
-    shard = store.shard_path(folder, 1)
+    shard = stats_folder(art) / "shards" / "00001.safetensors"
     data = bytearray(shard.read_bytes())
     if damage == "flip":
         data[-5] ^= 0xFF
         shard.write_bytes(bytes(data))
-    else:
+    elif damage == "truncate":
         shard.write_bytes(bytes(data[: len(data) // 2]))
-    assert store.read_stats(shard) is None
+    else:  # a valid file computed in another dtype: its checksum is fine, its header is not
+        sum_, count, meta = store.read_stats(shard)
+        store.write_stats(shard, sum_, count, meta | {"dtype": "bfloat16"})
+        data = bytearray(shard.read_bytes())
+    assert damage == "foreign" or store.read_stats(shard) is None
+    mean_file(art).unlink()  # a finished mean is reused as it is: merge again
     # The merge alone refuses it and removes it ...
-    with pytest.raises(UserError, match="shard 1 .* corrupt"):
+    expected = "dtype=bfloat16 .these sums are for dtype=float32" if damage == "foreign" else "is missing or corrupt"
+    with pytest.raises(UserError, match=f"shard 1 of .* {expected}"):
         run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
     assert not shard.exists()
     # ... and the next run recomputes it.
-    if damage == "flip":
+    if damage != "truncate":
         shard.write_bytes(bytes(data))
-    (folder / store.MEAN_FILE).unlink()
     metrics, _ = run_mean(art, *files_corpus(docs_dir))
     assert 0 < metrics["tokens_computed"] < metrics["tokens"]
     assert _same(whole, _tensors(art))
@@ -170,7 +182,7 @@ def test_sigkill_at_random_points_then_rerun_is_identical(tmp_path):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
-            if len(list(art.glob("means/*/shards/*.safetensors"))) >= wanted:
+            if len(list(art.glob("stats/*/shards/*.safetensors"))) >= wanted:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -179,6 +191,48 @@ def test_sigkill_at_random_points_then_rerun_is_identical(tmp_path):
     assert r.returncode == 0, r.stderr
     assert not list(art.rglob("*.tmp"))
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
+
+
+def test_two_mean_jobs_at_once_share_the_work_and_equal_a_single_run(tmp_path):
+    overrides = ["corpus.max_docs=64", "corpus.shard_size=2", "hardware.threads=1"]
+    run_mean(tmp_path / "whole", *overrides)
+    art = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-m", "actexp.run", "job=mean", *overrides, "logger=none",
+                               f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / f'run{i}'}"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert _same(_tensors(tmp_path / "whole"), _tensors(art))
+    assert not list(art.rglob("*.tmp"))
+    reports = [tmp_path / f"run{i}" / "mean.json" for i in range(2)]
+    computed = [json.loads(r.read_text()).get("shards_computed", 0) if r.exists() else 0 for r in reports]
+    assert sum(computed) == 32  # each shard computed once, by one of the two
+
+
+def test_refinalising_keeps_the_other_mean_and_reuses_the_shards(tmp_path, docs_dir):
+    art = tmp_path / "art"
+    run_mean(art, *files_corpus(docs_dir))
+    [first] = (art / "means").glob(f"*/{store.MEAN_FILE}")
+    before = first.read_bytes()
+    metrics, _ = run_mean(art, *files_corpus(docs_dir), "centering.min_count=2", "mean.stage=aggregate")
+    assert first.read_bytes() == before  # the mean that earlier outputs point to is untouched
+    second = Path(metrics["mean"])
+    assert second != first and second.parent.name.endswith("-m2-t32")
+    assert store.load_mean(second).metadata["min_count"] == 2 and store.load_mean(first).metadata["min_count"] == 1
+    assert "tokens_computed" not in metrics  # the same shards, merged again
+
+
+def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
+    art = tmp_path / "art"
+    run_mean(art, *files_corpus(docs_dir))
+    (docs_dir / "03.txt").write_text("A new text replaces the old one entirely.")
+    metrics, cfg = run_mean(art, *files_corpus(docs_dir))
+    assert metrics["shards_computed"] == 4  # never the old mean, silently
+    means = sorted((art / "means").glob(f"*/{store.MEAN_FILE}"), key=lambda p: p.stat().st_mtime)
+    assert len(means) == 2 and means[1] == Path(metrics["mean"])
+    assert not torch.equal(load_file(means[0])["sum"], load_file(means[1])["sum"])
+    auto = corpus_mean(compose_cfg("centering=corpus_mean", f"paths.artifacts={art}", *files_corpus(docs_dir)))
+    assert auto.path == means[1]
 
 
 def test_progress_and_cli_errors(tmp_path, docs_dir):

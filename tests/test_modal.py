@@ -1,13 +1,18 @@
-"""The Modal backend, offline: the app's definition, its methods run with .local(), and the
-backend's dispatch against a stand-in for Modal's servers (the one boundary that cannot run here)."""
+"""The Modal backend, offline: the app's definition, the real class run with .local(), and the
+backend's dispatch against a stand-in for Modal's servers (the one boundary that cannot run here).
+
+The stand-in refuses what Modal refuses: a second `app.run()` while one is running, calls
+outside a running app, overwriting a volume file without `force`, reading a missing file.
+"""
 
 import json
 import os
 import shutil
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
+import modal
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -15,12 +20,13 @@ from safetensors.torch import load_file
 
 from actexp import artifacts as store
 from actexp import jobs
-from actexp.backends import make_backend, modal_app, remote
-from actexp.backends.local import LocalBackend
+from actexp.backends import local, make_backend, modal_app, open_backend, remote
 from actexp.backends.remote import RemoteError, token_groups
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
-from helpers import TEXTS, compose_cfg, run_cli
+from actexp.jobs.common import corpus_mean
+from actexp.model import load_model
+from helpers import LONG, TEXTS, compose_cfg, reference_vector, rel_err, run_cli
 
 MODAL = ["hardware=modal", "model.dtype=float32"]  # float32 so the CPU stand-in equals the local backend
 
@@ -39,11 +45,43 @@ def test_app_definition_imports_offline():
     assert modal_app.HF_DIR in modal_app.download_weights._spec_.volumes
 
 
-class FakeVolume:
-    """A Modal volume as a local folder."""
+def test_the_real_class_runs_with_local_and_matches_the_reference():
+    cfg = compose_cfg()
+    options = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+               if k not in ("name_or_path", "revision", "dtype")}
+    extractor = modal_app.Extractor(dtype="float32", options=json.dumps(options))
+    reply = extractor.vectors.local({"texts": TEXTS, "chunks": [{"kind": c, "alpha": a} for c, a in LONG]})
+    assert reply["raw"].dtype.name == "float32" and reply["centered"] is None
+    lm = load_model(cfg.model, cfg.hardware)  # the reference: output_hidden_states, explicit weights
+    for i, text in enumerate(TEXTS):
+        ids = lm.encode([text])[0][0]
+        assert reply["n_tokens"][i] == len(ids)
+        assert rel_err(reply["raw"][i], reference_vector(lm.model, lm.blocks, ids, LONG)) < 1e-5
+
+
+class StandInApp:
+    """modal.App: `run()` refuses to start an app that is already running, as Modal does."""
+
+    def __init__(self):
+        self.running, self.starts = False, 0
+
+    @contextmanager
+    def run(self):
+        if self.running:
+            raise modal.exception.InvalidError("App is already running and can't be started again.")
+        self.running, self.starts = True, self.starts + 1
+        try:
+            yield self
+        finally:
+            self.running = False
+
+
+class StandInVolume:
+    """A Modal volume as a folder: read_file streams blocks (FileNotFoundError if missing), and
+    batch_upload refuses to overwrite a file unless force=True."""
 
     def __init__(self, root: Path):
-        self.root = root
+        self.root, self.uploads = root, []
 
     def reload(self):
         pass
@@ -51,33 +89,37 @@ class FakeVolume:
     def commit(self):
         pass
 
-    def listdir(self, path):
-        if not (self.root / path).exists():
-            raise FileNotFoundError(path)
-        return [SimpleNamespace(path=str(p.relative_to(self.root))) for p in (self.root / path).iterdir()]
-
     def read_file(self, path):
-        yield (self.root / path).read_bytes()
+        if not (self.root / path).is_file():
+            raise FileNotFoundError(path)
+        data = (self.root / path).read_bytes()
+        for start in range(0, len(data), 65536):
+            yield data[start:start + 65536]
 
     @contextmanager
     def batch_upload(self, force=False):
-        def put_file(local, remote_path):
+        def put_file(local_path, remote_path):
+            if (self.root / remote_path).exists() and not force:
+                raise FileExistsError(remote_path)
             (self.root / remote_path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(local, self.root / remote_path)
+            shutil.copy(local_path, self.root / remote_path)
+            self.uploads.append(remote_path)
 
         yield SimpleNamespace(put_file=put_file)
 
 
-class FakeMethod:
-    """Modal's .map/.remote, running the real method in-process."""
+class StandInMethod:
+    """`.map`/`.remote` of a Modal method: recorded, refused outside a running app, run in-process."""
 
-    def __init__(self, fn, calls, fail_index=None):
-        self.fn, self.calls, self.fail_index = fn, calls, fail_index
+    def __init__(self, name, fn, state):
+        self.name, self.fn, self.state = name, fn, state
 
     def _one(self, request):
-        self.calls.append(request)
-        if self.fail_index is not None and request.get("index") == self.fail_index:
-            raise RuntimeError(f"CUDA out of memory in shard {self.fail_index}")
+        if not self.state.app.running:
+            raise modal.exception.ExecutionError(f"{self.name} has not been hydrated: it runs only inside app.run()")
+        self.state.calls.append((self.name, request))
+        if self.state.fail_index is not None and isinstance(request, dict) and request.get("index") == self.state.fail_index:
+            raise RuntimeError(f"CUDA out of memory in shard {self.state.fail_index}")
         return self.fn(request)
 
     def map(self, requests, return_exceptions=False):
@@ -95,11 +137,20 @@ class FakeMethod:
 
 @pytest.fixture()
 def stand_in(tmp_path, monkeypatch):
-    """modal_app's objects, with Modal's servers replaced: the volume is a folder, calls run here."""
+    """modal_app's objects with Modal's servers replaced: the volume is a folder, each set of class
+    parameters gets one warm container (the real class, its @enter run once), calls run here."""
     monkeypatch.setattr(modal_app, "ARTIFACTS_DIR", str(tmp_path / "volume"))
-    volume = FakeVolume(tmp_path / "volume")
+    volume = StandInVolume(tmp_path / "volume")
     monkeypatch.setattr(modal_app, "artifacts_volume", volume)
-    state = SimpleNamespace(calls=[], options=[], fail_index=None)
+    state = SimpleNamespace(app=StandInApp(), calls=[], options=[], containers={}, fail_index=None, volume=volume,
+                            loads=0)
+    real_load = local.load_model
+
+    def counting_load(*args, **kwargs):
+        state.loads += 1
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(local, "load_model", counting_load)
 
     class Cls:
         def with_options(self, **options):
@@ -107,85 +158,111 @@ def stand_in(tmp_path, monkeypatch):
             return self
 
         def __call__(self, **params):
-            real = modal_app.Extractor(**params)
-            return SimpleNamespace(vectors=FakeMethod(real.vectors.local, state.calls),
-                                   mean_shard=FakeMethod(real.mean_shard.local, state.calls, state.fail_index))
+            key = json.dumps(params, sort_keys=True)
+            container = state.containers.setdefault(key, modal_app.Extractor(**params))
+            return SimpleNamespace(vectors=StandInMethod("vectors", container.vectors.local, state),
+                                   mean_shard=StandInMethod("mean_shard", container.mean_shard.local, state))
 
-    fake = SimpleNamespace(app=SimpleNamespace(run=nullcontext), Extractor=Cls(), artifacts_volume=volume,
-                           aggregate=FakeMethod(modal_app.aggregate.local, state.calls),
-                           shard_headers=FakeMethod(modal_app.shard_headers.local, state.calls))
+    fake = SimpleNamespace(app=state.app, Extractor=Cls(), artifacts_volume=volume,
+                           aggregate=StandInMethod("aggregate", modal_app.aggregate.local, state),
+                           shard_headers=StandInMethod("shard_headers", modal_app.shard_headers.local, state))
     monkeypatch.setattr(remote, "APP_MODULE", fake)
     return state
 
 
-def test_extractor_methods_run_locally_and_match_the_local_backend():
-    cfg = compose_cfg("pooling=long")
-    options = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-               if k not in ("name_or_path", "revision", "dtype")}
-    extractor = modal_app.Extractor(dtype="float32", options=json.dumps(options))
-    reply = extractor.vectors.local({"texts": TEXTS, "chunks": [{"kind": "last"}, {"kind": "exp", "alpha": 0.067}]})
-    chunks = chunks_from_cfg(compose_cfg("pooling.chunks=[{kind:last},{kind:exp,alpha:0.067}]").pooling)
-    local = LocalBackend(cfg.model, cfg.hardware).vectors(TEXTS, chunks)
-    assert reply["raw"].dtype.name == "float32" and reply["centered"] is None
-    assert torch.equal(torch.from_numpy(reply["raw"]), local.raw)
-    assert reply["n_tokens"] == local.n_tokens
+def test_the_stand_in_refuses_a_second_app_run_like_modal(stand_in):
+    with stand_in.app.run():
+        with pytest.raises(modal.exception.InvalidError, match="already running"):
+            with stand_in.app.run():
+                pass
 
 
 def test_vectors_go_out_in_token_groups_and_come_back_in_order(stand_in, tmp_path):
-    cfg = compose_cfg(*MODAL, "hardware.request_tokens=64", f"paths.artifacts={tmp_path / 'a'}")
-    backend = make_backend(cfg)
-    chunks = chunks_from_cfg(cfg.pooling)
-    out = backend.vectors(TEXTS, chunks)
-    assert len(stand_in.calls) > 1 and all(len(c["texts"]) >= 1 for c in stand_in.calls)
-    assert stand_in.options[0]["gpu"] == "H100" and stand_in.options[0]["max_containers"] == 8
+    cfg = compose_cfg(*MODAL, "hardware.request_tokens=64")
+    with open_backend(cfg) as backend:
+        out = backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
+    requests = [r for name, r in stand_in.calls if name == "vectors"]
+    assert [t for r in requests for t in r["texts"]] == TEXTS  # every text once, in order
     here = compose_cfg("model.dtype=float32")
-    local = LocalBackend(here.model, here.hardware).vectors(TEXTS, chunks)
-    assert torch.equal(out.raw, local.raw) and out.n_tokens == local.n_tokens
+    lm = load_model(here.model, here.hardware)  # the reference, on this CPU
+    lengths = [len(lm.encode([t])[0][0]) for t in TEXTS]
+    for r in requests:  # a group holds at most 64 tokens, unless a single text is longer
+        assert len(r["texts"]) == 1 or sum(lengths[TEXTS.index(t)] for t in r["texts"]) <= 64
+    assert len(requests) == len(token_groups(lengths, 64)) > 1
+    assert out.n_tokens == lengths
+    for i, text in enumerate(TEXTS):  # row i is text i, whichever request carried it
+        assert rel_err(out.raw[i], reference_vector(lm.model, lm.blocks, lm.encode([text])[0][0], LONG)) < 1e-5
+    assert stand_in.options[0]["gpu"] == "H100" and stand_in.options[0]["max_containers"] == 8
+    assert stand_in.app.starts == 1 and not stand_in.app.running  # the run closed its app
     assert token_groups([5, 70, 3, 3, 60], 64) == [[0], [1], [2, 3], [4]]
 
 
 def test_mean_on_modal_fans_out_resumes_after_failures_and_downloads(stand_in, tmp_path):
     overrides = ["job=mean", "corpus=samples", "corpus.shard_size=4", "centering.min_count=4"]
-    local_cfg = compose_cfg(*overrides, f"paths.artifacts={tmp_path / 'local'}", "model.dtype=float32")
-    jobs.get("mean")(local_cfg, tmp_path)
+    jobs.run("mean", compose_cfg(*overrides, f"paths.artifacts={tmp_path / 'local'}", "model.dtype=float32"), tmp_path)
     cfg = compose_cfg(*overrides, *MODAL, f"paths.artifacts={tmp_path / 'artifacts'}")
     stand_in.fail_index = 2
     with pytest.raises(RemoteError, match="1 of 5 shards failed on Modal: CUDA out of memory in shard 2"):
-        jobs.get("mean")(cfg, tmp_path)
+        jobs.run("mean", cfg, tmp_path)
     shards = sorted(p.name for p in (tmp_path / "volume").rglob("shards/*.safetensors"))
     assert shards == ["00000.safetensors", "00001.safetensors", "00003.safetensors", "00004.safetensors"]
     stand_in.fail_index, stand_in.calls[:] = None, []
-    jobs.get("mean")(cfg, tmp_path)
-    assert [c["index"] for c in stand_in.calls if "index" in c] == [2]  # only the failed shard ran again
-    [local] = (tmp_path / "local").glob("means/*/corpus_mean.safetensors")
-    [downloaded] = (tmp_path / "artifacts").glob("means/*/corpus_mean.safetensors")
-    assert downloaded.parent.name == local.parent.name  # the same mean id
-    a, b = load_file(local), load_file(downloaded)
+    jobs.run("mean", cfg, tmp_path)
+    assert [r["index"] for name, r in stand_in.calls if name == "mean_shard"] == [2]  # only the failed one again
+    [here] = (tmp_path / "local").glob(f"means/*/{store.MEAN_FILE}")
+    [downloaded] = (tmp_path / "artifacts").glob(f"means/*/{store.MEAN_FILE}")
+    assert downloaded.parent.name == here.parent.name  # the same mean id
+    a, b = load_file(here), load_file(downloaded)
     assert all(torch.equal(a[k], b[k]) for k in ("sum", "count", "mean"))
-    metrics = jobs.get("mean")(compose_cfg(*overrides, *MODAL, f"paths.artifacts={tmp_path / 'artifacts'}",
+    metrics = jobs.run("mean", compose_cfg(*overrides, *MODAL, f"paths.artifacts={tmp_path / 'artifacts'}",
                                            "mean.stage=progress"), tmp_path)
     assert metrics["shards"] == 5 and metrics["docs"] == 20
 
 
-def test_centred_vectors_on_modal_upload_the_local_mean(stand_in, tmp_path):
+def test_the_mean_on_the_volume_is_reused_only_with_the_local_checksum(stand_in, tmp_path):
     art = tmp_path / "artifacts"
-    jobs.get("mean")(compose_cfg("job=mean", "corpus=samples", "centering.min_count=4", f"paths.artifacts={art}"),
-                     tmp_path)
-    cfg = compose_cfg(*MODAL, "centering=corpus_mean", f"paths.artifacts={art}")
-    from actexp.jobs.common import corpus_mean
-
+    for min_count in (4, 3):  # two means of the samples that differ
+        jobs.run("mean", compose_cfg("job=mean", "corpus=samples", f"centering.min_count={min_count}",
+                                     f"paths.artifacts={art}", "model.dtype=float32"), tmp_path)
+    cfg = compose_cfg(*MODAL, "centering=corpus_mean", f"paths.artifacts={art}", "centering.mean_path=auto")
     mean = corpus_mean(cfg)
-    out = make_backend(cfg).vectors(TEXTS, chunks_from_cfg(cfg.pooling), mean)
-    uploaded = tmp_path / "volume" / "means" / mean.metadata["mean_id"] / store.MEAN_FILE
-    assert uploaded.read_bytes() == Path(mean.path).read_bytes()
-    here = compose_cfg("model.dtype=float32")
-    local = LocalBackend(here.model, here.hardware).vectors(TEXTS, chunks_from_cfg(cfg.pooling), mean)
-    assert torch.equal(out.centered, local.centered)
+    chunks = chunks_from_cfg(cfg.pooling)
+    with open_backend(cfg) as backend:
+        first = backend.vectors(TEXTS, chunks, mean)
+        backend.vectors(TEXTS, chunks, mean)
+    relpath = f"means/{mean.metadata['mean_id']}/{store.MEAN_FILE}"
+    assert stand_in.volume.uploads == [relpath]  # uploaded once, then reused
+    assert (tmp_path / "volume" / relpath).read_bytes() == Path(mean.path).read_bytes()
+    assert all(r["mean_sha256"] == mean.sha256 for name, r in stand_in.calls if name == "vectors")
+    # A different file under the same name on the volume is replaced, not used.
+    [other] = [p for p in art.glob(f"means/*/{store.MEAN_FILE}") if p != mean.path]
+    shutil.copy(other, tmp_path / "volume" / relpath)
+    with open_backend(cfg) as backend:
+        again = backend.vectors(TEXTS, chunks, mean)
+    assert stand_in.volume.uploads == [relpath, relpath]
+    assert torch.equal(first.centered, again.centered)
+    for i, n in enumerate(first.n_tokens):
+        assert rel_err(first.raw[i].double() - first.centered[i].double(), mean.pooled_mean(chunks, n)) < 1e-5
+
+
+def test_pipeline_on_modal_enters_the_app_once_and_loads_the_model_once(stand_in, tmp_path):
+    cfg = compose_cfg("+experiment=long_centered", *MODAL, "corpus.max_docs=24", "corpus.shard_size=8",
+                      "logger=none", f"paths.artifacts={tmp_path / 'artifacts'}")
+    metrics = jobs.run("pipeline", cfg, tmp_path / "run")  # the mean is computed first, then the CSVs
+    assert stand_in.app.starts == 1 and not stand_in.app.running
+    assert stand_in.loads == 1 and len(stand_in.containers) == 1
+    assert {name for name, _ in stand_in.calls} == {"shard_headers", "mean_shard", "aggregate", "vectors"}
+    assert metrics["compare/passed"] and metrics["mean/shards_computed"] == 3
+    assert (tmp_path / "run" / "similarity_long_all.png").is_file()
+
+
+def test_bench_refuses_modal_with_one_line(stand_in, tmp_path):
+    with pytest.raises(UserError, match="cannot time hardware=modal"):
+        jobs.run("bench", compose_cfg("job=bench", *MODAL), tmp_path)
+    assert stand_in.app.starts == 0
 
 
 def test_missing_deployment_names_the_deploy_command(monkeypatch, stand_in):
-    import modal
-
     class Missing:
         def hydrate(self):
             raise modal.exception.NotFoundError("App 'actexp' not found")

@@ -6,7 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from actexp.centering import CorpusMean
+from actexp import jobs
+from actexp.artifacts import load_mean
+from actexp.backends import local
 from actexp.io import read_matrix_csv, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from helpers import compose_cfg, rel_err, run_cli, wandb_summary
@@ -46,7 +48,7 @@ def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment)
     centered, _ = read_matrix_csv(run_dir / "vectors_long_mode_centered.csv")
     assert raw.shape == (20, 4 * 128) and names[0] == "01_cats_apartment" and len(set(names)) == 20
     info = json.loads((run_dir / "vectors_long_mode_centered.json").read_text())
-    mean = CorpusMean.load(info["centering"]["mean"]["path"])
+    mean = load_mean(info["centering"]["mean"]["path"])
     assert info["centering"]["mean"]["corpus"].startswith("stdlib_docs") and info["centering"]["mean"]["docs"] >= 500
     chunks = chunks_from_cfg(compose_cfg("pooling=long").pooling)
     assert rel_err(mean.recenter(raw, info["n_tokens"], chunks), centered) < 1e-5
@@ -87,6 +89,39 @@ def test_sweep_gives_one_folder_and_one_run_per_job(experiment):
     assert runs[0][0].run_id != runs[1][0].run_id
     assert runs[0][0].run_group == runs[1][0].run_group == f"long_centered-{sweep.name}"
     assert [r[1]["pooling"]["name"] for r in runs] == ["short", "long"]
+
+
+def test_the_pipeline_loads_the_model_once_and_records_each_variant(tmp_path, monkeypatch):
+    loads = []
+    real_load = local.load_model
+    monkeypatch.setattr(local, "load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    cfg = compose_cfg("+experiment=long_centered", "corpus.max_docs=24", "corpus.shard_size=8", "logger=none",
+                      f"paths.artifacts={tmp_path / 'artifacts'}")
+    metrics = jobs.run("pipeline", cfg, tmp_path / "run")  # computes the mean, then the CSVs
+    assert len(loads) == 1 and metrics["mean/shards_computed"] == 3
+    raw = json.loads((tmp_path / "run" / "vectors_long_mode_raw.json").read_text())
+    centered = json.loads((tmp_path / "run" / "vectors_long_mode_centered.json").read_text())
+    assert raw["centering"] == {"name": "none", "mean": None}
+    assert centered["centering"]["mean"]["sha256"] == load_mean(centered["centering"]["mean"]["path"]).sha256
+
+
+def test_a_parallel_sweep_on_a_fresh_store_succeeds(tmp_path):
+    """Both jobs start the pipeline together and meet on the same mean: they share it."""
+    r = run_cli("-m", "+experiment=long_centered", "pooling=short,long", "hydra/launcher=joblib",
+                "corpus.max_docs=64", "corpus.shard_size=2", "hardware.threads=1",
+                f"paths.artifacts={tmp_path / 'artifacts'}", cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    [sweep] = (tmp_path / "multirun" / "long_centered").iterdir()
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(runs) == 2 and all((j / "compare_report.csv").is_file() for j in runs)
+    computed = [json.loads((j / "mean.json").read_text()).get("shards_computed", 0) if (j / "mean.json").exists()
+                else 0 for j in runs]
+    assert sum(computed) == 32  # each shard computed once, by one of the two jobs
+    [mean] = (tmp_path / "artifacts").glob("means/*/corpus_mean.safetensors")
+    used = {json.loads((j / f"vectors_{m}_mode_centered.json").read_text())["centering"]["mean"]["sha256"]
+            for j, m in zip(runs, ("short", "long"))}
+    assert used == {load_mean(mean).sha256}
+    assert not list((tmp_path / "artifacts").rglob("*.tmp"))
 
 
 def test_a_failing_job_does_not_lose_the_others(tmp_path):
