@@ -194,20 +194,22 @@ def select_layers(layers, n_blocks: int) -> List[int]:
 
 
 def seeded_init(model: torch.nn.Module, seed: int) -> None:
-    """Overwrite every weight from one generator, in name order: the same numbers on every machine.
+    """Overwrite every weight from one CPU generator in float32, in name order, then copy it to the
+    parameter's device and dtype: the same numbers on every machine, GPU or not.
 
     Matrices and biases ~ N(0, 0.02); norm weights ~ 1 + N(0, 0.1), so no layer is an identity.
     """
     params = dict(model.named_parameters())
-    device = next(iter(params.values())).device
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name in sorted(params):
             p = params[name]
+            values = torch.empty(p.shape, dtype=torch.float32)  # one parameter at a time on the host
             if "norm" in name and name.endswith("weight"):
-                p.normal_(1.0, 0.1, generator=gen)
+                values.normal_(1.0, 0.1, generator=gen)
             else:
-                p.normal_(0.0, 0.02, generator=gen)
+                values.normal_(0.0, 0.02, generator=gen)
+            p.copy_(values)
 
 
 def _random_model(mcfg, dtype, device):
