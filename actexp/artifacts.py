@@ -126,15 +126,18 @@ def _write_checked(path: Path, tensors: dict, meta: dict) -> str:
     return digest
 
 
+def _decode(metadata: Optional[dict]) -> dict:
+    """A header as written by _write_checked: JSON values, and the checksum as a plain string."""
+    return {k: v if k == "sha256" else json.loads(v) for k, v in (metadata or {}).items()}
+
+
 def _read_checked(path: Path, names: Tuple[str, ...]) -> Optional[Tuple[dict, dict]]:
     """(tensors, header) of a file written by _write_checked, or None if missing, truncated or corrupt."""
     try:
         with safe_open(str(path), "pt") as f:
-            header = dict(f.metadata() or {})
+            header = _decode(f.metadata())
             tensors = {k: f.get_tensor(k) for k in names}
-        if header.get("sha256") != _checksum(tensors):
-            return None
-        return tensors, {k: v if k == "sha256" else json.loads(v) for k, v in header.items()}
+        return (tensors, header) if header.get("sha256") == _checksum(tensors) else None
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
 
@@ -174,7 +177,7 @@ def read_header(path: Path) -> Optional[dict]:
     """The metadata of a safetensors file without reading its tensors, or None if unreadable."""
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: v if k == "sha256" else json.loads(v) for k, v in (f.metadata() or {}).items()}
+            return _decode(f.metadata())
     except (SafetensorError, OSError, ValueError):
         return None
 
@@ -187,7 +190,7 @@ def header_of_stream(chunks: Iterable[bytes]) -> dict:
         if need is None and len(data) >= 8:
             need = 8 + struct.unpack("<Q", data[:8])[0]
         if need is not None and len(data) >= need:
-            return json.loads(data[8:need]).get("__metadata__", {})
+            return _decode(json.loads(data[8:need]).get("__metadata__"))
     raise ValueError("truncated safetensors header")
 
 
@@ -283,7 +286,11 @@ def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, c
         meta = stats.identity | {"corpus": stats.corpus_id, "stats_id": stats.id,
                                  "mean_id": stats.mean_id(min_count, tail_start), "docs": acc.docs,
                                  "tokens": acc.tokens, "shards": n_shards}
-        mean = CorpusMean.from_stats(acc.sum, acc.count, stats.identity["max_tokens"], min_count, tail_start, meta)
+        try:
+            mean = CorpusMean.from_stats(acc.sum, acc.count, stats.identity["max_tokens"], min_count, tail_start, meta)
+        except ValueError as e:
+            raise UserError(f"{e}: lower centering.min_count or centering.tail_start (job=mean mean.stage=aggregate "
+                            "reuses the shards) or use a larger corpus") from None
         save_mean(mean, final)
         ckpt_path.unlink(missing_ok=True)
         return mean

@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import UserError
 from .pooling import Chunk, weights
 
 
@@ -56,8 +55,8 @@ def finalise(sum_: torch.Tensor, count: torch.Tensor, min_count: int, tail_start
     if not enough.all():
         tail = enough & (torch.arange(count.numel()) >= tail_start)
         if not tail.any():
-            raise UserError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
-                            "documents: lower them (job=mean mean.stage=aggregate reuses the shards) or use a larger corpus")
+            raise ValueError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
+                             "documents")
         mean[~enough] = sum_[tail].sum(0) / count[tail].sum()
     return mean.to(torch.float32)
 
@@ -87,7 +86,7 @@ class CorpusMean:
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
         if n_tokens > self.mean.shape[0]:
-            raise UserError(f"a text of {n_tokens} tokens is longer than the corpus mean ({self.mean.shape[0]} positions)")
+            raise ValueError(f"a text of {n_tokens} tokens is longer than the corpus mean ({self.mean.shape[0]} positions)")
         return (weights(tuple(chunks), n_tokens) @ self.mean[:n_tokens].to(torch.float64)).reshape(-1)
 
     def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:

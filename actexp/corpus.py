@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from .errors import UserError
+from .inputs import decode_text
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,10 @@ def _parse_python_docs(min_chars: int) -> Iterator[Document]:
 def _read_file(path: Path) -> Optional[str]:
     """A text file's content, or None (with a warning naming it) if it is not UTF-8 text."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        log.warning("skipping %s: not UTF-8 text (invalid byte at offset %d)", path, e.start)
+        return decode_text(path.read_bytes())
+    except ValueError as e:
+        log.warning("skipping %s: %s", path, e)
         return None
-    if "\x00" in text:
-        log.warning("skipping %s: not text (it contains NUL bytes)", path)
-        return None
-    return text
 
 
 def text_files(pattern: str) -> Iterator[Document]:

@@ -1,4 +1,5 @@
-"""Files: atomic writes (a file appears whole under its final name or not at all) and vector CSVs."""
+"""Files: atomic writes (a file appears whole under its final name or not at all) and vector CSVs
+with their JSON sidecars (the csv job writes them; compare, plot and visualize read them)."""
 
 import csv
 import io
@@ -42,6 +43,11 @@ def write_safetensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Op
     return write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
 
 
+def vectors_csv_path(out_dir, mode: str, variant: str) -> Path:
+    """The csv job's file name: vectors_<mode>_mode_<raw|centered>.csv (its sidecar: .json)."""
+    return Path(out_dir) / f"vectors_{mode}_mode_{variant}.csv"
+
+
 def write_matrix_csv(path: Path, vectors: torch.Tensor, names: Sequence[str]) -> Path:
     """Vectors [N, D] as a CSV with one column per vector and one row per dim (first column `dim`).
 
@@ -71,3 +77,15 @@ def read_matrix_csv(path: Path) -> Tuple[torch.Tensor, List[str]]:
     except (OSError, UnicodeDecodeError, ValueError, IndexError, RuntimeError) as e:
         raise UserError(f"{path} is not a vector CSV of the csv job ({e})") from None
     return values.T.contiguous(), header[1:]
+
+
+def read_vectors_csv(path: Path):
+    """(vectors [N, D] float32 numpy, names, sidecar dict or {}) of a csv job's CSV."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: run job=csv first or give the path of a vectors CSV")
+    vectors, names = read_matrix_csv(path)
+    sidecar = path.with_suffix(".json")
+    return vectors.numpy(), names, json.loads(sidecar.read_text()) if sidecar.is_file() else {}

@@ -7,9 +7,9 @@ import hashlib
 import os
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -41,6 +41,40 @@ class LoadedModel:
         return encode(self.tokenizer, texts, self.max_tokens, self.bos_id if self.prepend_bos else None)
 
 
+@dataclass
+class ModelSpec:
+    """Which model to load and how it runs, as plain values: the `model` config group with the dtype
+    resolved. Jobs build it with from_config; a Modal container rebuilds it from to_dict()."""
+
+    name: str = "tiny"
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    random_init: bool = False
+    seed: int = 0
+    layers: Any = "all"  # "all" or a list of block indices
+    max_tokens: Optional[int] = None
+    prepend_bos: bool = False
+    blocks: Optional[str] = None
+    tokenizer: Optional[str] = None
+    arch: Optional[dict] = None  # GPT-NeoX numbers (schema.ArchConfig's fields), to build the model
+
+    @classmethod
+    def from_config(cls, model_cfg, hardware_cfg) -> "ModelSpec":
+        """From the model and hardware groups: model.dtype, else the hardware's."""
+        from omegaconf import OmegaConf
+
+        values = OmegaConf.to_container(model_cfg, resolve=True)
+        values["dtype"] = values["dtype"] or hardware_cfg.dtype
+        torch_dtype(values["dtype"])  # refuse an unknown name before anything runs
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def encode(tokenizer, texts: Sequence[str], max_tokens: int, bos_id: Optional[int] = None
            ) -> Tuple[List[List[int]], List[bool]]:
     """Token ids per text (with bos_id first if given), truncated to max_tokens, and whether each was."""
@@ -57,33 +91,26 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def model_config(mcfg):
+def model_config(spec: ModelSpec):
     """The transformers config of the model, without its weights: from `arch`, or a checkpoint's config."""
     from transformers import AutoConfig, GPTNeoXConfig
 
-    if mcfg.arch is not None:
-        a = mcfg.arch
+    if spec.arch is not None:
+        a = spec.arch
         return GPTNeoXConfig(
-            vocab_size=a.vocab_size, hidden_size=a.hidden_size, num_hidden_layers=a.num_hidden_layers,
-            num_attention_heads=a.num_attention_heads, intermediate_size=a.intermediate_size,
-            max_position_embeddings=a.max_position_embeddings, layer_norm_eps=a.layer_norm_eps,
-            use_parallel_residual=a.use_parallel_residual, tie_word_embeddings=a.tie_word_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": a.rotary_emb_base,
-                             "partial_rotary_factor": a.rotary_pct},
+            vocab_size=a["vocab_size"], hidden_size=a["hidden_size"], num_hidden_layers=a["num_hidden_layers"],
+            num_attention_heads=a["num_attention_heads"], intermediate_size=a["intermediate_size"],
+            max_position_embeddings=a["max_position_embeddings"], layer_norm_eps=a["layer_norm_eps"],
+            use_parallel_residual=a["use_parallel_residual"], tie_word_embeddings=a["tie_word_embeddings"],
+            rope_parameters={"rope_type": "default", "rope_theta": a["rotary_emb_base"],
+                             "partial_rotary_factor": a["rotary_pct"]},
             bos_token_id=0, eos_token_id=0,
         )
-    if not mcfg.name_or_path:
+    if not spec.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
-    local = _local_source(mcfg.name_or_path)
-    return _load(AutoConfig, local or mcfg.name_or_path, bool(local), "checkpoint" if local else "hub model",
-                 revision=mcfg.revision, trust_remote_code=mcfg.trust_remote_code)
-
-
-def run_dtype(mcfg, hcfg) -> str:
-    """The dtype the model runs in: model.dtype, else the hardware's."""
-    name = mcfg.dtype or hcfg.dtype
-    torch_dtype(name)  # refuse an unknown name before anything runs
-    return name
+    local = _local_source(spec.name_or_path)
+    return _load(AutoConfig, local or spec.name_or_path, bool(local), "checkpoint" if local else "hub model",
+                 revision=spec.revision, trust_remote_code=spec.trust_remote_code)
 
 
 # Weight, config and tokenizer files of a checkpoint folder: their names, sizes and times identify it.
@@ -106,61 +133,57 @@ def checkpoint_fingerprint(name_or_path: Optional[str]) -> Optional[str]:
     return h.hexdigest()[:16]
 
 
-def identity(mcfg, dtype: str, config=None) -> dict:
+def identity(spec: ModelSpec, config=None) -> dict:
     """Everything that determines a model's activations, from config alone (no weights loaded):
     a corpus mean fits a model only if every field is equal."""
-    config = config or model_config(mcfg)
+    config = config or model_config(spec)
     n_blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
-    layer_ids = select_layers(mcfg.layers, n_blocks)
+    layer_ids = select_layers(spec.layers, n_blocks)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    max_tokens = mcfg.max_tokens or context
+    max_tokens = spec.max_tokens or context
     if context and max_tokens > context:
         raise UserError(f"model.max_tokens={max_tokens} exceeds the model's context of {context} tokens")
-    arch = None
-    if mcfg.random_init and mcfg.arch is not None:
-        arch = {k: mcfg.arch[k] for k in sorted(mcfg.arch)}
     return {
-        "model": mcfg.name,
-        "name_or_path": mcfg.name_or_path,
-        "revision": mcfg.revision,
-        "checkpoint": checkpoint_fingerprint(mcfg.name_or_path),
-        "random_init": mcfg.random_init,
-        "seed": mcfg.seed if mcfg.random_init else None,
-        "arch": arch,
-        "tokenizer": mcfg.tokenizer,
-        "blocks": mcfg.blocks,
-        "attn_implementation": mcfg.attn_implementation,
-        "dtype": dtype,
+        "model": spec.name,
+        "name_or_path": spec.name_or_path,
+        "revision": spec.revision,
+        "checkpoint": checkpoint_fingerprint(spec.name_or_path),
+        "random_init": spec.random_init,
+        "seed": spec.seed if spec.random_init else None,
+        "arch": dict(sorted(spec.arch.items())) if spec.random_init and spec.arch else None,
+        "tokenizer": spec.tokenizer,
+        "blocks": spec.blocks,
+        "attn_implementation": spec.attn_implementation,
+        "dtype": spec.dtype,
         "layers": "all" if layer_ids == list(range(n_blocks)) else layer_ids,
-        "prepend_bos": mcfg.prepend_bos,
+        "prepend_bos": spec.prepend_bos,
         "max_tokens": max_tokens,
         "hidden_size": config.hidden_size,
     }
 
 
-def load_model(mcfg, hcfg) -> LoadedModel:
-    """Build the LoadedModel described by the model and hardware config groups."""
+def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None) -> LoadedModel:
+    """Build the LoadedModel a spec describes, on a device ("cpu", "cuda", "cuda:1")."""
     import transformers
 
     transformers.logging.set_verbosity_error()  # no "sequence longer than max length" noise
-    device = torch.device(hcfg.device)
+    device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("hardware=cuda but torch sees no CUDA device: use hardware=cpu")
-    if hcfg.threads:
-        torch.set_num_threads(hcfg.threads)
-    dtype_name = run_dtype(mcfg, hcfg)
-    dtype = torch_dtype(dtype_name)
-    model = _random_model(mcfg, dtype, device) if mcfg.random_init else _pretrained_model(mcfg, dtype, device)
+    if threads:
+        torch.set_num_threads(threads)
+    dtype = torch_dtype(spec.dtype)
+    model = _random_model(spec, dtype, device) if spec.random_init else _pretrained_model(spec, dtype, device)
     model.eval().requires_grad_(False)
-    blocks = find_blocks(model, mcfg.blocks)
-    meta = identity(mcfg, dtype_name, model.config)
-    layer_ids = select_layers(mcfg.layers, len(blocks))
-    tokenizer = load_tokenizer(mcfg)
+    blocks = find_blocks(model, spec.blocks)
+    meta = identity(spec, model.config)
+    layer_ids = select_layers(spec.layers, len(blocks))
+    tokenizer = load_tokenizer(spec)
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(model.config, "bos_token_id", None)
-    if mcfg.prepend_bos and bos_id is None:
+    if spec.prepend_bos and bos_id is None:
         raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
     return LoadedModel(model, model.base_model, blocks, layer_ids, tokenizer, meta["hidden_size"],
-                       meta["max_tokens"], mcfg.prepend_bos, bos_id, device, meta)
+                       meta["max_tokens"], spec.prepend_bos, bos_id, device, meta)
 
 
 def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[torch.nn.Module]:
@@ -212,15 +235,15 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
             p.copy_(values)
 
 
-def _random_model(mcfg, dtype, device):
+def _random_model(spec: ModelSpec, dtype, device):
     from transformers import AutoModelForCausalLM
 
-    if mcfg.arch is None and not mcfg.name_or_path:
+    if spec.arch is None and not spec.name_or_path:
         raise UserError("model.random_init=true needs model.arch or model.name_or_path")
-    config = model_config(mcfg)
+    config = model_config(spec)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=mcfg.attn_implementation)
-    seeded_init(model, mcfg.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
+    seeded_init(model, spec.seed)
     return model
 
 
@@ -265,25 +288,25 @@ def _load(loader, source: str, local: bool, what: str, **kwargs):
         raise UserError(f"cannot load {what} {source}: {reason}; {HELP_MODELS}") from None
 
 
-def _pretrained_model(mcfg, dtype, device):
+def _pretrained_model(spec: ModelSpec, dtype, device):
     from transformers import AutoModelForCausalLM
 
-    if not mcfg.name_or_path:
+    if not spec.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
-    local = _local_source(mcfg.name_or_path)
-    model = _load(AutoModelForCausalLM, local or mcfg.name_or_path, bool(local), "checkpoint" if local else "hub model",
-                  revision=mcfg.revision, dtype=dtype, attn_implementation=mcfg.attn_implementation,
-                  trust_remote_code=mcfg.trust_remote_code)
+    local = _local_source(spec.name_or_path)
+    model = _load(AutoModelForCausalLM, local or spec.name_or_path, bool(local), "checkpoint" if local else "hub model",
+                  revision=spec.revision, dtype=dtype, attn_implementation=spec.attn_implementation,
+                  trust_remote_code=spec.trust_remote_code)
     return model.to(device)
 
 
-def load_tokenizer(mcfg):
+def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if mcfg.tokenizer:
-        source, revision = mcfg.tokenizer, None
-    elif not mcfg.random_init:
-        source, revision = mcfg.name_or_path, mcfg.revision
+    if spec.tokenizer:
+        source, revision = spec.tokenizer, None
+    elif not spec.random_init:
+        source, revision = spec.name_or_path, spec.revision
     else:  # random weights: the bundled tokenizer, so the vectors depend on nothing downloaded
         return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
@@ -291,4 +314,4 @@ def load_tokenizer(mcfg):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _load(AutoTokenizer, local or source, bool(local), "tokenizer", revision=revision,
-                     trust_remote_code=mcfg.trust_remote_code)
+                     trust_remote_code=spec.trust_remote_code)

@@ -17,13 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import jobs
 from .errors import UserError
-from .schema import register
+from .schema import CONF, register
 from .tracking import NULL, Tracker
 
-# A checkout keeps conf/ beside the package; an installed wheel carries it inside.
-CONF = Path(__file__).resolve().parent.parent / "conf"
-if not CONF.is_dir():
-    CONF = Path(__file__).resolve().parent / "conf"
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # asked for by the user
 HYDRA_FILES = {".hydra", "run.log", "wandb"}  # what a run dir holds before the job writes anything
 

@@ -4,10 +4,18 @@ The root schema `base_config` types every group, so a misspelt key or a wrong ty
 file or on the command line fails at compose time instead of being ignored.
 """
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+# The config groups: a checkout keeps conf/ beside the package; an installed wheel carries it inside.
+CONF = Path(__file__).resolve().parent.parent / "conf"
+if not CONF.is_dir():
+    CONF = Path(__file__).resolve().parent / "conf"
 
 
 @dataclass
@@ -188,3 +196,6 @@ class Config:
 
 def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+    # ${pid:} in run folder names: two runs started in the same second never share a folder. Cached,
+    # so a joblib worker resolves the sweep folder to the launching process's value (Hydra copies the cache).
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)

@@ -35,7 +35,7 @@ def main():
     n_docs = int(args.pop(0)) if args and args[0].isdigit() else 64
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
         cfg = compose("config", overrides=["pooling=long", *args])
-    backend = LocalBackend(cfg.model, cfg.hardware)
+    backend = LocalBackend.from_config(cfg)
     chunks = chunks_from_cfg(cfg.pooling)
     texts = [doc.text for doc in islice(python_docs(min_chars=300), n_docs)]
     tokens = sum(backend.vectors(texts, chunks).n_tokens)

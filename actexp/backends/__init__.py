@@ -10,11 +10,11 @@ def make_backend(cfg):
     if cfg.hardware.backend == "local":
         from .local import LocalBackend
 
-        return LocalBackend(cfg.model, cfg.hardware)
+        return LocalBackend.from_config(cfg)
     if cfg.hardware.backend == "modal":
         from .remote import ModalBackend
 
-        return ModalBackend(cfg)
+        return ModalBackend.from_config(cfg)
     raise UserError(f"unknown hardware.backend {cfg.hardware.backend!r}: use local or modal")
 
 

@@ -14,7 +14,7 @@ from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
 from ..errors import UserError
-from ..model import LoadedModel, load_model
+from ..model import LoadedModel, ModelSpec, load_model
 from ..pooling import Chunk, pool
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,24 @@ class Vectors:
 
 
 class LocalBackend:
-    def __init__(self, model_cfg, hardware_cfg):
-        self.model_cfg, self.hardware_cfg = model_cfg, hardware_cfg
+    """The model in this process; batches are bounded by batch_tokens (padded tokens) and max_padding."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", batch_tokens: int = 8192, max_padding: float = 0.1,
+                 threads: Optional[int] = None):
+        self.spec, self.device, self.threads = spec, device, threads
+        self.batch_tokens, self.max_padding = batch_tokens, max_padding
         self._lm: Optional[LoadedModel] = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "LocalBackend":
+        hw = cfg.hardware
+        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, hw.batch_tokens, hw.max_padding, hw.threads)
 
     @property
     def lm(self) -> LoadedModel:
         """The model, loaded on first use (aggregating and reporting progress need none)."""
         if self._lm is None:
-            self._lm = load_model(self.model_cfg, self.hardware_cfg)
+            self._lm = load_model(self.spec, self.device, self.threads)
         return self._lm
 
     @property
@@ -68,7 +77,7 @@ class LocalBackend:
         return ids, truncated
 
     def _batches(self, ids):
-        return stream(self.lm, ids, self.hardware_cfg.batch_tokens, self.hardware_cfg.max_padding)
+        return stream(self.lm, ids, self.batch_tokens, self.max_padding)
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
         """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given."""

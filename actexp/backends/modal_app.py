@@ -51,41 +51,25 @@ CLASS_OPTIONS = dict(
 )
 
 
-def _model_cfg(name_or_path: str, revision: str, dtype: str, options: str):
-    from omegaconf import OmegaConf
-
-    spec = json.loads(options) | {"name_or_path": name_or_path or None, "revision": revision or None, "dtype": dtype}
-    return OmegaConf.create(spec)
-
-
-def _hardware_cfg(request: dict):
-    import torch
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create({"device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": "bfloat16",
-                             "threads": None, "batch_tokens": request.get("batch_tokens", 32768),
-                             "max_padding": request.get("max_padding", 0.1)})
-
-
 @app.cls(**CLASS_OPTIONS)
 class Extractor:
-    name_or_path: str = modal.parameter(default="")
-    revision: str = modal.parameter(default="")
-    dtype: str = modal.parameter(default="bfloat16")
-    options: str = modal.parameter(default="{}")  # the rest of the model config group, as JSON
+    spec: str = modal.parameter(default="{}")  # actexp.model.ModelSpec as JSON: which model, which dtype
 
     @modal.enter(snap=True)
     def load(self):
+        import torch
+
         from actexp.backends.local import LocalBackend
+        from actexp.model import ModelSpec
         from actexp.pooling import Chunk
 
-        self.backend = LocalBackend(_model_cfg(self.name_or_path, self.revision, self.dtype, self.options),
-                                    _hardware_cfg({}))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.backend = LocalBackend(ModelSpec(**json.loads(self.spec)), device)
         self.backend.vectors(["A short warm-up text."], [Chunk("last")])  # compile kernels before the snapshot
 
     def _configure(self, request: dict) -> None:
-        self.backend.hardware_cfg.batch_tokens = request.get("batch_tokens", 32768)
-        self.backend.hardware_cfg.max_padding = request.get("max_padding", 0.1)
+        self.backend.batch_tokens = request.get("batch_tokens", 32768)
+        self.backend.max_padding = request.get("max_padding", 0.1)
 
     @modal.method()
     def vectors(self, request: dict) -> dict:

@@ -8,6 +8,7 @@ artifacts volume are skipped, and the merged mean is downloaded into the local a
 import json
 import logging
 import os
+from types import SimpleNamespace
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,7 +19,7 @@ from ..centering import CorpusMean
 from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
-from ..model import encode, identity, load_tokenizer, run_dtype
+from ..model import ModelSpec, encode, identity, load_tokenizer
 from ..pooling import Chunk
 from .local import Vectors
 
@@ -60,8 +61,10 @@ def _raise_failures(results: list, what: str) -> None:
 
 
 class ModalBackend:
-    def __init__(self, cfg):
-        self.cfg, self.hw = cfg, cfg.hardware
+    """The model in Modal containers: `hw` holds the hardware group's values (gpu, max_containers ...)."""
+
+    def __init__(self, spec: ModelSpec, hw: SimpleNamespace):
+        self.spec, self.hw = spec, hw
         modal_app = APP_MODULE
         if modal_app is None:
             if not has_credentials():
@@ -74,13 +77,14 @@ class ModalBackend:
                 os.environ["ACTEXP_HF_SECRET"] = self.hw.hf_secret
             from . import modal_app
         self.app_module, self._run = modal_app, None
-        m = cfg.model
-        options = {k: v for k, v in OmegaConf.to_container(m, resolve=True).items()
-                   if k not in ("name_or_path", "revision", "dtype")}
-        self.params = dict(name_or_path=m.name_or_path or "", revision=m.revision or "",
-                           dtype=m.dtype or self.hw.dtype, options=json.dumps(options, sort_keys=True))
-        self.metadata = identity(m, run_dtype(m, self.hw))
+        self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True)}
+        self.metadata = identity(spec)
         self._extractor = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModalBackend":
+        return cls(ModelSpec.from_config(cfg.model, cfg.hardware),
+                   SimpleNamespace(**OmegaConf.to_container(cfg.hardware, resolve=True)))
 
     # -- connection ----------------------------------------------------------------------------
     def _options(self, target):
@@ -142,7 +146,7 @@ class ModalBackend:
         return relpath
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
-        tokenizer = load_tokenizer(self.cfg.model)  # only to size the groups; the remote side tokenises
+        tokenizer = load_tokenizer(self.spec)  # only to size the groups; the remote side tokenises
         ids, _ = encode(tokenizer, texts, self.metadata["max_tokens"])
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
         base = {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],

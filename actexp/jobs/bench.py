@@ -33,10 +33,11 @@ from ..centering import MeanAccumulator
 from ..corpus import Corpus, Document
 from ..errors import UserError
 from ..io import write_json
-from ..pooling import Chunk, weights
+from ..pooling import weights
+from ..schema import CONF
+from .common import chunks
 
-SHORT = [Chunk("exp", 0.067)]
-LONG = [Chunk("last"), Chunk("exp", 0.023), Chunk("exp", 0.067), Chunk("exp", 0.159)]
+SHORT, LONG = (chunks(OmegaConf.load(CONF / "pooling" / f"{mode}.yaml")) for mode in ("short", "long"))
 TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style", "corpus_mean", "seed_style_mean")
 
 

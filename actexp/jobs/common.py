@@ -12,7 +12,7 @@ from ..artifacts import find_means, load_mean, mismatch
 from ..artifacts import root as store_root
 from ..centering import CorpusMean
 from ..errors import UserError
-from ..model import identity, run_dtype
+from ..model import ModelSpec, identity
 from ..pooling import Chunk
 
 # Overrides that decide which corpus mean fits: repeated in the command we suggest.
@@ -23,7 +23,7 @@ def chunks(pooling_cfg) -> List[Chunk]:
     if not pooling_cfg.chunks:
         raise UserError(f"pooling={pooling_cfg.name} has no chunks: give pooling.chunks a list of {{kind, alpha}}")
     try:
-        return [Chunk(c.kind, c.alpha) for c in pooling_cfg.chunks]
+        return [Chunk(c.kind, c.get("alpha")) for c in pooling_cfg.chunks]
     except ValueError as e:
         raise UserError(f"pooling={pooling_cfg.name}: {e}") from None
 
@@ -37,9 +37,13 @@ def mean_command() -> str:
     return " ".join(["python -m actexp.run job=mean", *map(shlex.quote, keep)])
 
 
+def model_spec(cfg) -> ModelSpec:
+    return ModelSpec.from_config(cfg.model, cfg.hardware)
+
+
 def model_identity(cfg) -> dict:
     """The identity of the configured model (artifacts.mismatch), from config alone."""
-    return identity(cfg.model, run_dtype(cfg.model, cfg.hardware))
+    return identity(model_spec(cfg))
 
 
 def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:

@@ -43,7 +43,7 @@ def _from_csvs(cfg, model_id, dims, mean):
         missing = [n for n in names if n not in texts]
         if missing:
             raise UserError(f"compare.use_samples=true but {missing[0]!r} is not a bundled sample")
-        tokenizer = load_tokenizer(cfg.model)
+        tokenizer = load_tokenizer(common.model_spec(cfg))
         bos = tokenizer.bos_token_id if cfg.model.prepend_bos else None
         ids, _ = encode(tokenizer, [texts[n] for n in names], model_id["max_tokens"], bos)
         n_tokens = [len(x) for x in ids]

@@ -4,18 +4,13 @@ vectors_<mode>_mode_<raw|centered>.csv: first column `dim`, one column per text,
 a sidecar .json beside each holds the text names, token counts, model, pooling and mean used.
 """
 
-from pathlib import Path
 
 from ..corpus import Corpus, bundled_samples
 from ..errors import UserError
-from ..io import write_json, write_matrix_csv
+from ..io import vectors_csv_path, write_json, write_matrix_csv
 from . import common
 
 VARIANTS = ("raw", "centered")
-
-
-def csv_path(out_dir, mode: str, variant: str) -> Path:
-    return Path(out_dir) / f"vectors_{mode}_mode_{variant}.csv"
 
 
 def variants(cfg) -> list:
@@ -56,7 +51,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     metrics = {"texts": len(docs), "dims": result.raw.shape[1], "tokens": sum(result.n_tokens)}
     for variant in chosen:
         vectors = result.raw if variant == "raw" else result.centered
-        path = write_matrix_csv(csv_path(out_dir, cfg.pooling.name, variant), vectors, names)
+        path = write_matrix_csv(vectors_csv_path(out_dir, cfg.pooling.name, variant), vectors, names)
         # Each sidecar records what was done to its own vectors: the raw ones were not centred.
         write_json(path.with_suffix(".json"), common.metadata(cfg, backend, mean if variant == "centered" else None) | {
             "variant": variant, "source": cfg.csv.source, "samples": names, "n_tokens": result.n_tokens,

@@ -1,6 +1,5 @@
 """job=extract: one text -> vector.safetensors (key `vector`, float32) + vector.json."""
 
-import hashlib
 import json
 
 from ..inputs import read_text
@@ -9,7 +8,7 @@ from . import common
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
-    text, source = read_text(cfg.text, cfg.file)
+    text, record = read_text(cfg.text, cfg.file)
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
     result = backend.vectors([text], chunk_list, mean)
@@ -20,7 +19,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         "n_tokens": result.n_tokens[0],
         "truncated": result.truncated[0],
         "norm": norm,
-        "input": {"source": source, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()},
+        "input": record,
     }
     write_safetensors(out_dir / "vector.safetensors", {"vector": vector},
                       metadata={"actexp": json.dumps({k: meta[k] for k in ("model", "pooling", "centering")})})

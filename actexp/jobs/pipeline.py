@@ -6,7 +6,8 @@ import copy
 from omegaconf import OmegaConf
 
 from ..errors import CheckFailed
-from . import compare, csv, mean, plot, visualize
+from ..io import vectors_csv_path
+from . import run as run_job
 
 
 def _with(cfg, **updates):
@@ -19,21 +20,20 @@ def _with(cfg, **updates):
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     """Every stage shares the run's backend: one model load, one Modal app context."""
-    metrics = {}
-    for name, value in mean.run(_with(cfg, mean__stage="all"), out_dir, tracker, backend).items():
-        metrics[f"mean/{name}"] = value
-    both = _with(cfg, csv__variants=["raw", "centered"])
-    metrics |= {f"csv/{k}": v for k, v in csv.run(both, out_dir, tracker, backend).items()}
-    raw, centered = (str(csv.csv_path(out_dir, cfg.pooling.name, v)) for v in ("raw", "centered"))
+
+    def stage(name, **updates):
+        return {f"{name}/{k}": v for k, v in run_job(name, _with(cfg, **updates), out_dir, tracker, backend).items()}
+
+    metrics = stage("mean", mean__stage="all")
+    metrics |= stage("csv", csv__variants=["raw", "centered"])
+    raw, centered = (str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in ("raw", "centered"))
     failed = None
     try:
-        metrics |= {f"compare/{k}": v for k, v in compare.run(
-            _with(cfg, compare__raw_csv=raw, compare__centered_csv=centered), out_dir, tracker, backend).items()}
+        metrics |= stage("compare", compare__raw_csv=raw, compare__centered_csv=centered)
     except CheckFailed as e:  # still draw the plots, then report the failure
         failed = e
-    metrics |= {f"plot/{k}": v for k, v in plot.run(_with(cfg, plot__csv=None), out_dir, tracker, backend).items()}
-    metrics |= {f"visualize/{k}": v for k, v in visualize.run(
-        _with(cfg, visualize__csvs=[raw, centered]), out_dir, tracker, backend).items()}
+    metrics |= stage("plot", plot__csv=None)
+    metrics |= stage("visualize", visualize__csvs=[raw, centered])
     if failed:
         raise failed
     return metrics

@@ -1,31 +1,20 @@
 """job=plot: cosine-similarity heatmaps from a vector CSV -> similarity_<mode>_all.png, and for
 modes with several chunks (long) one similarity_<mode>_chunk<k>.png per chunk."""
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .. import plots
 from ..errors import UserError
-from ..io import read_matrix_csv
+from ..io import read_vectors_csv, vectors_csv_path
 from . import common
-from .csv import csv_path
-
-
-def load_csv(path: Path):
-    """(vectors [N, D] numpy, names, sidecar dict or {}) of a csv job's CSV."""
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: run job=csv first or give the path of a vectors CSV")
-    vectors, names = read_matrix_csv(path)
-    sidecar = path.with_suffix(".json")
-    return vectors.numpy(), names, json.loads(sidecar.read_text()) if sidecar.is_file() else {}
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     variant = "centered" if cfg.centering.name != "none" else "raw"
-    path = Path(cfg.plot.csv) if cfg.plot.csv else csv_path(out_dir, cfg.pooling.name, variant)
-    vectors, names, info = load_csv(path)
+    path = Path(cfg.plot.csv) if cfg.plot.csv else vectors_csv_path(out_dir, cfg.pooling.name, variant)
+    vectors, names, info = read_vectors_csv(path)
     pooling = info.get("pooling", {})
     mode = pooling.get("name", cfg.pooling.name)
     labels = pooling.get("labels") or [c.label for c in common.chunks(cfg.pooling)]

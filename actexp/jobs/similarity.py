@@ -12,8 +12,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
-    text_a, source_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
-    text_b, source_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
+    text_a, record_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
+    text_b, record_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
     result = backend.vectors([text_a, text_b], chunk_list, mean)
@@ -25,7 +25,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         "chunks": per_chunk,
         "n_tokens": result.n_tokens,
         "truncated": result.truncated,
-        "inputs": [source_a, source_b],
+        "inputs": [record_a, record_b],
     })
     detail = ", ".join(f"{k} {v:.4f}" for k, v in per_chunk.items()) if len(chunk_list) > 1 else ""
     print(f"cosine {overall:.4f}" + (f" (per chunk: {detail})" if detail else "") + f" -> {out_dir / 'similarity.json'}")

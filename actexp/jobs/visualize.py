@@ -5,16 +5,15 @@ from pathlib import Path
 
 from .. import plots
 from ..errors import UserError
-from .csv import csv_path
-from .plot import load_csv
+from ..io import read_vectors_csv, vectors_csv_path
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     paths = [Path(p) for p in cfg.visualize.csvs] or [
-        p for p in (csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
+        p for p in (vectors_csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
     if not paths or len(paths) > 2:
         raise UserError("give visualize.csvs=[one.csv] or [raw.csv,centered.csv] (or run job=csv first)")
-    loaded = [load_csv(p) for p in paths]
+    loaded = [read_vectors_csv(p) for p in paths]
     names = loaded[0][1]
     if any(x[1] != names for x in loaded):
         raise UserError(f"{paths[0]} and {paths[1]} hold different samples")
