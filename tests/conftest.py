@@ -7,6 +7,24 @@ from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCau
 from actexp.model import BUNDLED_TOKENIZER
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (CI does)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: over ~10 s (subprocesses racing, kills, benchmarks); needs --runslow")
+    config.addinivalue_line("markers", "gpu: needs CUDA (skipped without it); `pytest -m gpu` runs only these")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def artifacts_home(tmp_path_factory):
     """The default artifact store ($ACTEXP_ARTIFACTS) of every test and CLI child: never ~/.cache."""

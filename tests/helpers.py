@@ -1,17 +1,32 @@
 """Shared test helpers: config composition, the CLI in a subprocess, and an independent
-reference implementation of docs/math.md (output_hidden_states + explicit weights)."""
+reference implementation of docs/math.md (no hooks: output_hidden_states of a copy of the model
+whose final norm is the identity, and the pooling weights in closed form)."""
 
+import copy
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from actexp.run import CONF
+from actexp.schema import CONF, register
 
 REPO = Path(__file__).resolve().parents[1]
+register()  # the dataclass schemas, as the CLI registers them
+
+
+def run_if(cuda: bool = False):
+    """Marks for tests that need hardware (after lightning-hydra-template's RunIf): the `gpu` marker
+    and a skip where torch sees no CUDA device."""
+    marks = []
+    if cuda:
+        marks += [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+    return lambda test: functools.reduce(lambda t, mark: mark(t), marks, test)
 
 
 def compose_cfg(*overrides):
@@ -27,38 +42,44 @@ def run_cli(*args, cwd, env=None, timeout=300):
 
 
 def reference_weights(kind, alpha, n):
+    """Closed forms of docs/math.md: exp(alpha) is alpha (1-alpha)^(n-1-t) / (1 - (1-alpha)^n)."""
+    t = torch.arange(n, dtype=torch.float64)
     if kind == "last":
-        w = [0.0] * (n - 1) + [1.0]
-    elif kind == "mean":
-        w = [1.0 / n] * n
-    else:
-        raw = [(1.0 - alpha) ** (n - 1 - t) for t in range(n)]
-        w = [r / sum(raw) for r in raw]
-    return torch.tensor(w, dtype=torch.float64)
+        return (t == n - 1).double()
+    if kind == "mean":
+        return torch.full((n,), 1.0 / n, dtype=torch.float64)
+    return alpha * (1 - alpha) ** (n - 1 - t) / (1 - (1 - alpha) ** n)
 
 
-def reference_stream(model, blocks, ids):
-    """Per-block raw outputs [L, T, H] float64 of one text, the docs/math.md way: hidden_states[l+1]
-    for every block but the last, and the last block's raw output through a hook."""
-    captured = {}
-
-    def hook(module, args, output):
-        captured["last"] = output[0] if isinstance(output, tuple) else output
-
-    handle = blocks[-1].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            out = model(torch.tensor([ids]), output_hidden_states=True, use_cache=False)
-    finally:
-        handle.remove()
-    per_block = [out.hidden_states[l + 1][0] for l in range(len(blocks) - 1)] + [captured["last"][0]]
-    return torch.stack(per_block).double(), out.hidden_states
+FINAL_NORMS = ("gpt_neox.final_layer_norm", "model.norm", "transformer.ln_f")
 
 
-def reference_vector(model, blocks, ids, chunks, layers=None):
-    """The pooled vector of one text: concatenation over chunks of sum_t w_t h_t."""
-    stream, _ = reference_stream(model, blocks, ids)
-    h = stream[layers if layers is not None else slice(None)].mean(0)  # [T, H]
+def reference_model(model):
+    """A copy of a causal LM whose final norm is the identity, so that output_hidden_states[l + 1]
+    is the raw output of block l for every block, the last one included: no hook involved."""
+    ref = copy.deepcopy(model).eval()
+    for path in FINAL_NORMS:
+        parent, _, name = path.rpartition(".")
+        owner = getattr(ref, parent, None)
+        if isinstance(getattr(owner, name, None), torch.nn.Module):
+            setattr(owner, name, torch.nn.Identity())
+            return ref
+    raise AssertionError(f"no final norm found in {type(model).__name__}")
+
+
+def reference_stream(ref, ids):
+    """Per-block raw outputs [L, T, H] float64 of one text, from a reference_model."""
+    with torch.no_grad():
+        out = ref(torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+    return torch.stack(out.hidden_states[1:])[:, 0].double()
+
+
+def reference_vector(ref, ids, chunks, layers=None, mu=None):
+    """The pooled vector of one text, docs/math.md by hand: concatenation over chunks of
+    sum_t w_t (h_t - mu_t), with h_t the mean of the selected blocks' raw outputs."""
+    h = reference_stream(ref, ids)[layers if layers is not None else slice(None)].mean(0)  # [T, H]
+    if mu is not None:
+        h = h - mu[: len(ids)].double()
     return torch.cat([reference_weights(kind, alpha, len(ids)) @ h for kind, alpha in chunks])
 
 
@@ -67,8 +88,12 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-SHORT = [("exp", 0.067)]
-LONG = [("last", None), ("exp", 0.023), ("exp", 0.067), ("exp", 0.159)]
+def pooling_spec(mode):
+    """[(kind, alpha)] of conf/pooling/<mode>.yaml: the chunk lists live in the YAML only."""
+    return [(c.kind, c.get("alpha")) for c in OmegaConf.load(CONF / "pooling" / f"{mode}.yaml").chunks]
+
+
+SHORT, LONG = pooling_spec("short"), pooling_spec("long")
 
 # Texts of very different lengths: 1-2 tokens, a sentence, and a few hundred tokens.
 TEXTS = [

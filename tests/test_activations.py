@@ -1,12 +1,14 @@
 import logging
 
+import pytest
 import torch
 
 from actexp.activations import LayerMean, stream, token_budget_batches
 from actexp.backends.local import LocalBackend
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import model_spec
 from actexp.model import load_model
-from helpers import LONG, TEXTS, compose_cfg, reference_stream, reference_vector, rel_err
+from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err
 
 
 def test_token_budget_batches_cover_every_text_once_within_budget_and_padding():
@@ -25,24 +27,21 @@ def test_token_budget_batches_cover_every_text_once_within_budget_and_padding():
 
 
 def _lm(*overrides):
-    cfg = compose_cfg(*overrides)
-    return load_model(cfg.model, cfg.hardware)
+    return load_model(model_spec(compose_cfg(*overrides)))
 
 
-def test_hook_stream_is_hidden_states_and_raw_last_block():
+def test_hook_stream_equals_the_hook_free_reference_for_every_block():
     lm = _lm()
     ids = lm.encode([TEXTS[2]])[0][0]
-    per_block, hidden_states = reference_stream(lm.model, lm.blocks, ids)
-    n = len(lm.blocks)
-    for layer in range(n):
+    per_block = reference_stream(reference_model(lm.model), ids)  # [L, T, H]
+    for layer in range(len(lm.blocks)):
         h = LayerMean(lm.blocks, [layer])(lm.body, torch.tensor([ids]))[0]  # [T, H]
-        if layer < n - 1:
-            assert torch.equal(h, hidden_states[layer + 1][0])
-    # The last block's hook output is the raw stream: hidden_states[-1] is it after the final norm.
-    assert not torch.allclose(h, hidden_states[-1][0])
-    assert torch.allclose(lm.body.final_layer_norm(h), hidden_states[-1][0], atol=1e-5)
-    assert torch.equal(h.double(), per_block[-1])
-    mean = LayerMean(lm.blocks, range(n))(lm.body, torch.tensor([ids]))[0]
+        assert torch.equal(h.double(), per_block[layer]), layer
+    # The last block's raw output is not what output_hidden_states gives: that is after the final norm.
+    with torch.no_grad():
+        final = lm.model(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0]
+    assert not torch.allclose(h, final, atol=1e-3)
+    mean = LayerMean(lm.blocks, range(len(lm.blocks)))(lm.body, torch.tensor([ids]))[0]
     assert rel_err(mean, per_block.mean(0)) < 1e-6
 
 
@@ -55,31 +54,36 @@ def test_layer_subset_stops_early_and_matches_reference():
     h = LayerMean(lm.blocks, lm.layer_ids)(lm.body, torch.tensor([ids]))[0]
     handle.remove()
     assert calls == []  # blocks after the deepest selected one never ran
-    per_block, _ = reference_stream(lm.model, lm.blocks, ids)
-    assert rel_err(h, per_block[[0, 1]].mean(0)) < 1e-6
+    assert rel_err(h, reference_stream(reference_model(lm.model), ids)[[0, 1]].mean(0)) < 1e-6
 
 
-def test_batched_equals_one_text_at_a_time():
-    for pooling in ("short", "long"):
-        cfg = compose_cfg(f"pooling={pooling}", "hardware.batch_tokens=2048", "hardware.max_padding=1000")
-        backend = LocalBackend(cfg.model, cfg.hardware)
-        chunks = chunks_from_cfg(cfg.pooling)
-        batched = backend.vectors(TEXTS, chunks)
-        assert len(token_budget_batches(batched.n_tokens, 2048, 1000)) == 1  # all in one padded batch
-        for i, text in enumerate(TEXTS):
-            alone = backend.vectors([text], chunks).raw[0]
-            assert rel_err(batched.raw[i], alone) < 1e-5
+# How far a text's vector moves with the batch it shares (relative error; README, "How a vector is
+# computed"). Worst measured on this CPU: float32 3.7e-7 (tiny), 6.9e-7 (pythia-70m shape);
+# bfloat16 2.2e-3 (tiny), 4.1e-3 (pythia-70m shape): bf16 matmul kernels block by batch shape.
+BATCH_TOLERANCE = {"float32": 2e-6, "bfloat16": 1e-2}
 
 
-def test_vectors_match_the_design_math():
-    cfg = compose_cfg("pooling=long")
-    backend = LocalBackend(cfg.model, cfg.hardware)
-    out = backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_equals_one_text_at_a_time_within_the_dtype_tolerance(dtype):
+    cfg = compose_cfg("pooling=long", f"hardware.dtype={dtype}", "hardware.batch_tokens=2048",
+                      "hardware.max_padding=1000")
+    backend = LocalBackend.from_config(cfg)
+    chunks = chunks_from_cfg(cfg.pooling)
+    batched = backend.vectors(TEXTS, chunks)
+    assert len(token_budget_batches(batched.n_tokens, 2048, 1000)) == 1  # all in one padded batch
     for i, text in enumerate(TEXTS):
-        ids = backend.lm.encode([text])[0][0]
+        assert rel_err(batched.raw[i], backend.vectors([text], chunks).raw[0]) < BATCH_TOLERANCE[dtype]
+
+
+def test_vectors_match_the_reference():
+    cfg = compose_cfg("pooling=long")
+    backend = LocalBackend.from_config(cfg)
+    out = backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
+    ref = reference_model(backend.lm.model)
+    for i, text in enumerate(TEXTS):
+        ids = backend.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
         assert out.n_tokens[i] == len(ids)
-        ref = reference_vector(backend.lm.model, backend.lm.blocks, ids, LONG)
-        assert rel_err(out.raw[i], ref) < 1e-5
+        assert rel_err(out.raw[i], reference_vector(ref, ids, LONG)) < 1e-5
 
 
 def test_stream_yields_every_text_once_with_lengths():
@@ -93,12 +97,15 @@ def test_stream_yields_every_text_once_with_lengths():
     assert sorted(seen) == list(range(len(TEXTS)))
 
 
-def test_truncation_warns_and_flags(caplog):
+def test_truncation_keeps_the_head_warns_and_flags(caplog):
     cfg = compose_cfg("model.max_tokens=8")
-    backend = LocalBackend(cfg.model, cfg.hardware)
+    backend = LocalBackend.from_config(cfg)
+    chunks = chunks_from_cfg(cfg.pooling)
     with caplog.at_level(logging.WARNING):
-        out = backend.vectors([TEXTS[0], TEXTS[2]], chunks_from_cfg(cfg.pooling))
+        out = backend.vectors([TEXTS[0], TEXTS[2]], chunks)
     assert out.truncated == [False, True] and out.n_tokens[1] == 8
     assert "truncated to model.max_tokens=8" in caplog.text
-    full = backend.vectors([TEXTS[2][:200]], chunks_from_cfg(cfg.pooling))
-    assert full.n_tokens == [8]
+    ids = backend.lm.tokenizer(TEXTS[2], add_special_tokens=False)["input_ids"]
+    ref = reference_model(backend.lm.model)
+    assert rel_err(out.raw[1], reference_vector(ref, ids[:8], LONG)) < 1e-5  # the first 8 tokens ...
+    assert rel_err(out.raw[1], reference_vector(ref, ids[-8:], LONG)) > 0.01  # ... not the last 8

@@ -3,6 +3,8 @@ running the job itself, not here: timings do not belong in tests)."""
 
 import json
 
+import pytest
+
 from helpers import run_cli
 
 KEYS = {
@@ -14,6 +16,7 @@ KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_bench_writes_bench_json(tmp_path):
     r = run_cli("job=bench", "bench.docs=6", "bench.mean_docs=3", "bench.repeats=1", "bench.warmup=0",
                 "corpus.shard_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -21,11 +24,9 @@ def test_bench_writes_bench_json(tmp_path):
     result = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert {"model", "hardware", "tokens", "padding_waste", "mfu"} <= set(result)
     assert result["model"] == "tiny" and result["hardware"] == "cpu" and result["mfu"] is None
+    assert result["documents"] == 6
     for section, keys in KEYS.items():
         assert set(result[section]) == keys
         assert all(v > 0 for v in result[section].values())
-    r_ = result["ratios"]
-    assert r_["extract_vs_bare"] == result["tokens_per_s"]["extract_long_centered"] / result["tokens_per_s"]["bare_forward"]
-    assert r_["mean_mem_growth"] == result["peak_mem_mb"]["corpus_mean_4n"] / result["peak_mem_mb"]["corpus_mean_n"]
-    assert 0 <= result["padding_waste"] <= 0.1
+    assert 0 <= result["padding_waste"] <= 0.1  # hardware.max_padding bounds the pad tokens
     assert "extract_vs_bare" in r.stdout  # the printed table

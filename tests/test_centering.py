@@ -14,8 +14,10 @@ from actexp.corpus import bundled_samples
 from actexp.errors import UserError
 from actexp.io import write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
-from actexp.jobs.common import corpus_mean
-from helpers import TEXTS, compose_cfg, rel_err, run_cli
+from actexp.jobs.common import corpus_mean, model_spec
+from actexp.model import load_model
+from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
+                     run_cli)
 
 MEAN = ["corpus=samples", "centering.min_count=4"]
 
@@ -36,12 +38,38 @@ def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pool
     mean = corpus_mean(cfg)
     assert mean.metadata["layers"] == "all"
     chunks = chunks_from_cfg(cfg.pooling)
-    out = LocalBackend(cfg.model, cfg.hardware).vectors(TEXTS, chunks, mean)
+    out = LocalBackend.from_config(cfg).vectors(TEXTS, chunks, mean)
     for i, n in enumerate(out.n_tokens):
         pooled = mean.pooled_mean(chunks, n)
         assert rel_err(out.raw[i].double() - out.centered[i].double(), pooled) < 1e-5
     assert rel_err(mean.recenter(out.raw, out.n_tokens, chunks), out.centered) < 1e-5
     assert not torch.allclose(out.raw, out.centered)
+
+
+def test_centred_vectors_from_first_principles(artifacts):
+    """Independent of CorpusMean, pooling.weights and the hooks: mu from a per-document loop over the
+    samples (with the min_count/tail_start fallback written out), closed-form weights, hook-free h_t."""
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    mean = corpus_mean(cfg)  # of the samples: min_count 4, tail_start 32
+    lm = load_model(model_spec(cfg))
+    ref = reference_model(lm.model)
+    P, H = mean.mean.shape
+    sums, counts = torch.zeros(P, H, dtype=torch.float64), torch.zeros(P, dtype=torch.int64)
+    for doc in bundled_samples():
+        ids = lm.tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        sums[: len(ids)] += reference_stream(ref, ids).mean(0)
+        counts[: len(ids)] += 1
+    mu = torch.zeros(P, H, dtype=torch.float64)
+    for t in range(P):
+        if counts[t] >= 4:
+            mu[t] = sums[t] / counts[t]
+    tail = [t for t in range(32, P) if counts[t] >= 4]
+    mu[counts < 4] = sum(sums[t] for t in tail) / sum(counts[t] for t in tail)
+    assert rel_err(mean.mean, mu) < 1e-6
+    out = LocalBackend.from_config(cfg).vectors(TEXTS, chunks_from_cfg(cfg.pooling), mean)
+    for i, text in enumerate(TEXTS):
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert rel_err(out.centered[i], reference_vector(ref, ids, LONG, mu=mu)) < 1e-5
 
 
 def test_auto_picks_the_matching_and_newest_mean(artifacts, tmp_path):
@@ -142,29 +170,33 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
     samples = bundled_samples()
     chunks = chunks_from_cfg(cfg.pooling)
-    out = LocalBackend(cfg.model, cfg.hardware).vectors([s.text for s in samples], chunks, corpus_mean(cfg))
+    out = LocalBackend.from_config(cfg).vectors([s.text for s in samples], chunks, corpus_mean(cfg))
     names = [s.name for s in samples]
     write_matrix_csv(tmp_path / "raw.csv", out.raw, names)
     write_json(tmp_path / "raw.json", {"samples": names, "n_tokens": out.n_tokens})
     write_matrix_csv(tmp_path / "centered.csv", out.centered, names)
     common = ["job=compare", f"paths.artifacts={artifacts}", f"compare.raw_csv={tmp_path / 'raw.csv'}"]
-    for extra in ([], ["compare.use_samples=true"]):
-        r = run_cli(*common, f"compare.centered_csv={tmp_path / 'centered.csv'}", *extra, cwd=tmp_path)
-        assert r.returncode == 0 and "PASS" in r.stdout, r.stderr
 
-    # A centred CSV that does not fit fails the check; a CSV of another size is refused.
+    def compare(centered_csv, *extra):
+        return jobs.run("compare", compose_cfg(*common, f"compare.centered_csv={tmp_path / centered_csv}", *extra),
+                        tmp_path / "c2")
+
+    for extra in ([], ["compare.use_samples=true"]):
+        assert compare("centered.csv", *extra)["passed"]
+
+    # A centred CSV that does not fit fails the check (the CLI: one line, exit 2, report written) ...
     tampered = out.centered.clone()
     tampered[3, 5] += 0.01
     write_matrix_csv(tmp_path / "tampered.csv", tampered, names)
-    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'tampered.csv'}", f"hydra.run.dir={tmp_path / 'c2'}",
+    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'tampered.csv'}", f"hydra.run.dir={tmp_path / 'c3'}",
                 cwd=tmp_path)
     assert r.returncode == 2 and "FAIL" in r.stdout and "04_tomato_garden / last" in r.stderr
-    assert (tmp_path / "c2" / "compare_report.csv").exists()
+    assert (tmp_path / "c3" / "compare_report.csv").exists()
+    # ... a CSV of another size is refused, and so is one whose sidecar names another mean.
     write_matrix_csv(tmp_path / "small.csv", out.centered[:, :100], names)
-    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'small.csv'}", cwd=tmp_path)
-    assert r.returncode == 2 and "has 100 rows but pooling=long" in r.stderr
-    # A centred CSV whose sidecar names another mean is refused, naming the mean to use.
+    with pytest.raises(UserError, match="has 100 rows but pooling=long"):
+        compare("small.csv")
     write_json(tmp_path / "centered.json", {"centering": {"name": "corpus_mean",
                                                           "mean": {"path": "/old/mean.safetensors", "sha256": "0" * 64}}})
-    r = run_cli(*common, f"compare.centered_csv={tmp_path / 'centered.csv'}", cwd=tmp_path)
-    assert r.returncode == 2 and "centering.mean_path=/old/mean.safetensors" in r.stderr, r.stderr
+    with pytest.raises(UserError, match="set centering.mean_path=/old/mean.safetensors"):
+        compare("centered.csv")

@@ -1,8 +1,10 @@
 """The extract and similarity jobs end to end: the real CLI in a subprocess."""
 
+import hashlib
 import json
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from actexp.backends.local import LocalBackend
-from actexp.jobs.common import chunks as chunks_from_cfg
-from actexp.run import CONF
-from helpers import TEXTS, compose_cfg, run_cli
+from actexp.jobs.common import model_spec
+from actexp.model import load_model
+from actexp.schema import CONF
+from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
 
 
 def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
@@ -29,11 +31,12 @@ def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
     assert meta["model"]["model"] == "tiny" and meta["pooling"]["labels"][0] == "last"
     assert meta["centering"] == {"name": "none", "mean": None}
     assert meta["n_tokens"] == 4 and meta["truncated"] is False and meta["input"]["source"] == "text"
-    assert meta["norm"] == pytest.approx(vector.double().norm().item())
-    # The seeded tiny model gives the same vector in another process.
-    cfg = compose_cfg("pooling=long")
-    here = LocalBackend(cfg.model, cfg.hardware).vectors(["Hello world"], chunks_from_cfg(cfg.pooling))
-    assert torch.equal(here.raw[0], vector)
+    assert meta["input"]["sha256"] == hashlib.sha256(b"Hello world").hexdigest()
+    # The seeded tiny model, rebuilt here, and the hook-free reference give the same vector.
+    lm = load_model(model_spec(compose_cfg()))
+    expected = reference_vector(reference_model(lm.model), lm.tokenizer("Hello world")["input_ids"], LONG)
+    assert rel_err(vector, expected) < 1e-5
+    assert meta["norm"] == pytest.approx(expected.norm().item(), rel=1e-5)
 
 
 def test_extract_from_file_short_and_default_output_dir(tmp_path):
@@ -64,9 +67,12 @@ def test_similarity_per_chunk(tmp_path):
     sim = json.loads((out2 / "similarity.json").read_text())
     assert -1 <= sim["cosine"] < 0.9999 and list(sim["chunks"]) == ["exp 0.067"]
     assert sim["n_tokens"][0] < sim["n_tokens"][1]
-    cfg = compose_cfg("pooling=short")
-    v = LocalBackend(cfg.model, cfg.hardware).vectors(["Cats purr.", TEXTS[2]], chunks_from_cfg(cfg.pooling)).raw
-    assert sim["cosine"] == pytest.approx(torch.nn.functional.cosine_similarity(v[0:1], v[1:2]).item(), abs=1e-6)
+    assert [i["source"] for i in sim["inputs"]] == ["text", str(tmp_path / "long.txt")]
+    assert all(len(i["sha256"]) == 64 for i in sim["inputs"])
+    lm = load_model(model_spec(compose_cfg()))
+    ref = reference_model(lm.model)
+    a, b = (reference_vector(ref, lm.tokenizer(t)["input_ids"], SHORT) for t in ("Cats purr.", TEXTS[2]))
+    assert sim["cosine"] == pytest.approx((a @ b / (a.norm() * b.norm())).item(), abs=1e-6)
 
 
 def _bad_inputs(tmp_path):
@@ -93,8 +99,11 @@ def _bad_inputs(tmp_path):
 
 
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
-    for name, (args, expected) in _bad_inputs(tmp_path).items():
-        r = run_cli(*args, cwd=tmp_path)
+    cases = _bad_inputs(tmp_path)
+    with ThreadPoolExecutor(2) as pool:  # one CLI process per core
+        results = dict(zip(cases, pool.map(lambda args: run_cli(*args, cwd=tmp_path), [a for a, _ in cases.values()])))
+    for name, (args, expected) in cases.items():
+        r = results[name]
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2, (name, r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (name, r.stderr)

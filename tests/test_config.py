@@ -2,7 +2,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from actexp.run import CONF
+from actexp.schema import CONF
 from helpers import compose_cfg
 
 GROUPS = ["job", "model", "pooling", "centering", "hardware", "logger"]

@@ -18,7 +18,8 @@ from actexp.centering import finalise
 from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
-from helpers import REPO, TEXTS, compose_cfg, reference_stream, rel_err, run_cli
+from actexp.jobs.common import model_spec
+from helpers import REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli
 
 
 @pytest.fixture()
@@ -58,13 +59,13 @@ def test_mean_equals_per_document_reference(tmp_path, docs_dir):
     folder = stats_folder(tmp_path / "art")
     assert len(list((folder / "shards").glob("*.safetensors"))) == 4  # 7 documents, 2 per shard
     saved = load_file(mean_file(tmp_path / "art"))
-    lm = load_model(cfg.model, cfg.hardware)
+    lm = load_model(model_spec(cfg))
+    ref = reference_model(lm.model)
     P, H = 2048, lm.hidden_size
     ref_sum, ref_count = torch.zeros(P, H, dtype=torch.float64), torch.zeros(P, dtype=torch.int64)
     for path in sorted(docs_dir.iterdir()):
-        ids = lm.encode([path.read_text()])[0][0]
-        per_block, _ = reference_stream(lm.model, lm.blocks, ids)
-        ref_sum[: len(ids)] += per_block.mean(0)
+        ids = lm.tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
+        ref_sum[: len(ids)] += reference_stream(ref, ids).mean(0)
         ref_count[: len(ids)] += 1
     assert saved["sum"].dtype == torch.float64 and saved["count"].dtype == torch.int64
     assert saved["mean"].dtype == torch.float32 and saved["mean"].shape == (P, H)
@@ -88,7 +89,7 @@ def test_finalise_fallback_by_hand():
     # positions 0 and 1 have enough documents; 2 and 3 take the tail mean of position 1: 6 / 3
     assert mean[:, 0].tolist() == [2.0, 2.0, 2.0, 2.0]
     assert finalise(sum_, count, min_count=1, tail_start=0)[:, 0].tolist() == pytest.approx([2.0, 2.0, 4.0, 20.0 / 9.0])
-    with pytest.raises(UserError, match="tail_start"):
+    with pytest.raises(ValueError, match="tail_start"):
         finalise(sum_, count, min_count=4, tail_start=1)
 
 
@@ -173,26 +174,32 @@ def test_corrupt_shard_is_detected_and_redone(tmp_path, docs_dir, damage, caplog
     assert _same(whole, _tensors(art))
 
 
-def test_sigkill_at_random_points_then_rerun_is_identical(tmp_path):
-    overrides = ["job=mean", "corpus.max_docs=96", "corpus.shard_size=8"]
-    reference, _ = run_mean(tmp_path / "whole", *overrides[1:])
+@pytest.mark.slow
+def test_sigkill_at_two_points_then_rerun_is_identical(tmp_path):
+    overrides = ["job=mean", "corpus.max_docs=96", "corpus.shard_size=8"]  # 12 shards
+    run_mean(tmp_path / "whole", *overrides[1:])
     art = tmp_path / "killed"
     cmd = [sys.executable, "-m", "actexp.run", *overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run'}"]
     for wanted in (2, 7):  # kill once early, once late
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
+        deadline, seen = time.time() + 120, 0
         while proc.poll() is None and time.time() < deadline:
-            if len(list(art.glob("stats/*/shards/*.safetensors"))) >= wanted:
+            seen = len(list(art.glob("stats/*/shards/*.safetensors")))
+            if seen >= wanted:
                 os.kill(proc.pid, signal.SIGKILL)
                 break
             time.sleep(0.02)
         proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"the run ended on its own (status {proc.returncode})"
+        on_disk = len(list(art.glob("stats/*/shards/*.safetensors")))
+        assert wanted <= seen <= on_disk < 12 and not list(art.glob(f"means/*/{store.MEAN_FILE}"))
     r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert not list(art.rglob("*.tmp"))
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
 
 
+@pytest.mark.slow
 def test_two_mean_jobs_at_once_share_the_work_and_equal_a_single_run(tmp_path):
     overrides = ["corpus.max_docs=64", "corpus.shard_size=2", "hardware.threads=1"]
     run_mean(tmp_path / "whole", *overrides)

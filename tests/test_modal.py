@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import modal
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from actexp import artifacts as store
@@ -24,9 +23,10 @@ from actexp.backends import local, make_backend, modal_app, open_backend, remote
 from actexp.backends.remote import RemoteError, token_groups
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import model_spec
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
-from helpers import LONG, TEXTS, compose_cfg, reference_vector, rel_err, run_cli
+from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
 
 MODAL = ["hardware=modal", "model.dtype=float32"]  # float32 so the CPU stand-in equals the local backend
 
@@ -47,16 +47,15 @@ def test_app_definition_imports_offline():
 
 def test_the_real_class_runs_with_local_and_matches_the_reference():
     cfg = compose_cfg()
-    options = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-               if k not in ("name_or_path", "revision", "dtype")}
-    extractor = modal_app.Extractor(dtype="float32", options=json.dumps(options))
+    extractor = modal_app.Extractor(spec=json.dumps(model_spec(cfg).to_dict()))
     reply = extractor.vectors.local({"texts": TEXTS, "chunks": [{"kind": c, "alpha": a} for c, a in LONG]})
     assert reply["raw"].dtype.name == "float32" and reply["centered"] is None
-    lm = load_model(cfg.model, cfg.hardware)  # the reference: output_hidden_states, explicit weights
+    lm = load_model(model_spec(cfg))
+    ref = reference_model(lm.model)  # output_hidden_states with the final norm an identity; closed-form weights
     for i, text in enumerate(TEXTS):
-        ids = lm.encode([text])[0][0]
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
         assert reply["n_tokens"][i] == len(ids)
-        assert rel_err(reply["raw"][i], reference_vector(lm.model, lm.blocks, ids, LONG)) < 1e-5
+        assert rel_err(reply["raw"][i], reference_vector(ref, ids, LONG)) < 1e-5
 
 
 class StandInApp:
@@ -184,14 +183,15 @@ def test_vectors_go_out_in_token_groups_and_come_back_in_order(stand_in, tmp_pat
     requests = [r for name, r in stand_in.calls if name == "vectors"]
     assert [t for r in requests for t in r["texts"]] == TEXTS  # every text once, in order
     here = compose_cfg("model.dtype=float32")
-    lm = load_model(here.model, here.hardware)  # the reference, on this CPU
+    lm = load_model(model_spec(here))  # the reference, on this CPU
     lengths = [len(lm.encode([t])[0][0]) for t in TEXTS]
     for r in requests:  # a group holds at most 64 tokens, unless a single text is longer
         assert len(r["texts"]) == 1 or sum(lengths[TEXTS.index(t)] for t in r["texts"]) <= 64
     assert len(requests) == len(token_groups(lengths, 64)) > 1
     assert out.n_tokens == lengths
+    ref = reference_model(lm.model)
     for i, text in enumerate(TEXTS):  # row i is text i, whichever request carried it
-        assert rel_err(out.raw[i], reference_vector(lm.model, lm.blocks, lm.encode([text])[0][0], LONG)) < 1e-5
+        assert rel_err(out.raw[i], reference_vector(ref, lm.encode([text])[0][0], LONG)) < 1e-5
     assert stand_in.options[0]["gpu"] == "H100" and stand_in.options[0]["max_containers"] == 8
     assert stand_in.app.starts == 1 and not stand_in.app.running  # the run closed its app
     assert token_groups([5, 70, 3, 3, 60], 64) == [[0], [1], [2, 3], [4]]

@@ -5,13 +5,14 @@ from transformers import AutoModelForCausalLM
 from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import model_spec
 from actexp.model import find_blocks, load_model, select_layers
-from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_vector, rel_err
+from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 
 
 def _backend(*overrides):
     cfg = compose_cfg(*overrides)
-    return LocalBackend(cfg.model, cfg.hardware), chunks_from_cfg(cfg.pooling)
+    return LocalBackend.from_config(cfg), chunks_from_cfg(cfg.pooling)
 
 
 @pytest.mark.parametrize("pooling,spec", [("short", SHORT), ("long", LONG)])
@@ -19,12 +20,11 @@ def test_hf_checkpoint_loads_through_from_pretrained_and_matches_the_math(neox_d
     backend, chunks = _backend("model=hf", f"model.name_or_path={neox_dir}", f"pooling={pooling}")
     assert backend.lm.metadata["name_or_path"] == str(neox_dir) and backend.lm.max_tokens == 512
     out = backend.vectors(TEXTS, chunks)
-    reference = AutoModelForCausalLM.from_pretrained(neox_dir).eval()  # loaded independently
+    reference = reference_model(AutoModelForCausalLM.from_pretrained(neox_dir))  # loaded independently
     for i, text in enumerate(TEXTS):
-        ids = backend.lm.encode([text])[0][0]
-        ref = reference_vector(reference, reference.gpt_neox.layers, ids, spec)
+        ids = backend.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
         assert out.raw[i].shape == (len(spec) * 64,)
-        assert rel_err(out.raw[i], ref) < 1e-5
+        assert rel_err(out.raw[i], reference_vector(reference, ids, spec)) < 1e-5
 
 
 def test_layers_and_prepend_bos_follow_the_config(neox_dir):
@@ -32,21 +32,22 @@ def test_layers_and_prepend_bos_follow_the_config(neox_dir):
                                "model.prepend_bos=true", "pooling=short")
     ids = backend.lm.encode([TEXTS[1]])[0][0]
     assert ids[0] == 0 and backend.lm.metadata["layers"] == [2]
-    reference = AutoModelForCausalLM.from_pretrained(neox_dir).eval()
-    ref = reference_vector(reference, reference.gpt_neox.layers, ids, SHORT, layers=[2])
+    reference = reference_model(AutoModelForCausalLM.from_pretrained(neox_dir))
+    ref = reference_vector(reference, ids, SHORT, layers=[2])
     assert rel_err(backend.vectors([TEXTS[1]], chunks).raw[0], ref) < 1e-5
 
 
 @pytest.mark.parametrize("fixture,attr", [("gpt2_dir", "transformer.h"), ("llama_dir", "model.layers")])
-def test_other_families_find_their_blocks(request, fixture, attr):
+def test_other_families_find_their_blocks_and_match_the_reference(request, fixture, attr):
     path = request.getfixturevalue(fixture)
     backend, chunks = _backend("model=hf", f"model.name_or_path={path}")
-    obj = backend.lm.model
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    assert backend.lm.blocks is obj
-    out = backend.vectors(TEXTS[:2], chunks)
-    assert out.raw.shape == (2, 4 * 48) and torch.isfinite(out.raw).all()
+    assert backend.lm.blocks is backend.lm.model.get_submodule(attr)
+    out = backend.vectors(TEXTS, chunks)
+    assert out.raw.shape == (len(TEXTS), 4 * 48)
+    reference = reference_model(AutoModelForCausalLM.from_pretrained(path))  # loaded independently
+    for i, text in enumerate(TEXTS):
+        ids = backend.lm.tokenizer(text, add_special_tokens=False)["input_ids"][:256]  # the context: 256
+        assert rel_err(out.raw[i], reference_vector(reference, ids, LONG)) < 1e-5
 
 
 def test_unknown_architecture_names_the_setting():
@@ -63,18 +64,21 @@ def test_unknown_architecture_names_the_setting():
 
 
 def test_tiny_is_seeded_and_offline():
-    a = load_model(compose_cfg().model, compose_cfg().hardware)
-    b = load_model(compose_cfg().model, compose_cfg().hardware)
-    c = load_model(compose_cfg("model.seed=1").model, compose_cfg().hardware)
+    a = load_model(model_spec(compose_cfg()))
+    b = load_model(model_spec(compose_cfg()))
+    c = load_model(model_spec(compose_cfg("model.seed=1")))
     wa, wb, wc = (m.model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    # The numbers do not depend on the dtype they land in (nor on the device: tests/test_gpu.py).
+    bf16 = load_model(model_spec(compose_cfg("hardware.dtype=bfloat16"))).model.state_dict()
+    assert all(torch.equal(v.to(torch.bfloat16), bf16[k]) for k, v in a.model.state_dict().items())
     assert a.model.config.rope_parameters["partial_rotary_factor"] == 0.25
     assert a.model.config.use_parallel_residual and a.hidden_size == 128 and len(a.blocks) == 4
 
 
 def test_pythia_random_init_builds_the_architecture_offline():
     cfg = compose_cfg("model=pythia-70m", "model.random_init=true")
-    lm = load_model(cfg.model, cfg.hardware)
+    lm = load_model(model_spec(cfg))
     assert (lm.hidden_size, len(lm.blocks), lm.max_tokens) == (512, 6, 2048)
     assert lm.model.config.vocab_size == 50304 and lm.model.config.num_attention_heads == 8
     assert lm.tokenizer.vocab_size == 4096  # the bundled tokenizer
@@ -83,20 +87,20 @@ def test_pythia_random_init_builds_the_architecture_offline():
 def test_missing_directory_and_file_paths(tmp_path):
     cfg = compose_cfg("model=hf", f"model.name_or_path={tmp_path / 'absent'}")
     with pytest.raises(UserError, match="does not exist.*model=tiny"):
-        load_model(cfg.model, cfg.hardware)
+        load_model(model_spec(cfg))
     (tmp_path / "weights.bin").write_bytes(b"x")
     cfg = compose_cfg("model=hf", f"model.name_or_path={tmp_path / 'weights.bin'}")
     with pytest.raises(UserError, match="is a file"):
-        load_model(cfg.model, cfg.hardware)
+        load_model(model_spec(cfg))
     cfg = compose_cfg("model=hf", f"model.name_or_path={tmp_path}")
     with pytest.raises(UserError, match="cannot load checkpoint"):
-        load_model(cfg.model, cfg.hardware)
+        load_model(model_spec(cfg))
 
 
 def test_unknown_hub_id_fails_fast_with_one_line():
     cfg = compose_cfg("model=hf", "model.name_or_path=actexp-tests/no-such-model")
     with pytest.raises(UserError, match="model=tiny") as err:
-        load_model(cfg.model, cfg.hardware)
+        load_model(model_spec(cfg))
     assert "\n" not in str(err.value)
 
 
