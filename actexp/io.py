@@ -2,6 +2,7 @@
 with their JSON sidecars (the csv job writes them; compare, plot and visualize read them)."""
 
 import csv
+import functools
 import io
 import json
 import os
@@ -13,12 +14,22 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (reading the umask means setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync it, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync it, then rename over `path`. The file gets the
+    permissions a plain open() would give (mkstemp's are 0600: teammates could not read outputs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
