@@ -32,6 +32,7 @@ from safetensors import SafetensorError, safe_open
 from .centering import CorpusMean, MeanAccumulator
 from .errors import UserError
 from .io import write_json, write_safetensors
+from .report import progress
 
 MEAN_FILE = "corpus_mean.safetensors"
 CHECKPOINT_FILE = "aggregate.ckpt.safetensors"
@@ -278,7 +279,7 @@ def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, c
         if ckpt is not None and ckpt[2].get("n_shards") == n_shards and ckpt[2].get("stats_id") == stats.id:
             acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
             first = ckpt[2]["next"]
-        for k in range(first, n_shards):
+        for k in progress(range(first, n_shards), desc="merging shards", unit="shard"):
             _merge_one(stats, acc, k)
             if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
                 write_stats(ckpt_path, acc.sum, acc.count, {"next": k + 1, "n_shards": n_shards, "docs": acc.docs,

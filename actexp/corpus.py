@@ -26,6 +26,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from .errors import UserError
 from .inputs import decode_text
+from .report import progress
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,8 @@ def _python_docs(min_chars: int) -> List[Document]:  # parsing the stdlib takes 
 
 def _parse_python_docs(min_chars: int) -> Iterator[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.rglob("*.py")):
-        if "test" in path.parts or "site-packages" in path.parts:
-            continue
+    paths = [p for p in sorted(root.rglob("*.py")) if "test" not in p.parts and "site-packages" not in p.parts]
+    for path in progress(paths, desc="reading the standard library's docstrings", unit="file"):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -177,7 +177,7 @@ class Corpus:
     def _scan(self) -> Tuple[int, str]:
         """(number of documents, sha256 of their ids in order): one pass over the source."""
         h, n = hashlib.sha256(), 0
-        for doc in self.documents():
+        for doc in progress(self.documents(), desc=f"scanning corpus {self.cfg.name}", unit="doc"):
             h.update(doc.id.encode())
             n += 1
         return n, h.hexdigest()

@@ -1,4 +1,4 @@
-"""The one exception type for bad input: run.py prints its message as one line and exits 2."""
+"""The exceptions run.py turns into one line: bad input (exit 2) and an interrupted run (exit 130)."""
 
 
 class UserError(Exception):
@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class CheckFailed(UserError):
     """A check that a job ran did not pass (its report is written before this is raised)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the job kept ("2 of 17 shards saved"): the same command resumes."""

@@ -3,14 +3,14 @@ config; every PNG is written atomically. All text is black."""
 
 import io
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm  # noqa: E402
 
 from .io import write_bytes  # noqa: E402
 
@@ -34,15 +34,38 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     return x @ x.T
 
 
-def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path) -> Path:
-    """Annotated heatmap of a similarity matrix, colours diverging around 0."""
+def off_diagonal(sim: np.ndarray) -> np.ndarray:
+    return sim[~np.eye(len(sim), dtype=bool)] if len(sim) > 1 else sim.ravel()
+
+
+def color_scale(matrices: Sequence[np.ndarray], vmin=None, vmax=None, center=None) -> Tuple[float, float, float]:
+    """(vmin, vmax, center) of one colour scale for several similarity matrices.
+
+    By default the range of their off-diagonal values (the diagonal is 1 and saturates), with the
+    middle colour at 0 when the range spans 0 and at its midpoint otherwise, so an all-positive
+    raw matrix still uses every colour. A center outside the range widens it symmetrically.
+    """
+    values = np.concatenate([off_diagonal(m) for m in matrices])
+    lo = float(values.min()) if vmin is None else float(vmin)
+    hi = float(values.max()) if vmax is None else float(vmax)
+    if hi - lo < 0.02:  # one value: give it a visible range
+        lo, hi = lo - 0.01, hi + 0.01
+    if center is None:
+        center = 0.0 if lo < 0 < hi else (lo + hi) / 2
+    half = max(center - lo, hi - center)
+    if not lo < center < hi:
+        lo, hi = center - half, center + half
+    return lo, hi, float(center)
+
+
+def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path,
+            scale: Tuple[float, float, float]) -> Path:
+    """Annotated heatmap of a similarity matrix on a given colour scale (color_scale)."""
     n = len(names)
     side = max(6.0, 0.55 * n + 2.5)
     fig, ax = plt.subplots(figsize=(side + 1.8, side))
-    off = sim[~np.eye(n, dtype=bool)] if n > 1 else sim.ravel()
-    # Symmetric around 0, scaled to the off-diagonal values so their structure shows (the diagonal saturates).
-    limit = max(float(np.abs(off).max()), 0.05)
-    image = ax.imshow(sim, cmap=DIVERGING, vmin=-limit, vmax=limit)
+    vmin, vmax, center = scale
+    image = ax.imshow(sim, cmap=DIVERGING, norm=TwoSlopeNorm(vcenter=center, vmin=vmin, vmax=vmax))
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     size = 7 if n <= 12 else 6 if n <= 24 else 4
@@ -86,6 +109,7 @@ def value_histograms(sets: List[np.ndarray], labels: Sequence[str], path: Path) 
 
 
 def dim_stats(sets: List[np.ndarray], labels: Sequence[str], chunk_size: int, path: Path) -> Path:
+    chunked = chunk_size < sets[0].shape[1]
     fig, axes = _panels(labels, "Per-dimension mean and std across samples", width=8)
     for ax, x, label in zip(axes, sets, labels):
         dims = np.arange(x.shape[1])
@@ -94,7 +118,7 @@ def dim_stats(sets: List[np.ndarray], labels: Sequence[str], chunk_size: int, pa
         for edge in range(chunk_size, x.shape[1], chunk_size):
             ax.axvline(edge, color="black", lw=0.5, ls=":")
         ax.set_title(label)
-        ax.set_xlabel("dimension (dotted lines: chunk edges)")
+        ax.set_xlabel("dimension (dotted lines: chunk edges)" if chunked else "dimension")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
@@ -105,14 +129,18 @@ def top_dims(x: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.abs(x).mean(0), kind="stable")[:k]
 
 
-def outlier_dims(sets: List[np.ndarray], labels: Sequence[str], k: int, path: Path) -> Path:
+def outlier_dims(sets: List[np.ndarray], labels: Sequence[str], k: int, chunk_labels: Sequence[str],
+                 path: Path) -> Path:
+    """The top k dimensions, each named by its chunk and hidden unit (exp 0.067 / unit 44)."""
     fig, axes = _panels(labels, f"Top {k} dimensions by mean |value|")
+    width = sets[0].shape[1] // len(chunk_labels)
     for ax, x, label in zip(axes, sets, labels):
         top = top_dims(x, k)
         ax.bar(range(len(top)), np.abs(x[:, top]).mean(0), color="#b2443a")
-        ax.set_xticks(range(len(top)), [str(d) for d in top], rotation=60, fontsize=8)
+        ax.set_xticks(range(len(top)), [f"{chunk_labels[d // width]} / unit {d % width}" for d in top],
+                      rotation=60, ha="right", fontsize=8)
         ax.set_title(f"{label} (median |value| {np.median(np.abs(x)):.3g})")
-        ax.set_xlabel("dimension")
+        ax.set_xlabel("chunk / hidden unit")
         ax.set_ylabel("mean |value|")
     fig.tight_layout()
     return _save(fig, path)

@@ -4,21 +4,36 @@ It only wires: compose the config (Hydra), run the job named by `job`, and turn 
 one line on stderr with a non-zero exit (the full traceback with HYDRA_FULL_ERROR=1).
 """
 
-import contextlib
-import os
-import shutil
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
 
-from . import jobs
-from .errors import UserError
-from .schema import CONF, register
-from .tracking import NULL, Tracker
+def _interrupted_while_starting(signum, frame):
+    print("interrupted; run the same command again", file=sys.stderr)
+    sys.exit(130)
+
+
+# Ctrl-C while the imports below load (a second or two): one line, not a traceback. main()
+# restores Python's own handler, so that a job sees KeyboardInterrupt.
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from . import jobs  # noqa: E402
+from .errors import Interrupted, UserError  # noqa: E402
+from .io import write_json  # noqa: E402
+from .schema import CONF, register  # noqa: E402
+from .suggest import explain  # noqa: E402
+from .sweep import print_summary  # noqa: E402
+from .tracking import NULL, Tracker  # noqa: E402
 
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # asked for by the user
 HYDRA_FILES = {".hydra", "run.log", "wandb"}  # what a run dir holds before the job writes anything
@@ -39,6 +54,7 @@ def _run_names(cfg, hc) -> tuple:
 def _main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     tracker = NULL
     try:
         jobs.get(cfg.job.name)  # an unknown job fails before a W&B run starts
@@ -48,18 +64,38 @@ def _main(cfg: DictConfig) -> dict:
         metrics = jobs.run(cfg.job.name, cfg, out_dir, tracker)  # one backend for the whole run
         tracker.metrics(metrics)
         tracker.finish(0)
+        _record(out_dir, cfg, hc, "ok", metrics=metrics)
         return metrics
+    except KeyboardInterrupt as e:  # Ctrl-C, anywhere in the job: what was kept is kept
+        tracker.finish(130, interrupted=True)
+        _remove_if_unused(out_dir)
+        if multirun:
+            raise  # stops the sweep; main() prints the line
+        interrupted(e)
     except Exception as e:
         tracker.finish(1)  # a failed job still closes its run, so a sweep gets one run per job
-        if hc.mode == RunMode.MULTIRUN:
+        if multirun:
+            _record(out_dir, cfg, hc, "failed", error=one_line(e))
             raise  # Hydra records the failed job and runs the others
-        if isinstance(e, UserError) and {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:
-            shutil.rmtree(out_dir, ignore_errors=True)  # bad input leaves no run folder behind
-            with contextlib.suppress(OSError):
-                out_dir.parent.rmdir()
+        if isinstance(e, UserError):
+            _remove_if_unused(out_dir)  # bad input leaves no run folder behind
         if FULL_ERROR:
             raise
         fail(e)
+
+
+def _record(out_dir: Path, cfg, hc, status: str, metrics=None, error=None) -> None:
+    """metrics.json: how the job ended and what it returned (the sweep summary reads it)."""
+    write_json(out_dir / "metrics.json", {"job": cfg.job.name, "status": status, "overrides": list(hc.overrides.task),
+                                          "metrics": metrics or {}, "error": error})
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """Remove a run folder that holds nothing but Hydra's and W&B's own records."""
+    if out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            out_dir.parent.rmdir()
 
 
 def one_line(e: BaseException) -> str:
@@ -79,17 +115,32 @@ def fail(e: BaseException) -> None:
     """Print e as one line and exit: 2 for input the user can fix, 1 for anything else."""
     user_fault = isinstance(e, UserError) or type(e).__module__.startswith(("hydra.", "omegaconf."))
     if user_fault:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {explain(e) or one_line(e)}", file=sys.stderr)
     else:
         print(f"error ({type(e).__name__}): {one_line(e)} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
     sys.exit(2 if user_fault else 1)
 
 
+def interrupted(e: BaseException) -> None:
+    """One line for Ctrl-C, saying what was kept, and the conventional exit status 130."""
+    if isinstance(e, Interrupted):
+        print(f"interrupted: {e}; run the same command to resume", file=sys.stderr)
+    else:
+        print("interrupted; run the same command again", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # compose errors reach us instead of Hydra's multi-line report
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _main()
+    except KeyboardInterrupt as e:
+        if FULL_ERROR:
+            raise
+        interrupted(e)
     except Exception as e:
+        print_summary()  # a sweep whose job failed ends here, before Hydra's on_multirun_end
         if FULL_ERROR:
             raise
         fail(e)

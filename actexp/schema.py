@@ -128,6 +128,9 @@ class CsvConfig:
 @dataclass
 class PlotConfig:
     csv: Optional[str] = None
+    vmin: Optional[float] = None
+    vmax: Optional[float] = None
+    center: Optional[float] = None
 
 
 @dataclass

@@ -81,8 +81,13 @@ class Tracker:
         art.add_file(str(path))
         self.run.log_artifact(art)
 
-    def finish(self, exit_code: int = 0) -> None:
+    def finish(self, exit_code: int = 0, interrupted: bool = False) -> None:
+        """Close the run. W&B knows only finished (0) and failed (any other code): an interrupted run
+        ends with 130 and says so in its tags and summary."""
         if self.run is not None:
+            if interrupted:
+                self.run.tags = tuple(self.run.tags or ()) + ("interrupted",)
+                self.run.summary["status"] = "interrupted"
             self.run.finish(exit_code=exit_code)
             self.run = None
 

@@ -16,6 +16,7 @@ from ..corpus import Document
 from ..errors import UserError
 from ..model import LoadedModel, ModelSpec, load_model
 from ..pooling import Chunk, pool
+from ..report import progress
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,13 @@ class LocalBackend:
         raw = torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
         centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
         mu = None if mean is None else mean.mean.to(self.lm.device)  # [P, H]
-        for batch, h, lengths in self._batches(ids):
-            pooled = pool(h, lengths, chunks, (None,) if mu is None else (None, mu))
-            raw[batch] = pooled[0].cpu()
-            if mu is not None:
-                centered[batch] = pooled[1].cpu()
+        with progress(total=sum(len(x) for x in ids), desc="vectors", unit="token") as bar:
+            for batch, h, lengths in self._batches(ids):
+                pooled = pool(h, lengths, chunks, (None,) if mu is None else (None, mu))
+                raw[batch] = pooled[0].cpu()
+                if mu is not None:
+                    centered[batch] = pooled[1].cpu()
+                bar.update(sum(lengths))
         return Vectors(raw, centered, [len(x) for x in ids], truncated)
 
     def mean_stats(self, texts: Sequence[str]) -> MeanAccumulator:

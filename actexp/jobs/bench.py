@@ -12,6 +12,7 @@ torch.cuda.max_memory_allocated on a GPU; the corpus mean at N and 4N documents.
 """
 
 import json
+import logging
 import multiprocessing
 import resource
 import shutil
@@ -34,10 +35,16 @@ from ..corpus import Corpus, Document
 from ..errors import UserError
 from ..io import write_json
 from ..pooling import weights
+from ..report import wrote
 from ..schema import CONF
 from .common import chunks
 
+log = logging.getLogger(__name__)
 SHORT, LONG = (chunks(OmegaConf.load(CONF / "pooling" / f"{mode}.yaml")) for mode in ("short", "long"))
+# What actexp promises against the model's own cost (README, "Performance"): ratio -> (op, bound).
+TARGETS = {"extract_vs_bare": (">=", 0.95), "mem_extract_vs_bare": ("<=", 1.10), "mean_vs_seed_style": (">=", 2.0),
+           "mean_mem_growth": ("<=", 1.10), "padding_waste": ("<=", 0.10)}
+OPS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound}
 TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style", "corpus_mean", "seed_style_mean")
 
 
@@ -107,11 +114,13 @@ class Workload:
 
 def median_seconds(work: Workload, names, repeats: int, warmup: int) -> dict:
     """Median seconds per measurement; repeats interleave the measurements, so drift of the
-    machine (heat, other load) hits all of them alike."""
+    machine (heat, other load) hits all of them alike. Each timing is reported as it finishes."""
     times = {name: [] for name in names}
     for round_ in range(warmup + repeats):
+        what = "warm-up" if round_ < warmup else f"repeat {round_ - warmup + 1}/{repeats}"
         for name in names:
             seconds = work.run_once(name)
+            log.info(f"{name:<24}{work.tokens / seconds:>10,.0f} tokens/s  ({what})")
             if round_ >= warmup:
                 times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
@@ -167,6 +176,7 @@ def peak_memory(cfg, work: Workload) -> dict:
             torch.cuda.reset_peak_memory_stats()
             getattr(target, name)()
             peaks[key] = torch.cuda.max_memory_allocated() / 2**20
+            log.info(f"{key:<24}{peaks[key]:>10,.0f} MB peak")
         return peaks
     plain = OmegaConf.to_container(cfg, resolve=True)
     mean_path = str(work.mean.path) if work.mean else None
@@ -177,6 +187,7 @@ def peak_memory(cfg, work: Workload) -> dict:
             docs_file = work.scratch / f"{key}.json"  # the documents travel as JSON, not re-read
             docs_file.write_text(json.dumps([d.__dict__ for d in docs]))
             peaks[key] = pool.apply(_child_peak, (plain, name, str(docs_file), mean_path))
+            log.info(f"{key:<24}{peaks[key]:>10,.0f} MB peak")
     return peaks
 
 
@@ -214,9 +225,13 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         "gflop_per_token": flops_per_token(work) / 1e9,
         "mfu": None if peak is None else rates["extract_long_centered"] * flops_per_token(work) / (peak * 1e12),
     }
-    write_json(Path(out_dir) / "bench.json", result)
+    values = result["ratios"] | {"padding_waste": result["padding_waste"]}
+    result["targets"] = {name: {"value": values[name], "target": f"{op} {bound}", "pass": OPS[op](values[name], bound)}
+                         for name, (op, bound) in TARGETS.items()}
+    path = write_json(Path(out_dir) / "bench.json", result)
     shutil.rmtree(work.scratch, ignore_errors=True)
-    print(table(result))
+    log.info(table(result))
+    wrote(log, [path])
     tracker.metrics({f"tokens_per_s/{k}": v for k, v in rates.items()} | {f"peak_mem_mb/{k}": v for k, v in peaks.items()}
                     | {f"ratio/{k}": v for k, v in result["ratios"].items()}
                     | {"padding_waste": result["padding_waste"], "mfu": result["mfu"]})
@@ -232,8 +247,10 @@ def table(r: dict) -> str:
         peak = r["peak_mem_mb"].get(mem.get(name, ""), None)
         lines.append(f"{name:<24}{rate:>12,.0f}{'' if peak is None else f'{peak:>10,.0f}'}")
     lines.append(f"{'corpus_mean at 4N':<24}{'':>12}{r['peak_mem_mb']['corpus_mean_4n']:>10,.0f}")
-    lines += [f"{k:<24}{v:>12.3f}" for k, v in r["ratios"].items()]
-    lines.append(f"{'padding_waste':<24}{r['padding_waste']:>12.3f}")
+    for name, value in list(r["ratios"].items()) + [("padding_waste", r["padding_waste"])]:
+        check = r["targets"].get(name)
+        verdict = "" if check is None else f"  target {check['target']}: {'pass' if check['pass'] else 'MISS'}"
+        lines.append(f"{name:<24}{value:>12.3f}{verdict}")
     if r["mfu"] is not None:
         lines.append(f"{'mfu':<24}{r['mfu']:>12.3f}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ the model); pooled_mean(T) = sum_t w_t mu_t comes from the mean file alone.
 """
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -14,7 +15,10 @@ from ..corpus import bundled_samples
 from ..errors import CheckFailed, UserError
 from ..io import read_matrix_csv, write_text
 from ..model import encode, load_tokenizer
+from ..report import plural, wrote
 from . import common
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["sample", "chunk", "n_tokens", "pooled_mean_norm", "abs_error", "rel_error", "cosine"]
 
@@ -87,8 +91,10 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 
     passed = worst[0] <= cfg.compare.tolerance
     verdict = "PASS" if passed else "FAIL"
-    print(f"{verdict}: raw - centred = pooled_mean(T) over {len(names)} samples x {len(chunk_list)} chunks; "
-          f"worst relative error {worst[0]:.3g} ({worst[1]}), tolerance {cfg.compare.tolerance:g}")
+    log.info(f"{verdict}: raw - centred = pooled_mean(T) over {plural(len(names), 'sample')} x "
+             f"{plural(len(chunk_list), 'chunk')}; worst relative error {worst[0]:.3g} ({worst[1]}), "
+             f"tolerance {cfg.compare.tolerance:g}")
+    wrote(log, [report])
     if not passed:
         raise CheckFailed(f"the centring identity fails: worst relative error {worst[0]:.3g} at {worst[1]} "
                           f"> compare.tolerance={cfg.compare.tolerance:g} (see compare_report.csv)")

@@ -5,10 +5,15 @@ a sidecar .json beside each holds the text names, token counts, model, pooling a
 """
 
 
+import logging
+
 from ..corpus import Corpus, bundled_samples
 from ..errors import UserError
 from ..io import vectors_csv_path, write_json, write_matrix_csv
+from ..report import plural, wrote
 from . import common
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("raw", "centered")
 
@@ -59,5 +64,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         })
         tracker.artifact(path, "vectors")
         metrics[f"norm_mean/{variant}"] = vectors.double().norm(dim=1).mean().item()
-        print(f"{path.name}: {vectors.shape[1]} dims x {len(names)} texts")
+        log.info(f"{path.name}: {vectors.shape[1]} dims x {plural(len(names), 'text')}, {variant}")
+        wrote(log, [path, path.with_suffix(".json")])
     return metrics

@@ -1,10 +1,14 @@
 """job=extract: one text -> vector.safetensors (key `vector`, float32) + vector.json."""
 
 import json
+import logging
 
 from ..inputs import read_text
 from ..io import write_json, write_safetensors
+from ..report import wrote
 from . import common
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
@@ -24,7 +28,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     write_safetensors(out_dir / "vector.safetensors", {"vector": vector},
                       metadata={"actexp": json.dumps({k: meta[k] for k in ("model", "pooling", "centering")})})
     write_json(out_dir / "vector.json", meta)
-    print(f"vector: {meta['dims']} dims ({len(chunk_list)} x {backend.metadata['hidden_size']}), "
-          f"{meta['n_tokens']} tokens{' (truncated)' if meta['truncated'] else ''}, "
-          f"{'centred' if mean else 'raw'}, norm {norm:.4g} -> {out_dir}")
+    log.info(f"vector: {meta['dims']} dims ({len(chunk_list)} x {backend.metadata['hidden_size']}), "
+             f"{meta['n_tokens']} tokens{' (truncated)' if meta['truncated'] else ''}, "
+             f"{'centred' if mean else 'raw'}, norm {norm:.4g}")
+    wrote(log, [out_dir / "vector.safetensors", out_dir / "vector.json"])
     return {"dims": meta["dims"], "n_tokens": meta["n_tokens"], "norm": norm}

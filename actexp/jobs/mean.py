@@ -7,31 +7,37 @@ progress: report what is done, without loading the model.
 """
 
 import contextlib
+import logging
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .. import artifacts as store
 from ..corpus import Corpus
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..io import write_json
+from ..report import wrote
 from .common import model_identity
 
+log = logging.getLogger(__name__)
 STAGES = ("all", "extract", "aggregate", "progress")
 
 
 def extract(backend, cfg, corpus: Corpus, stats: store.Stats) -> dict:
     total = corpus.count()
-    bar = tqdm(total=None if total is None else -(-total // cfg.corpus.shard_size), unit="shard",
-               desc="mean", disable=None)
+    total_shards = None if total is None else -(-total // cfg.corpus.shard_size)
     n, docs, tokens, computed, shards_computed, seconds = 0, 0, 0, 0, 0, 0.0
-    for meta in backend.extract_shards(enumerate(corpus.shards()), stats):
-        n, docs, tokens = n + 1, docs + meta["docs"], tokens + meta["tokens"]
-        if meta.get("computed"):
-            computed, seconds, shards_computed = computed + meta["tokens"], seconds + meta["seconds"], shards_computed + 1
-        bar.update(1)
-        bar.set_postfix(docs=docs, tokens=tokens)
-    bar.close()
+    with tqdm(total=total_shards, unit="shard", desc="mean", disable=None) as bar:
+        try:
+            for meta in backend.extract_shards(enumerate(corpus.shards()), stats):
+                n, docs, tokens = n + 1, docs + meta["docs"], tokens + meta["tokens"]
+                if meta.get("computed"):
+                    computed, seconds = computed + meta["tokens"], seconds + meta["seconds"]
+                    shards_computed += 1
+                bar.update(1)
+                bar.set_postfix(docs=docs, tokens=tokens)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{n} of {total_shards or '?'} shards of the corpus mean saved") from None
     if n == 0:
         raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
     store.write_manifest(stats, n, docs, tokens)
@@ -59,9 +65,9 @@ def progress(backend, corpus: Corpus, stats: store.Stats, final: Path) -> dict:
     headers = backend.shard_headers(stats)
     docs, tokens = sum(h.get("docs", 0) for h in headers), sum(h.get("tokens", 0) for h in headers)
     total_shards = "?" if total is None else -(-total // corpus.cfg.shard_size)
-    print(f"{stats.id}\n  shards {len(headers)} / {total_shards}, documents {docs}"
-          f"{'' if total is None else f' / {total}'}, tokens {tokens}\n"
-          f"  mean: {final if final.exists() else 'not yet aggregated'}")
+    log.info(f"{stats.id}\n  shards {len(headers)} / {total_shards}, documents {docs}"
+             f"{'' if total is None else f' / {total}'}, tokens {tokens}\n"
+             f"  mean: {final if final.exists() else 'not yet aggregated'}")
     return {"shards": len(headers), "docs": docs, "tokens": tokens, "mean": str(final) if final.exists() else None}
 
 
@@ -73,20 +79,27 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     final = stats.mean_path(cfg.centering.min_count, cfg.centering.tail_start)
     if cfg.mean.stage == "progress":
         return progress(backend, corpus, stats, final)
+    metrics = {"mean_id": stats.mean_id(cfg.centering.min_count, cfg.centering.tail_start)}
+    done = None
     if cfg.mean.stage == "all" and final.is_file():
         with contextlib.suppress(UserError):  # a corrupt mean is merged again below
             done = store.load_mean(final)
-            print(f"corpus mean up to date: {final}")
-            return {"docs": done.metadata["docs"], "tokens": done.metadata["tokens"], "mean": str(final),
+    if done is not None:
+        metrics |= {"docs": done.metadata["docs"], "tokens": done.metadata["tokens"], "mean": str(final),
                     "sha256": done.sha256}
-    metrics = {"mean_id": stats.mean_id(cfg.centering.min_count, cfg.centering.tail_start)}
-    if cfg.mean.stage in ("all", "extract"):
-        metrics |= extract(backend, cfg, corpus, stats)
-    if cfg.mean.stage in ("all", "aggregate"):
-        metrics |= aggregate(backend, cfg, stats)
-        tracker.artifact(Path(metrics["mean"]), "corpus_mean", metrics["mean_id"][-60:])
-        print(f"corpus mean of {metrics['docs']} documents, {metrics['tokens']} tokens -> {metrics['mean']}")
+        log.info(f"corpus mean up to date ({metrics['docs']} documents, {metrics['tokens']} tokens)")
+        written = [final]
     else:
-        print(f"{metrics['shards']} shards of {stats.id} extracted; merge them with mean.stage=aggregate")
-    write_json(Path(out_dir) / "mean.json", metrics)
+        if cfg.mean.stage in ("all", "extract"):
+            metrics |= extract(backend, cfg, corpus, stats)
+        if cfg.mean.stage in ("all", "aggregate"):
+            metrics |= aggregate(backend, cfg, stats)
+            tracker.artifact(Path(metrics["mean"]), "corpus_mean", metrics["mean_id"][-60:])
+            log.info(f"corpus mean of {metrics['docs']} documents, {metrics['tokens']} tokens")
+            written = [Path(metrics["mean"])]
+        else:
+            log.info(f"{metrics['shards']} shards extracted; merge them with mean.stage=aggregate")
+            written = [stats.folder / "shards"]
+    written.append(write_json(Path(out_dir) / "mean.json", metrics))
+    wrote(log, written)
     return metrics

@@ -1,19 +1,24 @@
 """job=plot: cosine-similarity heatmaps from a vector CSV -> similarity_<mode>_all.png, and for
-modes with several chunks (long) one similarity_<mode>_chunk<k>.png per chunk."""
+modes with several chunks (long) one similarity_<mode>_chunk<k>.png per chunk, all on one colour
+scale (plot.vmin, plot.vmax, plot.center) so their colours compare."""
 
+import logging
 from pathlib import Path
-
-import numpy as np
 
 from .. import plots
 from ..errors import UserError
 from ..io import read_vectors_csv, vectors_csv_path
+from ..report import plural, wrote
 from . import common
+
+log = logging.getLogger(__name__)
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     variant = "centered" if cfg.centering.name != "none" else "raw"
     path = Path(cfg.plot.csv) if cfg.plot.csv else vectors_csv_path(out_dir, cfg.pooling.name, variant)
+    if not cfg.plot.csv and not path.is_file():
+        raise UserError("job=plot needs plot.csv=PATH: a vectors_<mode>_mode_<raw|centered>.csv of a csv or pipeline run")
     vectors, names, info = read_vectors_csv(path)
     pooling = info.get("pooling", {})
     mode = pooling.get("name", cfg.pooling.name)
@@ -21,18 +26,23 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     if vectors.shape[1] % len(labels):
         raise UserError(f"{path} has {vectors.shape[1]} rows, not a multiple of the {len(labels)} chunks of pooling={mode}")
     kind = info.get("variant", variant)
-    sim = plots.cosine_matrix(vectors)
-    written = [plots.heatmap(sim, names, f"Cosine similarity, {mode} mode, {kind} (all chunks)",
-                             Path(out_dir) / f"similarity_{mode}_all.png")]
-    metrics = {"cosine_offdiag_mean": float(sim[~np.eye(len(names), dtype=bool)].mean())}
+    title = f"Cosine similarity, {mode} mode, {kind}"
+    figures = {f"similarity_{mode}_all.png": (plots.cosine_matrix(vectors),
+                                              f"{title} ({'all chunks' if len(labels) > 1 else labels[0]})")}
     if len(labels) > 1:
         width = vectors.shape[1] // len(labels)
         for k, label in enumerate(labels):
-            chunk_sim = plots.cosine_matrix(vectors[:, k * width:(k + 1) * width])
-            written.append(plots.heatmap(chunk_sim, names, f"Cosine similarity, {mode} mode, {kind}: chunk {k} ({label})",
-                                         Path(out_dir) / f"similarity_{mode}_chunk{k}.png"))
-            metrics[f"cosine_offdiag_mean/{label}"] = float(chunk_sim[~np.eye(len(names), dtype=bool)].mean())
+            figures[f"similarity_{mode}_chunk{k}.png"] = (plots.cosine_matrix(vectors[:, k * width:(k + 1) * width]),
+                                                          f"{title}: chunk {k} ({label})")
+    scale = plots.color_scale([sim for sim, _ in figures.values()], cfg.plot.vmin, cfg.plot.vmax, cfg.plot.center)
+    written = [plots.heatmap(sim, names, t, Path(out_dir) / name, scale) for name, (sim, t) in figures.items()]
     tracker.images(written)
-    print(f"{len(written)} heatmaps of {path.name} -> {out_dir}")
+    sims = [sim for sim, _ in figures.values()]
+    metrics = {"cosine_offdiag_mean": float(plots.off_diagonal(sims[0]).mean())}
+    metrics |= {f"cosine_offdiag_mean/{label}": float(plots.off_diagonal(sim).mean())
+                for label, sim in zip(labels, sims[1:])}
+    metrics |= {"color_vmin": scale[0], "color_vmax": scale[1], "color_center": scale[2]}
+    log.info(f"{plural(len(written), 'heatmap')} of {path.name}, colours from {scale[0]:.3g} to {scale[1]:.3g} "
+             f"(middle {scale[2]:.3g})")
+    wrote(log, written)
     return metrics
-

@@ -1,10 +1,15 @@
 """job=similarity: cosine of two texts' vectors, overall and per chunk -> similarity.json."""
 
+import logging
+
 import torch
 
 from ..inputs import read_text
 from ..io import write_json
+from ..report import wrote
 from . import common
+
+log = logging.getLogger(__name__)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -28,5 +33,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         "inputs": [record_a, record_b],
     })
     detail = ", ".join(f"{k} {v:.4f}" for k, v in per_chunk.items()) if len(chunk_list) > 1 else ""
-    print(f"cosine {overall:.4f}" + (f" (per chunk: {detail})" if detail else "") + f" -> {out_dir / 'similarity.json'}")
+    log.info(f"cosine {overall:.4f}" + (f" (per chunk: {detail})" if detail else ""))
+    wrote(log, [out_dir / "similarity.json"])
     return {"cosine": overall, **{f"cosine/{k}": v for k, v in per_chunk.items()}}
