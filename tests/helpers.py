@@ -34,11 +34,12 @@ def compose_cfg(*overrides):
         return compose("config", overrides=list(overrides))
 
 
-def run_cli(*args, cwd, env=None, timeout=300):
-    """Run `python -m actexp.run ARGS` in cwd; returns CompletedProcess with text output."""
+def run_cli(*args, cwd, env=None, timeout=300, umask=None):
+    """Run `python -m actexp.run ARGS` in cwd (under a umask if given); CompletedProcess with text output."""
     full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | (env or {})
     return subprocess.run([sys.executable, "-m", "actexp.run", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
 def reference_weights(kind, alpha, n):

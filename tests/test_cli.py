@@ -88,10 +88,14 @@ def _bad_inputs(tmp_path):
         "no input": ([], "nothing to read"),
         "both inputs": (["text=a", "file=empty.txt"], "not both"),
         "similarity missing b": (["job=similarity", "text_a=a"], "text_b"),
-        "unknown pooling": (["pooling=medium", "text=a"], "pooling/medium"),
-        "unknown model": (["model=gpt5", "text=a"], "model/gpt5"),
-        "unknown key": (["colour=red", "text=a"], "colour"),
-        "typo in group key": (["model.layer=3", "text=a"], "model.layer"),
+        "unknown pooling": (["pooling=medium", "text=a"], "pooling has no option 'medium' (options: long, short)"),
+        "misspelt option": (["pooling=shortt", "text=a"], "pooling has no option 'shortt': did you mean short?"),
+        "unknown model": (["model=gpt5", "text=a"], "model has no option 'gpt5'"),
+        "unknown key": (["colour=red", "text=a"], "unknown key 'colour'"),
+        "misspelt key": (["txt=hi"], "unknown key 'txt': did you mean text?"),
+        "typo in group key": (["model.layer=3", "text=a"], "unknown key 'model.layer': did you mean model.layers?"),
+        "misspelt experiment": (["+experiment=long_centred"], "did you mean long_centered?"),
+        "plot without a csv": (["job=plot"], "job=plot needs plot.csv=PATH"),
         "wrong type": (["hardware.batch_tokens=many", "text=a"], "batch_tokens"),
         "missing model dir": (["model=hf", "model.name_or_path=./no/such/dir", "text=a"], "does not exist"),
         "bad layers": (["model.layers=[7]", "text=a"], "out of range"),
@@ -111,6 +115,21 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
         assert not (tmp_path / "experiments").exists() or not any((tmp_path / "experiments").rglob("*")), name
 
 
+def test_results_go_to_stdout_and_run_log_and_files_get_the_umask_mode(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("text=Hello world", f"hydra.run.dir={out}", cwd=tmp_path, umask=0o022)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("vector: 512 dims") and lines[1:] == [f"wrote {out / 'vector.safetensors'}",
+                                                                      f"wrote {out / 'vector.json'}"]
+    log = (out / "run.log").read_text()
+    assert all(line in log for line in lines)  # what the job printed is in run.log too
+    for name in ("vector.safetensors", "vector.json", "metrics.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name
+    r = run_cli("text=Hello world", f"hydra.run.dir={tmp_path / 'private'}", "logger=none", cwd=tmp_path, umask=0o077)
+    assert (tmp_path / "private" / "vector.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_full_error_shows_the_traceback(tmp_path):
     r = run_cli("text=", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "text is empty" in r.stderr
@@ -125,7 +144,7 @@ def test_text_with_commas_can_be_quoted(tmp_path):
 def test_help_lists_groups_and_options(tmp_path):
     r = run_cli("--help", cwd=tmp_path)
     assert r.returncode == 0
-    groups = [p for p in sorted(CONF.iterdir()) if p.is_dir()]
+    groups = [p for p in sorted(CONF.iterdir()) if p.is_dir() and p.name != "hydra"]  # hydra/: Hydra's own settings
     assert {"job", "model", "pooling", "centering", "hardware", "corpus", "logger"} <= {g.name for g in groups}
     for group in groups:
         options = sorted(p.stem for p in group.glob("*.yaml"))

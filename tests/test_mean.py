@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,6 +197,29 @@ def test_sigkill_at_two_points_then_rerun_is_identical(tmp_path):
     r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert not list(art.rglob("*.tmp"))
+    assert _same(_tensors(tmp_path / "whole"), _tensors(art))
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_what_was_kept_in_one_line_and_the_same_command_resumes(tmp_path):
+    overrides = ["job=mean", "corpus.max_docs=96", "corpus.shard_size=4", "hardware.threads=1"]  # 24 shards
+    run_mean(tmp_path / "whole", *overrides[1:])
+    art = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "actexp.run", *overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(list(art.glob("stats/*/shards/*"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert re.fullmatch(r"interrupted: \d+ of 24 shards of the corpus mean saved; run the same command to resume\n", err)
+    saved = int(err.split()[1])
+    assert 2 <= saved == len(list(art.glob("stats/*/shards/*.safetensors"))) < 24
+    assert not (tmp_path / "run").exists() and not list(art.rglob("*.tmp"))  # no empty run folder, no half file
+    r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run2" / "mean.json").read_text())["shards_computed"] == 24 - saved
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
 
 

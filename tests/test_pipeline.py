@@ -37,11 +37,19 @@ def experiment(tmp_path_factory):
     r = run_cli("+experiment=long_centered", "corpus.max_docs=64", f"paths.artifacts={root / 'artifacts'}", cwd=root)
     assert r.returncode == 0, r.stderr
     [run_dir] = (root / "experiments" / "long_centered").iterdir()
-    return root, run_dir
+    return root, run_dir, r.stdout
+
+
+def test_every_stage_prints_the_paths_it_wrote(experiment):
+    root, run_dir, stdout = experiment
+    printed = {line.removeprefix("wrote ") for line in stdout.splitlines() if line.startswith("wrote ")}
+    assert {str(run_dir / name) for name in CONTRACT} | {str(run_dir / "mean.json")} <= printed
+    [mean] = (root / "artifacts").glob("means/*/corpus_mean.safetensors")
+    assert str(mean) in printed
 
 
 def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment):
-    _, run_dir = experiment
+    _, run_dir, _ = experiment
     for name in CONTRACT:
         assert (run_dir / name).is_file(), name
     raw, names = read_matrix_csv(run_dir / "vectors_long_mode_raw.csv")
@@ -62,7 +70,7 @@ def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment)
 
 
 def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experiment):
-    _, run_dir = experiment
+    _, run_dir, _ = experiment
     [offline] = (run_dir / "wandb").glob("offline-run-*")
     run, config, keys = wandb_summary(offline)
     assert run.project == "actexp" and run.run_group == "long_centered"
@@ -75,8 +83,8 @@ def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experim
     assert len(list((offline / "files" / "media" / "images").rglob("*.png"))) >= 9
 
 
-def test_sweep_gives_one_folder_and_one_run_per_job(experiment):
-    root, _ = experiment
+def test_sweep_gives_one_folder_and_one_run_per_job_and_a_summary(experiment):
+    root, _, _ = experiment
     r = run_cli("-m", "+experiment=long_centered", "pooling=short,long", "corpus.max_docs=64",
                 f"paths.artifacts={root / 'artifacts'}", cwd=root)
     assert r.returncode == 0, r.stderr
@@ -89,6 +97,12 @@ def test_sweep_gives_one_folder_and_one_run_per_job(experiment):
     assert runs[0][0].run_id != runs[1][0].run_id
     assert runs[0][0].run_group == runs[1][0].run_group == f"long_centered-{sweep.name}"
     assert [r[1]["pooling"]["name"] for r in runs] == ["short", "long"]
+    # The sweep ends with one table: a row per job with its overrides, status and result.
+    table = r.stdout[r.stdout.index(f"sweep {sweep}:"):].splitlines()
+    assert table[1].split() == ["#", "overrides", "status", "result", "folder"]
+    for row, job, pooling in zip(table[2:], jobs, ("short", "long")):
+        assert row.split()[:2] == ["0" if pooling == "short" else "1", f"pooling={pooling}"]
+        assert " ok " in row and "plot/cosine_offdiag_mean" in row and row.endswith(job.name)
 
 
 def test_the_pipeline_loads_the_model_once_and_records_each_variant(tmp_path, monkeypatch):
@@ -128,6 +142,9 @@ def test_a_parallel_sweep_on_a_fresh_store_succeeds(tmp_path):
 def test_a_failing_job_does_not_lose_the_others(tmp_path):
     r = run_cli("-m", "job=extract", "text=hello,''", cwd=tmp_path)
     assert r.returncode != 0 and "text is empty" in r.stderr
+    summary = r.stdout[r.stdout.index("sweep "):].splitlines()
+    assert " ok " in summary[2] and "norm" in summary[2]
+    assert " failed " in summary[3] and "text is empty" in summary[3]
     [sweep] = (tmp_path / "multirun" / "extract").iterdir()
     [first] = sweep.glob("0_*")  # texts are kept out of folder names
     assert (first / "vector.safetensors").is_file()
