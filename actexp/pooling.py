@@ -47,20 +47,39 @@ def weights(chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
     return torch.stack([chunk_weights(c, n_tokens) for c in chunks])  # [C, T]
 
 
+def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, device) -> torch.Tensor:
+    """Weights of all chunks for a right-padded batch, built on its device: [B, C, width] float64,
+    zero past each text's end (the same numbers as weights(), text by text)."""
+    n = torch.tensor(lengths, dtype=torch.float64, device=device)[:, None]  # [B, 1]
+    t = torch.arange(width, dtype=torch.float64, device=device)[None, :]  # [1, T]
+    valid = t < n  # [B, T]
+    rows = []
+    for chunk in chunks:
+        if chunk.kind == "last":
+            w = (t == n - 1).to(torch.float64)
+        elif chunk.kind == "mean":
+            w = valid / n
+        else:
+            w = torch.where(valid, (1.0 - chunk.alpha) ** (n - 1 - t).clamp(min=0), 0.0)
+            w = w / w.sum(-1, keepdim=True)
+        rows.append(w.expand(len(lengths), width))
+    return torch.stack(rows, 1)  # [B, C, T]
+
+
 def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
          means: Sequence[Optional[torch.Tensor]] = (None,)) -> List[torch.Tensor]:
     """Pooled vectors of a right-padded batch h [B, T, H]: one [B, C*H] float32 tensor per entry of means.
 
-    An entry None pools h_t (raw); a per-position corpus mean [P, H] pools h_t - mean_t (centred).
-    Pad positions get no weight. Each text is done alone in float64, so the result does not
-    depend on how texts were batched and needs no [B, T, H] float64 copy.
+    An entry None pools h_t (raw); a per-position corpus mean [P, H] pools h_t - mean_t (centred,
+    subtracted before pooling). The whole batch is pooled at once on its device in float64, pads
+    zeroed and weighted 0, so a text's vector does not depend on the batch it shares (to float32).
     """
-    chunks = tuple(chunks)
-    outs = [torch.empty(len(lengths), len(chunks) * h.shape[-1], dtype=torch.float32, device=h.device)
-            for _ in means]  # [B, C*H] each
-    for b, n in enumerate(lengths):
-        w = weights(chunks, n).to(h.device)  # [C, n]
-        x = h[b, :n].to(torch.float64)  # [n, H]
-        for out, mean in zip(outs, means):
-            out[b] = (w @ (x if mean is None else x - mean[:n].to(torch.float64))).reshape(-1)
+    B, T, _ = h.shape
+    w = batch_weights(chunks, lengths, T, h.device)  # [B, C, T] float64
+    valid = w.new_tensor(lengths)[:, None] > torch.arange(T, device=h.device)  # [B, T]
+    x = h.to(torch.float64).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything
+    outs = []
+    for mean in means:
+        centred = x if mean is None else (x - mean[:T].to(torch.float64)).masked_fill_(~valid[..., None], 0.0)
+        outs.append(torch.bmm(w, centred).reshape(B, -1).to(torch.float32))  # [B, C*H]
     return outs
