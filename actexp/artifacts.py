@@ -44,19 +44,22 @@ def root(artifacts) -> Path:
     return Path(artifacts).expanduser().resolve()
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def stats_id(model_identity: dict, corpus_id: str) -> str:
-    """Readable (model, revision or seed, layers, BOS, max_tokens, dtype, corpus), and unique by a
-    hash of the whole identity and the corpus id."""
-    m = model_identity
+def model_label(m: dict) -> str:
+    """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
     revision = m["revision"] or (f"seed{m['seed']}" if m["random_init"] else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
     bos = "bos" if m["prepend_bos"] else "nobos"
-    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}__{corpus_id}__{_digest([m, corpus_id])}"
+    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
+
+
+def stats_id(model_identity: dict, corpus_id: str) -> str:
+    """Readable (model_label, corpus), and unique by a hash of the whole identity and the corpus id."""
+    return f"{model_label(model_identity)}__{corpus_id}__{digest([model_identity, corpus_id])}"
 
 
 @dataclass(frozen=True)
@@ -86,15 +89,19 @@ class Stats:
         return self.root / "means" / self.mean_id(min_count, tail_start) / MEAN_FILE
 
     def lock(self, name: str):
-        """A cross-process lock of this folder (FileLock), or a no-op where files cannot be locked."""
-        if not self.locking:
-            return _NoLock()
-        (self.folder / ".locks").mkdir(parents=True, exist_ok=True)
-        return FileLock(self.folder / ".locks" / f"{name}.lock")
+        return folder_lock(self.folder, name, self.locking)
 
     def spec(self) -> dict:
         """What a remote worker needs to find the same files under its own root."""
         return {"identity": self.identity, "corpus_id": self.corpus_id}
+
+
+def folder_lock(folder: Path, name: str, locking: bool = True):
+    """A cross-process lock named `name` in folder/.locks (FileLock), or a no-op where files cannot be locked."""
+    if not locking:
+        return _NoLock()
+    (folder / ".locks").mkdir(parents=True, exist_ok=True)
+    return FileLock(folder / ".locks" / f"{name}.lock")
 
 
 class _NoLock(contextlib.nullcontext):

@@ -24,7 +24,7 @@ def progress(iterable=None, **kwargs):
     terminal only, and only once the work has run for 2 s, so quick steps stay quiet."""
     from tqdm import tqdm
 
-    return tqdm(iterable, disable=None, delay=2, leave=False, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, **({"disable": None, "delay": 2, "leave": False, "dynamic_ncols": True} | kwargs))
 
 
 def plural(n: int, word: str) -> str:

@@ -120,6 +120,14 @@ class MeanConfig:
 
 
 @dataclass
+class StoreConfig:
+    stage: str = "all"
+    shard_size: int = 1024
+    storage_dtype: str = "float32"
+    download: bool = True
+
+
+@dataclass
 class CsvConfig:
     source: str = "samples"
     variants: Optional[List[str]] = None
@@ -182,6 +190,7 @@ class Config:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     mean: MeanConfig = field(default_factory=MeanConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     csv: CsvConfig = field(default_factory=CsvConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)

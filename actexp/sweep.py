@@ -12,7 +12,7 @@ from typing import List
 from hydra.experimental.callback import Callback
 
 # The number a sweep over a job is usually about.
-HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "csv": "tokens",
+HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "store": "docs", "csv": "tokens",
             "compare": "worst_rel_error", "plot": "cosine_offdiag_mean", "visualize": None,
             "pipeline": "plot/cosine_offdiag_mean", "bench": "extract_vs_bare"}
 

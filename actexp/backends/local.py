@@ -10,6 +10,7 @@ import torch
 from filelock import Timeout
 
 from .. import artifacts as store
+from .. import vector_store
 from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
@@ -17,6 +18,7 @@ from ..errors import UserError
 from ..model import LoadedModel, ModelSpec, load_model
 from ..pooling import Chunk, pool
 from ..report import progress
+from ..vector_store import StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +131,53 @@ class LocalBackend:
         store.remove_temp_files(path)  # ours: no one else writes this shard while we hold its lock
         return self.write_shard(docs, stats, index) | {"computed": True}
 
-    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
-        """For each (index, documents): the header of its valid shard file, computing it if needed.
-
-        A shard whose lock another process holds is left to it and read at the end (after waiting
-        for that lock), so two runs of the same mean share the work instead of colliding.
-        """
+    @staticmethod
+    def _each_shard(shards: Iterable[Tuple[int, List[Document]]], lock_of, one) -> Iterator[dict]:
+        """one(k, docs) for each shard under its lock. A shard whose lock another process holds is
+        left to it and done at the end (after waiting for that lock, it is usually on disk), so two
+        runs of the same work share it instead of colliding."""
         busy = []
         for k, docs in shards:
-            lock = stats.lock(f"shard-{k:05d}")
+            lock = lock_of(k)
             try:
                 lock.acquire(blocking=False)
             except Timeout:
                 busy.append((k, docs, lock))
                 continue
             try:
-                yield self._shard(stats, k, docs)
+                yield one(k, docs)
             finally:
                 lock.release()
         for k, docs, lock in busy:
             with lock:
-                yield self._shard(stats, k, docs)
+                yield one(k, docs)
+
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
+        """For each (index, documents): the header of its valid mean shard, computing it if needed."""
+        return self._each_shard(shards, lambda k: stats.lock(f"shard-{k:05d}"), lambda k, d: self._shard(stats, k, d))
+
+    def store_shards(self, shards: Iterable[Tuple[int, List[Document]]], layout: StoreLayout,
+                     chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> Iterator[dict]:
+        """For each (index, documents): the header of its valid vector-store shard, computing it if needed."""
+        def one(k, docs):
+            problem = vector_store.shard_problem(layout, k, [d.id for d in docs])
+            if problem is None:
+                return vector_store.shard_header(layout.shard(k))
+            if layout.shard(k).exists():
+                log.warning("store shard %d %s: recomputing it", k, problem)
+            store.remove_temp_files(layout.shard(k))  # ours: no one else writes this shard while we hold its lock
+            start = time.perf_counter()
+            header = vector_store.write_shard(layout, k, docs, self.vectors([d.text for d in docs], chunks, mean))
+            return header | {"computed": True, "seconds": time.perf_counter() - start}
+
+        return self._each_shard(shards, lambda k: layout.lock(f"shard-{k:05d}"), one)
+
+    def store_headers(self, layout: StoreLayout) -> List[dict]:
+        return vector_store.shard_headers(layout)
+
+    def finish_store(self, layout: StoreLayout, headers: List[dict], download: bool) -> str:
+        """Where the shards are once all are written: here."""
+        return "local"
 
     def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:

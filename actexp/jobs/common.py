@@ -81,11 +81,11 @@ def centering_metadata(mean: Optional[CorpusMean]) -> dict:
     return {"name": "corpus_mean", "mean": {"path": str(mean.path)} | {k: mean.metadata.get(k) for k in keys}}
 
 
-def metadata(cfg, backend, mean: Optional[CorpusMean] = None) -> dict:
-    """Model, pooling and centring: what determines a vector."""
+def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
+    """Model (its identity), pooling and centring: what determines a vector."""
     return {
         "actexp_version": __version__,
-        "model": backend.metadata,
+        "model": model,
         "pooling": {"name": cfg.pooling.name, "chunks": OmegaConf.to_container(cfg.pooling.chunks),
                     "labels": [c.label for c in chunks(cfg.pooling)]},
         "centering": centering_metadata(mean),

@@ -58,7 +58,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         vectors = result.raw if variant == "raw" else result.centered
         path = write_matrix_csv(vectors_csv_path(out_dir, cfg.pooling.name, variant), vectors, names)
         # Each sidecar records what was done to its own vectors: the raw ones were not centred.
-        write_json(path.with_suffix(".json"), common.metadata(cfg, backend, mean if variant == "centered" else None) | {
+        write_json(path.with_suffix(".json"), common.metadata(cfg, backend.metadata, mean if variant == "centered" else None) | {
             "variant": variant, "source": cfg.csv.source, "samples": names, "n_tokens": result.n_tokens,
             "truncated": result.truncated, "dims": vectors.shape[1],
         })

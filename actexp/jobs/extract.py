@@ -18,7 +18,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     result = backend.vectors([text], chunk_list, mean)
     vector = (result.raw if mean is None else result.centered)[0]  # [C*H]
     norm = vector.double().norm().item()
-    meta = common.metadata(cfg, backend, mean) | {
+    meta = common.metadata(cfg, backend.metadata, mean) | {
         "dims": vector.numel(),
         "n_tokens": result.n_tokens[0],
         "truncated": result.truncated[0],

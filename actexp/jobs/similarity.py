@@ -25,7 +25,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     a, b = (result.raw if mean is None else result.centered).reshape(2, len(chunk_list), -1)  # [C, H] each
     per_chunk = {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}
     overall = cosine(a.flatten(), b.flatten())
-    write_json(out_dir / "similarity.json", common.metadata(cfg, backend, mean) | {
+    write_json(out_dir / "similarity.json", common.metadata(cfg, backend.metadata, mean) | {
         "cosine": overall,
         "chunks": per_chunk,
         "n_tokens": result.n_tokens,

@@ -1,0 +1,81 @@
+"""job=store: the vectors of every document of the corpus group, raw and (with a mean) centred from
+one forward pass, in a sharded, resumable, memory-mapped store (vector_store.py; read it with
+actexp.reader.VectorStore).
+
+all: each shard not yet on disk (or on the Modal volume) is computed and written atomically;
+valid ones are skipped; manifest.json is written when every shard is there.
+progress: report shards, documents and tokens without loading the model.
+"""
+
+import logging
+from itertools import islice
+
+from .. import vector_store as vs
+from ..artifacts import root as store_root
+from ..corpus import Corpus
+from ..errors import Interrupted, UserError
+from ..report import plural, progress, wrote
+from . import common
+
+log = logging.getLogger(__name__)
+STAGES = ("all", "progress")
+
+
+def _shards(corpus: Corpus, size: int):
+    docs = corpus.documents()
+    k = 0
+    while shard := list(islice(docs, size)):
+        yield k, shard
+        k += 1
+
+
+def layout_of(cfg, corpus: Corpus, mean) -> vs.StoreLayout:
+    pooling = {"name": cfg.pooling.name, "chunks": [{"kind": c.kind, "alpha": c.alpha} for c in common.chunks(cfg.pooling)]}
+    return vs.StoreLayout(store_root(cfg.paths.artifacts), common.model_identity(cfg), pooling,
+                          None if mean is None else mean.sha256, corpus.id, vs.check_storage_dtype(cfg.store.storage_dtype),
+                          cfg.store.shard_size)
+
+
+def run(cfg, out_dir, tracker, backend) -> dict:
+    if cfg.store.stage not in STAGES:
+        raise UserError(f"unknown store.stage {cfg.store.stage!r}: use one of {', '.join(STAGES)}")
+    if cfg.store.shard_size < 1:
+        raise UserError(f"store.shard_size must be at least 1, got {cfg.store.shard_size}")
+    corpus = Corpus(cfg.corpus)
+    chunk_list = common.chunks(cfg.pooling)
+    mean = common.corpus_mean(cfg)
+    layout = layout_of(cfg, corpus, mean)
+    total = corpus.count()
+    total_shards = None if total is None else -(-total // layout.shard_size)
+    if cfg.store.stage == "progress":
+        headers = [h for h in backend.store_headers(layout) if h]
+        log.info(f"{layout.id}\n  shards {len(headers)} / {total_shards or '?'}, documents "
+                 f"{sum(h['rows'] for h in headers)}{'' if total is None else f' / {total}'}, "
+                 f"tokens {sum(h['tokens'] for h in headers)}")
+        return {"shards": len(headers), "docs": sum(h["rows"] for h in headers)}
+    if total == 0:
+        raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
+    headers, computed, seconds = [], 0, 0.0
+    with progress(total=total_shards, unit="shard", desc="store", delay=0) as bar:
+        try:
+            for header in backend.store_shards(_shards(corpus, layout.shard_size), layout, chunk_list, mean):
+                headers.append(header)
+                if header.get("computed"):
+                    computed, seconds = computed + header["tokens"], seconds + header["seconds"]
+                bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(headers)} of {total_shards or '?'} shards of the vector store saved") from None
+    headers.sort(key=lambda h: h["shard"])
+    model = common.model_identity(cfg)
+    dims = len(chunk_list) * model["hidden_size"]
+    metadata = common.metadata(cfg, model, mean) | {"dims": dims, "corpus": corpus.id}
+    location = backend.finish_store(layout, headers, cfg.store.download)
+    manifest = vs.write_manifest(layout, headers, metadata, location)
+    metrics = {"store_id": layout.id, "shards": len(headers), "docs": sum(h["rows"] for h in headers),
+               "tokens": sum(h["tokens"] for h in headers), "tokens_computed": computed,
+               "tokens_per_s": computed / seconds if computed else None, "location": location}
+    log.info(f"vector store of {plural(metrics['docs'], 'document')} ({dims} dims, "
+             f"{', '.join(vs.VARIANTS[:1 + (mean is not None)])}, {layout.storage_dtype}) in "
+             f"{plural(len(headers), 'shard')}" + ("" if location == "local" else f", kept on {location}"))
+    wrote(log, [layout.folder, manifest])
+    return metrics

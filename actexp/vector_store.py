@@ -1,0 +1,179 @@
+"""The store of corpus vectors (job=store): its id, layout, shard files, checksums and locks.
+
+    <root>/vectors/<store-id>/shards/00000.arrow   per shard: id, name, n_tokens, truncated, raw [, centered]
+    <root>/vectors/<store-id>/manifest.json         the run's metadata and each shard's rows and checksum,
+                                                    written once every shard is on disk
+    <root>/vectors/<store-id>/.locks/               one lock per shard and one for the manifest
+
+Shards are uncompressed Arrow IPC files (Feather v2), chosen by measurement (README, "Vectors of a
+corpus"): actexp's reader (reader.py) memory-maps them, and pyarrow, pandas (read_feather) and
+polars (read_ipc) open them as they are. Vectors are fixed-size lists of float32 or float16;
+bfloat16, which Arrow has no type for, is stored as its uint16 bit patterns (field metadata says so).
+The store id names everything that changes the numbers: the model identity (dtype included), the
+pooling chunks, the sha256 of the centring mean, the corpus's content, the shard size and the
+storage dtype. The guarantees are the mean store's (artifacts.py): atomic shards with a checksum,
+resume, and one writer per shard under its lock.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+
+from .artifacts import digest, folder_lock, model_label, remove_temp_files
+from .corpus import Document
+from .errors import UserError
+from .io import write_bytes, write_json
+
+MANIFEST = "manifest.json"
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+VARIANTS = ("raw", "centered")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Where the vectors of one model, pooling, mean and corpus live, under the store at `root`."""
+
+    root: Path
+    identity: dict  # the model's (model.identity)
+    pooling: dict  # {"name": ..., "chunks": [{kind, alpha}, ...]}
+    mean_sha256: Optional[str]  # the centring mean's checksum; None: raw vectors only
+    corpus_id: str
+    storage_dtype: str = "float32"
+    shard_size: int = 1024
+    locking: bool = True
+
+    @property
+    def id(self) -> str:
+        centring = "raw" if self.mean_sha256 is None else f"c{self.mean_sha256[:8]}"
+        key = [self.identity, self.pooling, self.mean_sha256, self.corpus_id, self.storage_dtype, self.shard_size]
+        return (f"{model_label(self.identity)}-{self.pooling['name']}-{centring}-{self.storage_dtype}"
+                f"__{self.corpus_id}__{digest(key)}")
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "vectors" / self.id
+
+    def shard(self, index: int) -> Path:
+        return self.folder / "shards" / f"{index:05d}.arrow"
+
+    def lock(self, name: str):
+        return folder_lock(self.folder, name, self.locking)
+
+    def spec(self) -> dict:
+        """What a remote worker needs to find the same files under its own root."""
+        return {"identity": self.identity, "pooling": self.pooling, "mean_sha256": self.mean_sha256,
+                "corpus_id": self.corpus_id, "storage_dtype": self.storage_dtype, "shard_size": self.shard_size}
+
+
+def _vector_column(x: torch.Tensor, storage_dtype: str):
+    """[N, D] float32 -> (fixed-size list array, field metadata) in the storage dtype."""
+    if storage_dtype == "bfloat16":
+        values = x.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    else:
+        values = x.numpy().astype(storage_dtype, copy=False)
+    meta = {b"actexp.dtype": storage_dtype.encode()}
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), x.shape[1]), meta
+
+
+def _checksum(table: pa.Table) -> str:
+    """sha256 of a shard's logical content (not of Arrow's buffers, whose padding may vary)."""
+    h = hashlib.sha256()
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        h.update(name.encode())
+        if pa.types.is_fixed_size_list(column.type):
+            h.update(column.values.to_numpy(zero_copy_only=False).tobytes())
+        elif pa.types.is_string(column.type):
+            h.update("\0".join(column.to_pylist()).encode())
+        else:
+            h.update(column.to_numpy(zero_copy_only=False).tobytes())
+    return h.hexdigest()
+
+
+def shard_table(docs: Sequence[Document], vectors, storage_dtype: str) -> pa.Table:
+    """The rows of one shard: id, name, n_tokens, truncated, raw [, centered]."""
+    fields = [pa.field("id", pa.string()), pa.field("name", pa.string()), pa.field("n_tokens", pa.int32()),
+              pa.field("truncated", pa.bool_())]
+    arrays = [pa.array([d.id for d in docs]), pa.array([d.name for d in docs]),
+              pa.array(vectors.n_tokens, pa.int32()), pa.array(vectors.truncated, pa.bool_())]
+    for name, x in (("raw", vectors.raw), ("centered", vectors.centered)):
+        if x is not None:
+            array, meta = _vector_column(x, storage_dtype)
+            fields.append(pa.field(name, array.type, metadata=meta))
+            arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vectors) -> dict:
+    """Write one shard atomically, its header (store id, index, rows, tokens, checksum) in the schema."""
+    table = shard_table(docs, vectors, layout.storage_dtype)
+    header = {"store_id": layout.id, "shard": index, "rows": table.num_rows, "tokens": int(sum(vectors.n_tokens)),
+              "sha256": _checksum(table)}
+    table = table.replace_schema_metadata({"actexp": json.dumps(header)})
+    sink = pa.BufferOutputStream()
+    with ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    write_bytes(layout.shard(index), sink.getvalue().to_pybytes())
+    return header
+
+
+def open_shard(path: Path) -> pa.Table:
+    """A shard's table, memory-mapped (nothing is read until a column is used)."""
+    return ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def shard_header(path: Path) -> Optional[dict]:
+    """The header a shard was written with, or None if the file is missing or not a shard."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            return json.loads(ipc.open_file(source).schema.metadata[b"actexp"])
+    except (OSError, pa.ArrowInvalid, KeyError, TypeError, ValueError):
+        return None
+
+
+def shard_problem(layout: StoreLayout, index: int, doc_ids: List[str]) -> Optional[str]:
+    """Why shard `index` on disk cannot be kept (None if it is valid): missing, another store's,
+    other documents, or a checksum that does not match its content."""
+    path = layout.shard(index)
+    header = shard_header(path)
+    if header is None:
+        return "is missing or not an Arrow shard"
+    if header.get("store_id") != layout.id:
+        return f"belongs to another store ({header.get('store_id')})"
+    table = open_shard(path)
+    if table.column("id").to_pylist() != doc_ids:
+        return "holds other documents"
+    if _checksum(table) != header["sha256"]:
+        return "is corrupt (its checksum does not match)"
+    return None
+
+
+def shard_headers(layout: StoreLayout) -> List[dict]:
+    """The headers of the shard files on disk (unreadable ones count as empty)."""
+    return [shard_header(p) or {} for p in sorted((layout.folder / "shards").glob("*.arrow"))]
+
+
+def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, location: str = "local") -> Path:
+    """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums, where they are."""
+    with layout.lock("manifest"):
+        path = layout.folder / MANIFEST
+        remove_temp_files(path)
+        variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
+        return write_json(path, metadata | {
+            "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
+            "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
+            "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}
+                       for h in headers]})
+
+
+def check_storage_dtype(name: str) -> str:
+    if name not in STORAGE_DTYPES:
+        raise UserError(f"store.storage_dtype={name!r}: use one of {', '.join(STORAGE_DTYPES)}")
+    return name
