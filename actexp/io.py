@@ -2,6 +2,7 @@
 with their JSON sidecars (the csv job writes them; compare, plot and visualize read them)."""
 
 import csv
+import errno
 import functools
 import io
 import json
@@ -12,6 +13,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import save as safetensors_bytes
+
+from .errors import UserError
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,8 +38,11 @@ def write_bytes(path: Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise UserError(f"cannot write {path}: {e.strerror}: free some space, or write elsewhere "
+                            "(paths.artifacts=DIR, hydra.run.dir=DIR)") from None
         raise
     return path
 
@@ -74,8 +80,6 @@ def write_matrix_csv(path: Path, vectors: torch.Tensor, names: Sequence[str]) ->
 
 def read_matrix_csv(path: Path) -> Tuple[torch.Tensor, List[str]]:
     """(vectors [N, D] float32, column names) of a CSV written by write_matrix_csv."""
-    from .errors import UserError
-
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -92,8 +96,6 @@ def read_matrix_csv(path: Path) -> Tuple[torch.Tensor, List[str]]:
 
 def read_vectors_csv(path: Path):
     """(vectors [N, D] float32 numpy, names, sidecar dict or {}) of a csv job's CSV."""
-    from .errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: run job=csv first or give the path of a vectors CSV")

@@ -91,9 +91,12 @@ class VectorStore:
             raise UserError(f"variant {variant!r} is not in this store: it holds {', '.join(self.variants)}")
         if ids is not None:
             rows = self.rows_of(ids)
-        picked = np.arange(len(self))[rows if rows is not None else slice(None)]  # [n] global rows
-        if len(picked) and (picked.min() < 0 or picked.max() >= len(self)):
-            raise UserError(f"rows out of range: the store has {len(self)} rows")
+        if rows is None or isinstance(rows, slice):
+            picked = np.arange(*(rows or slice(None)).indices(len(self)))  # [n] global rows
+        else:
+            picked = np.asarray(rows, dtype=np.int64)
+            if len(picked) and (picked.min() < 0 or picked.max() >= len(self)):
+                raise UserError(f"rows out of range: the store has {len(self)} rows")
         out = np.empty((len(picked), self.dims), dtype=np.float32)  # [n, D]
         shard_of = np.searchsorted(self._starts, picked, side="right") - 1
         for k in np.unique(shard_of):

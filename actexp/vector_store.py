@@ -138,9 +138,9 @@ def shard_header(path: Path) -> Optional[dict]:
         return None
 
 
-def shard_problem(layout: StoreLayout, index: int, doc_ids: List[str]) -> Optional[str]:
+def shard_problem(layout: StoreLayout, index: int, doc_ids: Optional[List[str]] = None) -> Optional[str]:
     """Why shard `index` on disk cannot be kept (None if it is valid): missing, another store's,
-    other documents, or a checksum that does not match its content."""
+    other documents (when doc_ids are given), or a checksum that does not match its content."""
     path = layout.shard(index)
     header = shard_header(path)
     if header is None:
@@ -148,7 +148,7 @@ def shard_problem(layout: StoreLayout, index: int, doc_ids: List[str]) -> Option
     if header.get("store_id") != layout.id:
         return f"belongs to another store ({header.get('store_id')})"
     table = open_shard(path)
-    if table.column("id").to_pylist() != doc_ids:
+    if doc_ids is not None and table.column("id").to_pylist() != doc_ids:
         return "holds other documents"
     if _checksum(table) != header["sha256"]:
         return "is corrupt (its checksum does not match)"

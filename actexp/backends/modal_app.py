@@ -16,6 +16,7 @@ holding HF_TOKEN; optional).
 import json
 import os
 import sys
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -71,10 +72,8 @@ class Extractor:
         self.backend.batch_tokens = request.get("batch_tokens", 32768)
         self.backend.max_padding = request.get("max_padding", 0.1)
 
-    @modal.method()
-    def vectors(self, request: dict) -> dict:
-        """{texts, chunks: [{kind, alpha}], mean: path on the artifacts volume or None, mean_sha256} ->
-        {raw, centered: float32 [N, C*H] or None, n_tokens, truncated}."""
+    def _vectors(self, request: dict):
+        """The local backend's Vectors of request["texts"], centred with the mean named by the request."""
         from actexp.artifacts import load_mean
         from actexp.pooling import Chunk
 
@@ -87,7 +86,13 @@ class Extractor:
                 raise RuntimeError(f"the corpus mean {request['mean']} on the volume is not the one sent "
                                    "(another run replaced it): run the job again")
         chunks = [Chunk(c["kind"], c.get("alpha")) for c in request["chunks"]]
-        out = self.backend.vectors(request["texts"], chunks, mean)
+        return self.backend.vectors(request["texts"], chunks, mean)
+
+    @modal.method()
+    def vectors(self, request: dict) -> dict:
+        """{texts, chunks: [{kind, alpha}], mean: path on the artifacts volume or None, mean_sha256} ->
+        {raw, centered: float32 [N, C*H] or None, n_tokens, truncated}."""
+        out = self._vectors(request)
         return {"raw": out.raw.numpy(), "centered": None if out.centered is None else out.centered.numpy(),
                 "n_tokens": out.n_tokens, "truncated": out.truncated}
 
@@ -103,6 +108,27 @@ class Extractor:
         meta = self.backend.write_shard(docs, _stats(request["stats"]), request["index"])
         artifacts_volume.commit()
         return meta
+
+
+    @modal.method()
+    def store_shard(self, request: dict) -> dict:
+        """{index, texts, doc_ids, names, chunks, mean, mean_sha256, layout} -> the shard's header; the
+        Arrow file is written atomically on the artifacts volume and committed (idempotent)."""
+        from actexp import vector_store
+        from actexp.corpus import Document
+
+        start = time.perf_counter()
+        docs = [Document(i, n, t) for i, n, t in zip(request["doc_ids"], request["names"], request["texts"])]
+        header = vector_store.write_shard(_layout(request["layout"]), request["index"], docs, self._vectors(request))
+        artifacts_volume.commit()
+        return header | {"seconds": time.perf_counter() - start}
+
+
+def _layout(spec: dict):
+    """The vector store named by a request, on the volume (which has no file locks)."""
+    from actexp.vector_store import StoreLayout
+
+    return StoreLayout(Path(ARTIFACTS_DIR), **spec, locking=False)
 
 
 def _stats(spec: dict):
@@ -133,6 +159,14 @@ def shard_headers(spec: dict) -> list:
 
     artifacts_volume.reload()
     return store.shard_headers(_stats(spec))
+
+
+@app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)
+def store_headers(spec: dict) -> list:
+    from actexp import vector_store
+
+    artifacts_volume.reload()
+    return vector_store.shard_headers(_layout(spec))
 
 
 @app.function(image=image, volumes={HF_DIR: hf_cache}, secrets=secrets, timeout=7200)

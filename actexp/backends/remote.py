@@ -20,7 +20,10 @@ from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
 from ..model import ModelSpec, encode, identity, load_tokenizer
+from .. import vector_store
 from ..pooling import Chunk
+from ..report import progress
+from ..vector_store import StoreLayout
 from .local import Vectors
 
 log = logging.getLogger(__name__)
@@ -145,14 +148,17 @@ class ModalBackend:
                 batch.put_file(str(mean.path), relpath)
         return relpath
 
+    def _base_request(self, chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> dict:
+        return {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],
+                "mean": self._remote_mean(mean) if mean is not None else None,
+                "mean_sha256": mean.sha256 if mean is not None else None,
+                "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
         tokenizer = load_tokenizer(self.spec)  # only to size the groups; the remote side tokenises
         ids, _ = encode(tokenizer, texts, self.metadata["max_tokens"])
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
-        base = {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],
-                "mean": self._remote_mean(mean) if mean is not None else None,
-                "mean_sha256": mean.sha256 if mean is not None else None,
-                "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+        base = self._base_request(chunks, mean)
         requests = [base | {"texts": [texts[i] for i in g]} for g in groups]
         results = list(self.extractor.vectors.map(requests, return_exceptions=True))
         _raise_failures(results, "vector requests")
@@ -195,3 +201,46 @@ class ModalBackend:
         data = b"".join(self.app_module.artifacts_volume.read_file(reply["path"]))
         write_bytes(stats.mean_path(min_count, tail_start), data)
         return store.load_mean(stats.mean_path(min_count, tail_start))
+
+    # -- vector store --------------------------------------------------------------------------
+    def store_headers(self, layout: StoreLayout) -> List[dict]:
+        return self._function("store_headers").remote(layout.spec())
+
+    def store_shards(self, shards: Iterable[Tuple[int, List[Document]]], layout: StoreLayout,
+                     chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> Iterator[dict]:
+        """Fan the shards not yet on the volume out over the GPUs, as the mean's shards are. A shard
+        there with this store's id and the right row count holds these documents: the store id
+        fixes the corpus's content and the shard size."""
+        done = {h["shard"]: h for h in self.store_headers(layout) if h.get("store_id") == layout.id}
+        base = self._base_request(chunks, mean) | {"layout": layout.spec()}
+        requests, headers = [], {}
+        for k, docs in shards:
+            if k in done and done[k]["rows"] == len(docs):
+                headers[k] = done[k]
+            else:
+                requests.append(base | {"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
+                                        "names": [d.name for d in docs]})
+        results = list(self.extractor.store_shard.map(requests, return_exceptions=True)) if requests else []
+        for request, result in zip(requests, results):
+            if not isinstance(result, BaseException):
+                headers[request["index"]] = result | {"computed": True}
+        _raise_failures(results, "store shards")
+        for k in sorted(headers):
+            yield headers[k]
+
+    def finish_store(self, layout: StoreLayout, headers: List[dict], download: bool) -> str:
+        """Download the shards into the local store (each checked against its checksum), or leave
+        them on the volume; where they are, for the manifest."""
+        if not download:
+            return f"modal volume {self.hw.artifacts_volume}"
+        volume = self.app_module.artifacts_volume
+        for h in progress(headers, desc="downloading shards", unit="shard"):
+            path = layout.shard(h["shard"])
+            if vector_store.shard_problem(layout, h["shard"]) is None:
+                continue  # downloaded before
+            write_bytes(path, b"".join(volume.read_file(str(path.relative_to(layout.root)))))
+            problem = vector_store.shard_problem(layout, h["shard"])
+            if problem:
+                path.unlink(missing_ok=True)
+                raise RemoteError(f"shard {h['shard']} downloaded from the Modal volume {problem}: run the job again")
+        return "local"

@@ -73,7 +73,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     manifest = vs.write_manifest(layout, headers, metadata, location)
     metrics = {"store_id": layout.id, "shards": len(headers), "docs": sum(h["rows"] for h in headers),
                "tokens": sum(h["tokens"] for h in headers), "tokens_computed": computed,
-               "tokens_per_s": computed / seconds if computed else None, "location": location}
+               "tokens_per_s": computed / seconds if seconds else None, "location": location}
     log.info(f"vector store of {plural(metrics['docs'], 'document')} ({dims} dims, "
              f"{', '.join(vs.VARIANTS[:1 + (mean is not None)])}, {layout.storage_dtype}) in "
              f"{plural(len(headers), 'shard')}" + ("" if location == "local" else f", kept on {location}"))
