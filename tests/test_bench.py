@@ -9,10 +9,11 @@ from helpers import run_cli
 
 KEYS = {
     "tokens_per_s": {"bare_forward", "extract_short", "extract_long_centered", "seed_style", "corpus_mean",
-                     "seed_style_mean"},
-    "peak_mem_mb": {"bare_forward", "extract_long_centered", "seed_style", "corpus_mean_n", "corpus_mean_4n"},
+                     "seed_style_mean", "store"},
+    "peak_mem_mb": {"bare_forward", "extract_long_centered", "seed_style", "corpus_mean_n", "corpus_mean_4n",
+                    "store_n", "store_4n"},
     "ratios": {"extract_vs_bare", "mem_extract_vs_bare", "extract_vs_seed_style", "mean_vs_seed_style",
-               "mean_mem_growth"},
+               "mean_mem_growth", "store_vs_bare", "store_mem_growth"},
 }
 
 
@@ -29,4 +30,9 @@ def test_bench_writes_bench_json(tmp_path):
         assert set(result[section]) == keys
         assert all(v > 0 for v in result[section].values())
     assert 0 <= result["padding_waste"] <= 0.1  # hardware.max_padding bounds the pad tokens
+    assert result["pool_short"]["texts"] == 2000 and result["pool_short"]["pool_s"] > 0
+    assert result["read"]["docs"] == 10000 and result["read"]["slice_1000_ms"] > 0
+    assert set(result["targets"]) == {"extract_vs_bare", "mem_extract_vs_bare", "mean_vs_seed_style", "mean_mem_growth",
+                                      "padding_waste", "store_vs_bare", "store_mem_growth", "pool_fraction"}
+    assert f"wrote {tmp_path / 'run' / 'bench.json'}" in r.stdout
     assert "extract_vs_bare" in r.stdout  # the printed table

@@ -14,6 +14,7 @@ torch.cuda.max_memory_allocated on a GPU; the corpus mean at N and 4N documents.
 import json
 import logging
 import multiprocessing
+import random
 import resource
 import shutil
 import statistics
@@ -21,31 +22,37 @@ import tempfile
 import time
 from itertools import islice
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List
 
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from ..activations import batch_ids, token_budget_batches
+from .. import vector_store
+from ..activations import batch_ids, stream, token_budget_batches
 from ..artifacts import Stats, load_mean
 from ..backends import open_backend
 from ..centering import MeanAccumulator
 from ..corpus import Corpus, Document
 from ..errors import UserError
 from ..io import write_json
-from ..pooling import weights
+from ..pooling import pool, weights
+from ..reader import VectorStore
 from ..report import wrote
 from ..schema import CONF
+from ..vector_store import StoreLayout
 from .common import chunks
 
 log = logging.getLogger(__name__)
 SHORT, LONG = (chunks(OmegaConf.load(CONF / "pooling" / f"{mode}.yaml")) for mode in ("short", "long"))
 # What actexp promises against the model's own cost (README, "Performance"): ratio -> (op, bound).
 TARGETS = {"extract_vs_bare": (">=", 0.95), "mem_extract_vs_bare": ("<=", 1.10), "mean_vs_seed_style": (">=", 2.0),
-           "mean_mem_growth": ("<=", 1.10), "padding_waste": ("<=", 0.10)}
+           "mean_mem_growth": ("<=", 1.10), "padding_waste": ("<=", 0.10), "store_vs_bare": (">=", 0.95),
+           "store_mem_growth": ("<=", 1.10), "pool_fraction": ("<=", 0.05)}
 OPS = {">=": lambda value, bound: value >= bound, "<=": lambda value, bound: value <= bound}
-TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style", "corpus_mean", "seed_style_mean")
+TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style", "corpus_mean", "seed_style_mean",
+         "store")
 
 
 class Workload:
@@ -92,6 +99,16 @@ class Workload:
         shards = ((k, docs[k * size:(k + 1) * size]) for k in range(-(-len(docs) // size)))
         n = sum(1 for _ in self.backend.extract_shards(shards, stats))
         self.mean = self.backend.aggregate(stats, n, 1, 0, 8)
+
+    def store(self, docs=None):
+        """The vector store of the documents, raw and centred (job=store's shards, written and checked)."""
+        layout = StoreLayout(Path(tempfile.mkdtemp(dir=self.scratch)), self.lm.metadata, {"name": "long", "chunks": []},
+                             None if self.mean is None else self.mean.sha256, "bench", "float32",
+                             self.cfg.store.shard_size)
+        docs = docs or self.docs
+        size = layout.shard_size
+        shards = ((k, docs[k * size:(k + 1) * size]) for k in range(-(-len(docs) // size)))
+        sum(1 for _ in self.backend.store_shards(shards, layout, LONG, self.mean))
 
     @torch.inference_mode()
     def seed_style_mean(self):
@@ -166,7 +183,7 @@ def peak_memory(cfg, work: Workload) -> dict:
     corpus = list(islice(Corpus(cfg.corpus).documents(), 4 * n))
     plan = {"bare_forward": ("bare_forward", work.docs), "extract_long_centered": ("extract_long_centered", work.docs),
             "seed_style": ("seed_style", work.docs), "corpus_mean_n": ("corpus_mean", corpus[:n]),
-            "corpus_mean_4n": ("corpus_mean", corpus)}
+            "corpus_mean_4n": ("corpus_mean", corpus), "store_n": ("store", corpus[:n]), "store_4n": ("store", corpus)}
     if work.lm.device.type == "cuda":
         peaks = {}
         for key, (name, docs) in plan.items():
@@ -189,6 +206,59 @@ def peak_memory(cfg, work: Workload) -> dict:
             peaks[key] = pool.apply(_child_peak, (plain, name, str(docs_file), mean_path))
             log.info(f"{key:<24}{peaks[key]:>10,.0f} MB peak")
     return peaks
+
+
+def pool_short(work: Workload, n_texts: int = 2000) -> dict:
+    """Many short texts (8-32 tokens): the forward pass and the pooling (raw and centred) timed apart."""
+    rng = random.Random(0)
+    vocab = min(len(work.lm.tokenizer), work.lm.model.config.vocab_size)
+    ids = [[rng.randrange(vocab) for _ in range(rng.randint(8, 32))] for _ in range(n_texts)]
+    mu = work.mean.mean.to(work.lm.device)  # [P, H]
+    forward = pooling = 0.0
+    batches = stream(work.lm, ids, work.cfg.hardware.batch_tokens, work.cfg.hardware.max_padding)
+    while True:
+        work.sync()
+        start = time.perf_counter()
+        try:
+            _, h, lengths = next(batches)
+        except StopIteration:
+            break
+        work.sync()
+        middle = time.perf_counter()
+        pool(h, lengths, LONG, (None, mu))
+        work.sync()
+        forward, pooling = forward + middle - start, pooling + time.perf_counter() - middle
+    log.info(f"{'pool_short':<24}{pooling:>9.3f} s pooling and centring, {forward:.3f} s forward "
+             f"({n_texts} texts of 8-32 tokens)")
+    return {"texts": n_texts, "forward_s": forward, "pool_s": pooling, "pool_fraction": pooling / forward}
+
+
+def read_times(work: Workload, n_docs: int = 10000, repeats: int = 5) -> dict:
+    """ms to read 1,000 rows of a 10,000-document store of this model's long vectors (raw and
+    centred, synthetic values): a contiguous slice at a random place, and 1,000 random rows."""
+    layout = StoreLayout(Path(tempfile.mkdtemp(dir=work.scratch)), work.lm.metadata, {"name": "long", "chunks": []},
+                         "0" * 64, "bench-read", "float32", work.cfg.store.shard_size)
+    dims, gen = len(LONG) * work.lm.hidden_size, torch.Generator().manual_seed(0)
+    headers = []
+    for k, start in enumerate(range(0, n_docs, layout.shard_size)):
+        n = min(layout.shard_size, n_docs - start)
+        docs = [Document(f"{i:016x}", f"doc {i}", "") for i in range(start, start + n)]
+        vectors = SimpleNamespace(raw=torch.randn(n, dims, generator=gen), centered=torch.randn(n, dims, generator=gen),
+                                  n_tokens=[1] * n, truncated=[False] * n)
+        headers.append(vector_store.write_shard(layout, k, docs, vectors))
+    vector_store.write_manifest(layout, headers, {"dims": dims})
+    store, rng = VectorStore.open(layout.folder), random.Random(0)
+    times = {"slice_1000_ms": [], "random_1000_ms": []}
+    for _ in range(repeats):
+        start = rng.randrange(n_docs - 1000)
+        for key, rows in (("slice_1000_ms", slice(start, start + 1000)), ("random_1000_ms", rng.sample(range(n_docs), 1000))):
+            t = time.perf_counter()
+            store.vectors(rows)
+            times[key].append((time.perf_counter() - t) * 1e3)
+    result = {"docs": n_docs, "dims": dims} | {k: statistics.median(v) for k, v in times.items()}
+    log.info(f"{'read':<24}{result['slice_1000_ms']:>9.1f} ms a 1,000-row slice, {result['random_1000_ms']:.1f} ms "
+             f"1,000 random rows ({n_docs:,} documents of {dims} dims)")
+    return result
 
 
 def flops_per_token(work: Workload) -> float:
@@ -220,12 +290,17 @@ def run(cfg, out_dir, tracker, backend) -> dict:
             "extract_vs_seed_style": rates["extract_long_centered"] / rates["seed_style"],
             "mean_vs_seed_style": rates["corpus_mean"] / rates["seed_style_mean"],
             "mean_mem_growth": peaks["corpus_mean_4n"] / peaks["corpus_mean_n"],
+            "store_vs_bare": rates["store"] / rates["bare_forward"],
+            "store_mem_growth": peaks["store_4n"] / peaks["store_n"],
         },
+        "pool_short": pool_short(work),
+        "read": read_times(work),
         "padding_waste": (padded - work.tokens) / work.tokens,
         "gflop_per_token": flops_per_token(work) / 1e9,
         "mfu": None if peak is None else rates["extract_long_centered"] * flops_per_token(work) / (peak * 1e12),
     }
-    values = result["ratios"] | {"padding_waste": result["padding_waste"]}
+    values = result["ratios"] | {"padding_waste": result["padding_waste"],
+                                 "pool_fraction": result["pool_short"]["pool_fraction"]}
     result["targets"] = {name: {"value": values[name], "target": f"{op} {bound}", "pass": OPS[op](values[name], bound)}
                          for name, (op, bound) in TARGETS.items()}
     path = write_json(Path(out_dir) / "bench.json", result)
@@ -234,7 +309,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     wrote(log, [path])
     tracker.metrics({f"tokens_per_s/{k}": v for k, v in rates.items()} | {f"peak_mem_mb/{k}": v for k, v in peaks.items()}
                     | {f"ratio/{k}": v for k, v in result["ratios"].items()}
-                    | {"padding_waste": result["padding_waste"], "mfu": result["mfu"]})
+                    | {"padding_waste": result["padding_waste"], "mfu": result["mfu"],
+                       "pool_fraction": result["pool_short"]["pool_fraction"],
+                       "read_ms/slice_1000": result["read"]["slice_1000_ms"]})
     return {"extract_vs_bare": result["ratios"]["extract_vs_bare"], "tokens": work.tokens}
 
 
@@ -242,12 +319,16 @@ def table(r: dict) -> str:
     lines = [f"bench: {r['model']} on {r['hardware']} ({r['dtype']}), {r['documents']} documents, {r['tokens']} tokens",
              f"{'measurement':<24}{'tokens/s':>12}{'peak MB':>10}"]
     mem = {"bare_forward": "bare_forward", "extract_long_centered": "extract_long_centered", "seed_style": "seed_style",
-           "corpus_mean": "corpus_mean_n"}
+           "corpus_mean": "corpus_mean_n", "store": "store_n"}
     for name, rate in r["tokens_per_s"].items():
         peak = r["peak_mem_mb"].get(mem.get(name, ""), None)
         lines.append(f"{name:<24}{rate:>12,.0f}{'' if peak is None else f'{peak:>10,.0f}'}")
-    lines.append(f"{'corpus_mean at 4N':<24}{'':>12}{r['peak_mem_mb']['corpus_mean_4n']:>10,.0f}")
-    for name, value in list(r["ratios"].items()) + [("padding_waste", r["padding_waste"])]:
+    for name in ("corpus_mean", "store"):
+        lines.append(f"{name + ' at 4N':<24}{'':>12}{r['peak_mem_mb'][name + '_4n']:>10,.0f}")
+    lines.append(f"{'read (ms)':<24}{r['read']['slice_1000_ms']:>12.1f}  a 1,000-row slice of {r['read']['docs']:,} "
+                 f"documents; {r['read']['random_1000_ms']:.1f} for 1,000 random rows")
+    for name, value in list(r["ratios"].items()) + [("padding_waste", r["padding_waste"]),
+                                                     ("pool_fraction", r["pool_short"]["pool_fraction"])]:
         check = r["targets"].get(name)
         verdict = "" if check is None else f"  target {check['target']}: {'pass' if check['pass'] else 'MISS'}"
         lines.append(f"{name:<24}{value:>12.3f}{verdict}")
