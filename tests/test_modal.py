@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import modal
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,6 +27,7 @@ from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
+from actexp.reader import VectorStore
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
 
 MODAL = ["hardware=modal", "model.dtype=float32"]  # float32 so the CPU stand-in equals the local backend
@@ -159,12 +161,12 @@ def stand_in(tmp_path, monkeypatch):
         def __call__(self, **params):
             key = json.dumps(params, sort_keys=True)
             container = state.containers.setdefault(key, modal_app.Extractor(**params))
-            return SimpleNamespace(vectors=StandInMethod("vectors", container.vectors.local, state),
-                                   mean_shard=StandInMethod("mean_shard", container.mean_shard.local, state))
+            return SimpleNamespace(**{name: StandInMethod(name, getattr(container, name).local, state)
+                                      for name in ("vectors", "mean_shard", "store_shard")})
 
     fake = SimpleNamespace(app=state.app, Extractor=Cls(), artifacts_volume=volume,
-                           aggregate=StandInMethod("aggregate", modal_app.aggregate.local, state),
-                           shard_headers=StandInMethod("shard_headers", modal_app.shard_headers.local, state))
+                           **{name: StandInMethod(name, getattr(modal_app, name).local, state)
+                              for name in ("aggregate", "shard_headers", "store_headers")})
     monkeypatch.setattr(remote, "APP_MODULE", fake)
     return state
 
@@ -254,6 +256,29 @@ def test_pipeline_on_modal_enters_the_app_once_and_loads_the_model_once(stand_in
     assert {name for name, _ in stand_in.calls} == {"shard_headers", "mean_shard", "aggregate", "vectors"}
     assert metrics["compare/passed"] and metrics["mean/shards_computed"] == 3
     assert (tmp_path / "run" / "similarity_long_all.png").is_file()
+
+
+def test_store_on_modal_fans_out_resumes_and_downloads_or_keeps_the_shards(stand_in, tmp_path):
+    overrides = ["job=store", *MODAL, "corpus=samples", "store.shard_size=8", f"paths.artifacts={tmp_path / 'a'}"]
+    stand_in.fail_index = 1  # 20 samples: 3 shards
+    with pytest.raises(RemoteError, match="1 of 3 store shards failed on Modal: CUDA out of memory in shard 1"):
+        jobs.run("store", compose_cfg(*overrides, "store.download=false"), tmp_path)
+    stand_in.fail_index, stand_in.calls[:] = None, []
+    metrics = jobs.run("store", compose_cfg(*overrides, "store.download=false"), tmp_path)
+    assert [r["index"] for name, r in stand_in.calls if name == "store_shard"] == [1]  # only the failed one again
+    store = VectorStore.open(tmp_path / "a" / "vectors" / metrics["store_id"])
+    assert store.remote and len(store) == 20 and not list(store.folder.glob("shards/*"))
+    with pytest.raises(UserError, match="on modal volume actexp-artifacts: download them .*store.download=true"):
+        store.vectors()
+    stand_in.calls[:] = []
+    jobs.run("store", compose_cfg(*overrides), tmp_path)  # store.download=true: nothing is computed again
+    assert not [name for name, _ in stand_in.calls if name == "store_shard"]
+    here = jobs.run("store", compose_cfg("job=store", "model.dtype=float32", "corpus=samples", "store.shard_size=8",
+                                         f"paths.artifacts={tmp_path / 'local'}"), tmp_path)
+    assert here["store_id"] == metrics["store_id"]
+    downloaded = VectorStore.open(tmp_path / "a" / "vectors" / metrics["store_id"])
+    assert not downloaded.remote
+    assert np.array_equal(downloaded.vectors(), VectorStore.open(tmp_path / "local" / "vectors" / here["store_id"]).vectors())
 
 
 def test_bench_refuses_modal_with_one_line(stand_in, tmp_path):

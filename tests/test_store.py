@@ -1,0 +1,190 @@
+"""The vector store of a corpus (job=store): rows equal extraction alone, the reader's slices,
+third-party reading, storage dtypes, resume, corrupt and foreign shards, kills, concurrent
+writers, bad input, and the Modal variant."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from actexp import jobs
+from actexp.backends.local import LocalBackend
+from actexp.corpus import Corpus
+from actexp.errors import UserError
+from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import corpus_mean
+from actexp.reader import VectorStore
+from helpers import REPO, compose_cfg, rel_err
+
+CORPUS = ["corpus.max_docs=40", "store.shard_size=16"]  # 3 shards: 16, 16, 8
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    """A store folder with a corpus mean of the samples."""
+    root = tmp_path_factory.mktemp("store-art")
+    jobs.run("mean", compose_cfg("job=mean", "corpus=samples", "centering.min_count=4", f"paths.artifacts={root}"), root)
+    return root
+
+
+def run_store(art, out, *overrides):
+    cfg = compose_cfg("job=store", f"paths.artifacts={art}", *CORPUS, *overrides)
+    metrics = jobs.run("store", cfg, out)
+    return metrics, cfg, VectorStore.open(art / "vectors" / metrics["store_id"])
+
+
+@pytest.fixture(scope="module")
+def centred(art, tmp_path_factory):
+    return run_store(art, tmp_path_factory.mktemp("out"), "centering=corpus_mean")
+
+
+def test_rows_equal_each_document_extracted_alone(centred):
+    metrics, cfg, store = centred
+    docs = list(Corpus(cfg.corpus).documents())
+    assert len(store) == metrics["docs"] == 40 and store.variants == ["raw", "centered"] and store.dims == 512
+    assert len(store.manifest["shards"]) == 3 and store.manifest["model"]["model"] == "tiny"
+    assert store.manifest["centering"]["mean"]["sha256"] == corpus_mean(cfg).sha256
+    backend, mean, chunks = LocalBackend.from_config(cfg), corpus_mean(cfg), chunks_from_cfg(cfg.pooling)
+    raw, centered = store.vectors(), store.vectors(variant="centered")
+    meta = store.metadata().to_pydict()
+    assert meta["id"] == [d.id for d in docs] and meta["name"] == [d.name for d in docs]
+    for i, doc in enumerate(docs):
+        alone = backend.vectors([doc.text], chunks, mean)  # one text, one batch
+        assert rel_err(raw[i], alone.raw[0]) < 2e-6 and rel_err(centered[i], alone.centered[0]) < 2e-6
+        assert meta["n_tokens"][i] == alone.n_tokens[0] and meta["truncated"][i] == alone.truncated[0]
+
+
+def test_the_reader_gives_the_rows_asked_for(centred):
+    _, _, store = centred
+    every = store.vectors()  # [40, 512]
+    assert np.array_equal(store.vectors(slice(10, 30)), every[10:30])  # across the first shard's end
+    rows = [39, 0, 17, 16, 5]
+    assert np.array_equal(store.vectors(rows), every[rows])
+    assert np.array_equal(store.vectors(ids=[store.ids[r] for r in rows]), every[rows])
+    as_torch = store.vectors(slice(0, 3), variant="centered", to="torch")
+    assert as_torch.dtype == torch.float32 and as_torch.shape == (3, 512)
+    with pytest.raises(UserError, match="1 of 2 ids are not in the store .*'nope'"):
+        store.vectors(ids=[store.ids[0], "nope"])
+    with pytest.raises(UserError, match="rows out of range"):
+        store.vectors([40])
+
+
+def test_a_shard_opens_with_pandas(centred):
+    _, _, store = centred
+    frame = pd.read_feather(store.folder / "shards" / "00001.arrow")  # no actexp involved
+    assert list(frame.columns) == ["id", "name", "n_tokens", "truncated", "raw", "centered"] and len(frame) == 16
+    assert frame["id"].tolist() == store.ids[16:32]
+    assert np.array_equal(np.stack(frame["centered"].to_numpy()), store.vectors(slice(16, 32), variant="centered"))
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float16", 1e-3), ("bfloat16", 1e-2)])
+def test_storage_dtypes_halve_the_size_and_read_as_float32(centred, art, tmp_path, dtype, tolerance):
+    _, _, full = centred
+    metrics, _, half = run_store(art, tmp_path, "centering=corpus_mean", f"store.storage_dtype={dtype}")
+    assert half.manifest["storage_dtype"] == dtype and half.folder != full.folder
+    assert half.vectors().dtype == np.float32 and rel_err(half.vectors(), full.vectors()) < tolerance
+    size = {s: sum(p.stat().st_size for p in s.folder.glob("shards/*.arrow")) for s in (full, half)}
+    assert size[half] < 0.6 * size[full]
+
+
+def test_a_corrupt_or_foreign_shard_is_recomputed_and_the_rest_kept(art, tmp_path, caplog):
+    metrics, _, store = run_store(art, tmp_path)
+    before = store.vectors()
+    shard = store.folder / "shards" / "00001.arrow"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte inside the vectors
+    shard.write_bytes(bytes(data))
+    again, _, _ = run_store(art, tmp_path)
+    assert again["tokens_computed"] == store.manifest["tokens"] - sum(
+        json.loads(pa.ipc.open_file(store.folder / "shards" / f"0000{k}.arrow").schema.metadata[b"actexp"])["tokens"]
+        for k in (0, 2))  # only shard 1 ran again
+    assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
+    # A shard of another store (here: the centred store's) put in its place is refused and redone.
+    _, _, other = run_store(art, tmp_path, "centering=corpus_mean")
+    shard.write_bytes((other.folder / "shards" / "00001.arrow").read_bytes())
+    run_store(art, tmp_path)
+    assert f"store shard 1 belongs to another store ({other.folder.name})" in caplog.text
+    assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
+
+
+def test_progress_and_bad_input(tmp_path, caplog):
+    common = ["job=store", f"paths.artifacts={tmp_path / 'art'}", *CORPUS]
+    with caplog.at_level("INFO", logger="actexp"):
+        assert jobs.run("store", compose_cfg(*common, "store.stage=progress"), tmp_path) == {"shards": 0, "docs": 0}
+    assert "shards 0 / 3, documents 0 / 40" in caplog.text
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "blank.txt").write_text("\n")
+    for args, expected in [
+        (["corpus=files", f"corpus.path={tmp_path / 'empty'}"], "has no documents"),
+        (["store.storage_dtype=int8"], "store.storage_dtype='int8'"),
+        (["store.stage=sideways"], "store.stage"),
+    ]:
+        with pytest.raises(UserError, match=expected):
+            jobs.run("store", compose_cfg(*common, *args), tmp_path)
+    with pytest.raises(UserError, match="not a finished vector store"):
+        VectorStore.open(tmp_path)
+
+
+def test_a_full_disk_gives_one_line_and_no_half_written_shard(art, tmp_path):
+    def small_files():  # the child may write no file over 24 kB: the first shard (32 kB) does not fit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (24_000, 24_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    cmd = [sys.executable, "-m", "actexp.run", "job=store", f"paths.artifacts={tmp_path / 'full'}", *CORPUS,
+           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, preexec_fn=small_files, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: cannot write ") and "File too large" in r.stderr and "paths.artifacts" in r.stderr
+    assert not list((tmp_path / "full").rglob("*.arrow")) and not list((tmp_path / "full").rglob("*.tmp"))
+
+
+def _cli_store(art, run_dir, *extra):
+    return [sys.executable, "-m", "actexp.run", "job=store", "corpus.max_docs=96", "store.shard_size=4",
+            "hardware.threads=1", "logger=none", f"paths.artifacts={art}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def _tables(art):
+    [folder] = (art / "vectors").iterdir()
+    return [pa.ipc.open_file(p).read_all() for p in sorted(folder.glob("shards/*.arrow"))]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_a_bit_identical_store(tmp_path):
+    subprocess.run(_cli_store(tmp_path / "whole", tmp_path / "w"), cwd=REPO, check=True, capture_output=True)
+    art = tmp_path / "killed"
+    proc = subprocess.Popen(_cli_store(art, tmp_path / "k"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(list(art.glob("vectors/*/shards/*.arrow"))) < 3:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 3 <= len(list(art.glob("vectors/*/shards/*.arrow"))) < 24
+    assert not list(art.glob("vectors/*/manifest.json"))
+    subprocess.run(_cli_store(art, tmp_path / "k2"), cwd=REPO, check=True, capture_output=True)
+    assert not list(art.rglob("*.tmp"))
+    assert all(a.equals(b, check_metadata=True) for a, b in zip(_tables(tmp_path / "whole"), _tables(art)))
+    assert len(_tables(art)) == 24
+
+
+@pytest.mark.slow
+def test_two_writers_at_once_share_the_work_and_equal_a_single_run(tmp_path):
+    subprocess.run(_cli_store(tmp_path / "whole", tmp_path / "w"), cwd=REPO, check=True, capture_output=True)
+    art = tmp_path / "shared"
+    procs = [subprocess.Popen(_cli_store(art, tmp_path / f"r{i}"), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert all(a.equals(b, check_metadata=True) for a, b in zip(_tables(tmp_path / "whole"), _tables(art)))
+    computed = [json.loads((tmp_path / f"r{i}" / "metrics.json").read_text())["metrics"]["tokens_computed"]
+                for i in range(2)]
+    assert sum(computed) == json.loads(next(art.glob("vectors/*/manifest.json")).read_text())["tokens"]
