@@ -25,9 +25,10 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync it, then rename over `path`. The file gets the
-    permissions a plain open() would give (mkstemp's are 0600: teammates could not read outputs)."""
+def write_bytes(path: Path, data) -> Path:
+    """Write data (bytes or any buffer) to a temp file in the same folder, fsync it, then rename it
+    over `path`. The file gets the permissions a plain open() would give (mkstemp's are 0600:
+    teammates could not read outputs)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -151,7 +151,7 @@ class VisualizeConfig:
 class BenchConfig:
     docs: int = 40
     doc_tokens: int = 256
-    mean_docs: int = 64
+    mean_docs: int = 256
     repeats: int = 3
     warmup: int = 1
     peak_tflops: Optional[float] = None

@@ -89,11 +89,11 @@ def _checksum(table: pa.Table) -> str:
         column = table.column(name).combine_chunks()
         h.update(name.encode())
         if pa.types.is_fixed_size_list(column.type):
-            h.update(column.values.to_numpy(zero_copy_only=False).tobytes())
+            h.update(np.ascontiguousarray(column.values.to_numpy(zero_copy_only=False)))  # no copy of the vectors
         elif pa.types.is_string(column.type):
             h.update("\0".join(column.to_pylist()).encode())
         else:
-            h.update(column.to_numpy(zero_copy_only=False).tobytes())
+            h.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)))
     return h.hexdigest()
 
 
@@ -120,7 +120,7 @@ def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vecto
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    write_bytes(layout.shard(index), sink.getvalue().to_pybytes())
+    write_bytes(layout.shard(index), sink.getvalue())  # an Arrow buffer: written without a copy to bytes
     return header
 
 

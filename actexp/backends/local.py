@@ -168,6 +168,8 @@ class LocalBackend:
             store.remove_temp_files(layout.shard(k))  # ours: no one else writes this shard while we hold its lock
             start = time.perf_counter()
             header = vector_store.write_shard(layout, k, docs, self.vectors([d.text for d in docs], chunks, mean))
+            if TRIM_HEAP is not None and self.lm.device.type == "cpu":
+                TRIM_HEAP(0)  # as the mean job does: a long CPU run's resident set stays flat
             return header | {"computed": True, "seconds": time.perf_counter() - start}
 
         return self._each_shard(shards, lambda k: layout.lock(f"shard-{k:05d}"), one)

@@ -102,9 +102,11 @@ class Workload:
 
     def store(self, docs=None):
         """The vector store of the documents, raw and centred (job=store's shards, written and checked)."""
+        # Shards of corpus.shard_size (N) documents, as the mean's: full at N and 4N, so what the
+        # memory measurement compares is the corpus's size, not how full one big shard is.
         layout = StoreLayout(Path(tempfile.mkdtemp(dir=self.scratch)), self.lm.metadata, {"name": "long", "chunks": []},
                              None if self.mean is None else self.mean.sha256, "bench", "float32",
-                             self.cfg.store.shard_size)
+                             self.cfg.corpus.shard_size)
         docs = docs or self.docs
         size = layout.shard_size
         shards = ((k, docs[k * size:(k + 1) * size]) for k in range(-(-len(docs) // size)))
