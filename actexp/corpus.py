@@ -213,8 +213,8 @@ class Corpus:
         """How many documents there are, or None for a streamed dataset (counting would download it)."""
         return None if self.cfg.source == "hf" else self._scan[0]
 
-    def shards(self) -> Iterator[List[Document]]:
-        """Consecutive groups of shard_size documents (the last may be shorter)."""
+    def shards(self, size: Optional[int] = None) -> Iterator[List[Document]]:
+        """Consecutive groups of `size` (default corpus.shard_size) documents; the last may be shorter."""
         docs = self.documents()
-        while shard := list(islice(docs, self.cfg.shard_size)):
+        while shard := list(islice(docs, size or self.cfg.shard_size)):
             yield shard

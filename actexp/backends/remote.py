@@ -63,6 +63,17 @@ def _raise_failures(results: list, what: str) -> None:
         raise RemoteError(f"{len(failures)} of {len(results)} {what} failed on Modal: {failures[0]}")
 
 
+def _fan_out(method, requests: List[dict], headers: dict, what: str) -> Iterator[dict]:
+    """Run shard requests over the GPUs (.map); the successful ones join `headers` (by index) even
+    when others fail, so running the job again resumes; then every header in shard order."""
+    results = list(method.map(requests, return_exceptions=True)) if requests else []
+    for request, result in zip(requests, results):
+        if not isinstance(result, BaseException):
+            headers[request["index"]] = result | {"computed": True}
+    _raise_failures(results, what)
+    return iter([headers[k] for k in sorted(headers)])
+
+
 class ModalBackend:
     """The model in Modal containers: `hw` holds the hardware group's values (gpu, max_containers ...)."""
 
@@ -184,13 +195,7 @@ class ModalBackend:
             else:
                 requests.append({"index": k, "texts": [d.text for d in docs], "doc_ids": ids, "stats": stats.spec(),
                                  "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding})
-        results = list(self.extractor.mean_shard.map(requests, return_exceptions=True)) if requests else []
-        for request, result in zip(requests, results):
-            if not isinstance(result, BaseException):
-                headers[request["index"]] = result | {"computed": True}
-        _raise_failures(results, "shards")
-        for k in sorted(headers):
-            yield headers[k]
+        return _fan_out(self.extractor.mean_shard, requests, headers, "shards")
 
     def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
@@ -220,13 +225,7 @@ class ModalBackend:
             else:
                 requests.append(base | {"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
                                         "names": [d.name for d in docs]})
-        results = list(self.extractor.store_shard.map(requests, return_exceptions=True)) if requests else []
-        for request, result in zip(requests, results):
-            if not isinstance(result, BaseException):
-                headers[request["index"]] = result | {"computed": True}
-        _raise_failures(results, "store shards")
-        for k in sorted(headers):
-            yield headers[k]
+        return _fan_out(self.extractor.store_shard, requests, headers, "store shards")
 
     def finish_store(self, layout: StoreLayout, headers: List[dict], download: bool) -> str:
         """Download the shards into the local store (each checked against its checksum), or leave

@@ -8,7 +8,6 @@ progress: report shards, documents and tokens without loading the model.
 """
 
 import logging
-from itertools import islice
 
 from .. import vector_store as vs
 from ..artifacts import root as store_root
@@ -19,14 +18,6 @@ from . import common
 
 log = logging.getLogger(__name__)
 STAGES = ("all", "progress")
-
-
-def _shards(corpus: Corpus, size: int):
-    docs = corpus.documents()
-    k = 0
-    while shard := list(islice(docs, size)):
-        yield k, shard
-        k += 1
 
 
 def layout_of(cfg, corpus: Corpus, mean) -> vs.StoreLayout:
@@ -58,7 +49,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     headers, computed, seconds = [], 0, 0.0
     with progress(total=total_shards, unit="shard", desc="store", delay=0) as bar:
         try:
-            for header in backend.store_shards(_shards(corpus, layout.shard_size), layout, chunk_list, mean):
+            for header in backend.store_shards(enumerate(corpus.shards(layout.shard_size)), layout, chunk_list, mean):
                 headers.append(header)
                 if header.get("computed"):
                     computed, seconds = computed + header["tokens"], seconds + header["seconds"]
