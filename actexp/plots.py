@@ -144,3 +144,27 @@ def outlier_dims(sets: List[np.ndarray], labels: Sequence[str], k: int, chunk_la
         ax.set_ylabel("mean |value|")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def projection(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[str], groups, path: Path,
+               title: str) -> Path:
+    """2-D scatter of each set's first two principal components ([N, 2] each), one panel per set,
+    coloured by group (when there are groups); texts are named when there are at most 40."""
+    fig, axes = _panels(labels, title, width=6.5, height=6.0)
+    palette = plt.get_cmap("tab10" if groups is None or len(set(groups)) <= 10 else "tab20")
+    kinds = sorted(set(groups)) if groups is not None else [None]
+    for ax, xy, label in zip(axes, coords, labels):
+        for k, group in enumerate(kinds):
+            here = [i for i in range(len(xy)) if groups is None or groups[i] == group]
+            ax.scatter(xy[here, 0], xy[here, 1], s=28 if len(xy) <= 200 else 6, color=palette(k % palette.N),
+                       label=group, alpha=0.9 if len(xy) <= 200 else 0.5)
+        if len(names) <= 40:
+            for (x, y), name in zip(xy, names):
+                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(label)
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        if groups is not None:
+            ax.legend(fontsize=8, title="group", loc="best")
+    fig.tight_layout()
+    return _save(fig, path)

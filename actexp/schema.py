@@ -128,6 +128,25 @@ class StoreConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    source: str = "samples"
+    path: Optional[str] = None
+    csvs: List[str] = field(default_factory=list)
+    max_rows: int = 2000
+    seed: int = 0
+    log_vectors: bool = True
+
+
+@dataclass
+class NeighborsConfig:
+    queries: List[str] = field(default_factory=list)
+    ids: List[str] = field(default_factory=list)
+    store: Optional[str] = None
+    k: int = 10
+    block_rows: int = 65536
+
+
+@dataclass
 class CsvConfig:
     source: str = "samples"
     variants: Optional[List[str]] = None
@@ -172,6 +191,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: str = "offline"
     log_artifacts: bool = False
+    log_texts: bool = False
     tags: List[str] = field(default_factory=list)
 
 
@@ -191,6 +211,8 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     mean: MeanConfig = field(default_factory=MeanConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     csv: CsvConfig = field(default_factory=CsvConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)

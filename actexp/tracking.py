@@ -4,11 +4,13 @@ Jobs call `tracker.images(...)`, `tracker.table(...)` and `tracker.artifact(...)
 the run, logs the metrics a job returns, and finishes the run even when the job fails.
 """
 
+import copy
+import hashlib
 import netrc
 import os
 from numbers import Number
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 from .errors import UserError
 
@@ -20,6 +22,30 @@ def _has_wandb_key() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+TEXT_KEYS = ("text", "text_a", "text_b")  # config keys that hold a user's raw text
+QUERY_KEYS = ("queries",)  # ... and lists of them, in the job groups
+
+
+def _redact(text: str) -> dict:
+    return {"sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "chars": len(text)}
+
+
+def run_config(config: dict, log_texts: bool = False) -> dict:
+    """The config as W&B gets it: input texts replaced by their sha256 and length unless asked for."""
+    if log_texts:
+        return config
+    config = copy.deepcopy(config)
+    for key in TEXT_KEYS:
+        if isinstance(config.get(key), str):
+            config[key] = _redact(config[key])
+    for group in config.values():
+        if isinstance(group, dict):
+            for key in QUERY_KEYS:
+                if isinstance(group.get(key), list):
+                    group[key] = [_redact(t) if isinstance(t, str) else t for t in group[key]]
+    return config
 
 
 class Tracker:
@@ -38,7 +64,8 @@ class Tracker:
         import wandb
 
         run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode,
-                         dir=str(out_dir), name=name, group=group, job_type=job_type, config=config,
+                         dir=str(out_dir), name=name, group=group, job_type=job_type,
+                         config=run_config(config, logger_cfg.log_texts),
                          tags=list(logger_cfg.tags), reinit="finish_previous",
                          settings=wandb.Settings(silent=True, console="off"))
         return cls(run, logger_cfg.log_artifacts)
@@ -60,16 +87,13 @@ class Tracker:
 
         self.run.log({f"images/{Path(p).stem}": wandb.Image(str(p)) for p in paths})
 
-    def table(self, name: str, csv_path: Path) -> None:
+    def table(self, name: str, columns: Sequence[str], rows: Iterable[Sequence]) -> None:
+        """A table whose cells keep their types (numbers stay numbers, so W&B can plot them)."""
         if self.run is None:
             return
-        import csv
-
         import wandb
 
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-        self.run.log({name: wandb.Table(columns=rows[0], data=rows[1:])})
+        self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
     def artifact(self, path: Path, kind: str, name: Optional[str] = None) -> None:
         """Attach a file as an artifact, when logger.log_artifacts=true."""

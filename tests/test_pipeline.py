@@ -43,7 +43,8 @@ def experiment(tmp_path_factory):
 def test_every_stage_prints_the_paths_it_wrote(experiment):
     root, run_dir, stdout = experiment
     printed = {line.removeprefix("wrote ") for line in stdout.splitlines() if line.startswith("wrote ")}
-    assert {str(run_dir / name) for name in CONTRACT} | {str(run_dir / "mean.json")} <= printed
+    extra = {"mean.json", "analysis.json", "analysis_projection.png"}
+    assert {str(run_dir / name) for name in [*CONTRACT, *extra]} <= printed
     [mean] = (root / "artifacts").glob("means/*/corpus_mean.safetensors")
     assert str(mean) in printed
 
@@ -67,6 +68,16 @@ def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment)
             im.verify()
         with Image.open(png) as im:
             assert im.format == "PNG" and min(im.size) >= 400, png
+
+
+def test_the_experiment_ends_with_the_answer(experiment):
+    _, run_dir, stdout = experiment
+    tail = stdout[stdout.index("summary of long_centered"):].splitlines()
+    assert len(tail) == 5 and tail[1] == f"  outputs: {run_dir}" and "PASS" in tail[2]
+    results = json.loads((run_dir / "analysis.json").read_text())["results"]
+    value = {(r["metric"], r["variant"]): r["value"] for r in results if r["chunk"] == "all"}
+    assert f"recall@1 raw {value['recall@1', 'raw']:.3f} -> centred {value['recall@1', 'centered']:.3f}" in tail[3]
+    assert f"raw {value['anisotropy', 'raw']:.3f} -> centred {value['anisotropy', 'centered']:.3f}" in tail[4]
 
 
 def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experiment):

@@ -7,7 +7,8 @@ from ..backends import open_backend
 from ..errors import UserError
 from ..tracking import NULL
 
-NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "pipeline", "bench")
+NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",
+         "pipeline", "bench")
 
 
 def get(name: str):

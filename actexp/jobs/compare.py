@@ -87,7 +87,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
             worst = max(worst, (rel_err, f"{name} / {chunk.label}"), key=lambda w: w[0])
     lines = [",".join(COLUMNS)] + [",".join(str(x) if not isinstance(x, float) else "%.9g" % x for x in r) for r in rows]
     report = write_text(Path(out_dir) / "compare_report.csv", "\n".join(lines) + "\n")
-    tracker.table("compare_report", report)
+    tracker.table("compare_report", COLUMNS, rows)
 
     passed = worst[0] <= cfg.compare.tolerance
     verdict = "PASS" if passed else "FAIL"

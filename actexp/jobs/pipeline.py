@@ -1,13 +1,17 @@
 """job=pipeline: one whole experiment in one run folder and one W&B run:
-mean (reused when it exists) -> csv raw + centred -> compare -> plot -> visualize."""
+mean (reused when it exists) -> csv raw + centred -> compare -> plot -> visualize -> analyze,
+ending with a short summary: where the outputs are, the identity check, raw vs centred numbers."""
 
 import copy
+import logging
 
 from omegaconf import OmegaConf
 
 from ..errors import CheckFailed
 from ..io import vectors_csv_path
 from . import run as run_job
+
+log = logging.getLogger(__name__)
 
 
 def _with(cfg, **updates):
@@ -34,6 +38,25 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         failed = e
     metrics |= stage("plot", plot__csv=None)
     metrics |= stage("visualize", visualize__csvs=[raw, centered])
+    metrics |= stage("analyze", analyze__source="csv", analyze__csvs=[raw, centered])
+    log.info(summary(cfg, out_dir, metrics, failed))
     if failed:
         raise failed
     return metrics
+
+
+def summary(cfg, out_dir, metrics: dict, failed) -> str:
+    """The answer of the experiment in four lines (all chunks together)."""
+    def pair(metric):
+        raw, centred = (metrics.get(f"analyze/{metric}/{v}/all") for v in ("raw", "centered"))
+        return f"raw {raw:.3f} -> centred {centred:.3f}"
+
+    check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
+             f"over {metrics['compare/samples']} samples)")
+    return "\n".join([
+        f"summary of {cfg.name} (model {cfg.model.name}, pooling={cfg.pooling.name}):",
+        f"  outputs: {out_dir}",
+        f"  identity raw - centred = pooled corpus mean: {check}",
+        f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; MRR {pair('eval/mrr')}",
+        f"  anisotropy (mean cosine across topics): {pair('geometry/anisotropy')}",
+    ])

@@ -1,0 +1,131 @@
+"""job=analyze: does centring help, and which chunk? Retrieval, geometry and a 2-D projection of
+the vectors, raw vs centred (analysis.py) -> analysis.json, analysis_projection.png, W&B summary.
+
+analyze.source: samples (the 20 bundled texts: 10 long/short partners in 5 topics), jsonl (texts
+with groups, analyze.path), csv (vectors CSVs of a csv or pipeline run) or store (a random sample of
+analyze.max_rows rows of a vector store: geometry only, its documents have no groups).
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import labelled, plots
+from ..analysis import analyze
+from ..errors import UserError
+from ..io import read_vectors_csv, vectors_csv_path, write_json
+from ..reader import VectorStore
+from ..report import plural, wrote
+from . import common
+
+log = logging.getLogger(__name__)
+SOURCES = ("samples", "jsonl", "csv", "store")
+
+
+def _from_texts(cfg, backend, texts: labelled.LabelledTexts) -> dict:
+    chunk_list = common.chunks(cfg.pooling)
+    mean = common.corpus_mean(cfg)
+    result = backend.vectors(texts.texts, chunk_list, mean)
+    vectors = {"raw": result.raw.numpy()} | ({} if mean is None else {"centered": result.centered.numpy()})
+    return {"source": {"kind": cfg.analyze.source, "path": texts.source}, "names": texts.names, "groups": texts.groups,
+            "partners": texts.partners, "vectors": vectors, "chunks": [c.label for c in chunk_list],
+            "metadata": common.metadata(cfg, backend.metadata, mean)}
+
+
+def _from_csvs(cfg, out_dir) -> dict:
+    paths = [Path(p) for p in cfg.analyze.csvs] or [
+        p for p in (vectors_csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
+    if not paths:
+        raise UserError("analyze.source=csv needs analyze.csvs=[raw.csv] or [raw.csv,centered.csv]: vectors CSVs "
+                        "of a csv or pipeline run")
+    loaded = [read_vectors_csv(p) for p in paths]
+    names = loaded[0][1]
+    if any(x[1] != names for x in loaded):
+        raise UserError(f"{paths[0]} and {paths[-1]} hold different texts")
+    samples = labelled.samples()
+    known = all(n in samples.names for n in names)
+    index = {n: i for i, n in enumerate(names)}
+    partners = [index.get(samples.names[samples.partners[samples.names.index(n)]]) for n in names] if known else None
+    sidecar = loaded[0][2]
+    return {"source": {"kind": "csv", "path": [str(p) for p in paths]}, "names": names,
+            "groups": [samples.groups[samples.names.index(n)] for n in names] if known else None,
+            "partners": partners, "vectors": {x[2].get("variant", p.stem): x[0] for x, p in zip(loaded, paths)},
+            "chunks": sidecar.get("pooling", {}).get("labels") or [c.label for c in common.chunks(cfg.pooling)],
+            "metadata": {k: sidecar.get(k) for k in ("model", "pooling", "centering")}}
+
+
+def _from_store(cfg) -> dict:
+    if not cfg.analyze.path:
+        raise UserError("analyze.source=store needs analyze.path=<store folder> (job=store prints it)")
+    store = VectorStore.open(cfg.analyze.path)
+    rng = np.random.default_rng(cfg.analyze.seed)
+    rows = np.sort(rng.choice(len(store), size=min(cfg.analyze.max_rows, len(store)), replace=False))
+    names = store.metadata().column("name").to_pylist()
+    return {"source": {"kind": "store", "path": str(store.folder), "rows_sampled": len(rows), "rows": len(store),
+                       "seed": cfg.analyze.seed},
+            "names": [names[r] for r in rows], "groups": None, "partners": None,
+            "vectors": {v: store.vectors(rows, variant=v) for v in store.variants},
+            "chunks": store.manifest["pooling"]["labels"],
+            "metadata": {k: store.manifest.get(k) for k in ("model", "pooling", "centering")}}
+
+
+def load(cfg, out_dir, backend) -> dict:
+    source = cfg.analyze.source
+    if source == "samples":
+        return _from_texts(cfg, backend, labelled.samples())
+    if source == "jsonl":
+        if not cfg.analyze.path:
+            raise UserError("analyze.source=jsonl needs analyze.path=<file.jsonl> with \"text\" and \"group\" fields")
+        return _from_texts(cfg, backend, labelled.from_jsonl(cfg.analyze.path))
+    if source == "csv":
+        return _from_csvs(cfg, out_dir)
+    if source == "store":
+        return _from_store(cfg)
+    raise UserError(f"unknown analyze.source {source!r}: use one of {', '.join(SOURCES)}")
+
+
+def run(cfg, out_dir, tracker, backend) -> dict:
+    data = load(cfg, Path(out_dir), backend)
+    names, groups = data["names"], data["groups"]
+    if len(names) < 2:
+        raise UserError(f"analyze.source={cfg.analyze.source} gave {plural(len(names), 'text')}: the analysis needs two")
+    result = analyze(data["vectors"], data["chunks"], groups, data["partners"])
+    for record in result.records:
+        record["source"] = data["source"]["path"]
+    task = None if groups is None else ("partner" if data["partners"] is not None else "group")
+    report = write_json(Path(out_dir) / "analysis.json", data["metadata"] | {
+        "source": data["source"] | {"texts": len(names), "groups": None if groups is None else len(set(groups)),
+                                    "retrieval": task},
+        "texts": [{"name": n, "group": None if groups is None else groups[i]} for i, n in enumerate(names)],
+        "results": result.records})
+    variants = list(data["vectors"])
+    figure = plots.projection([result.coords[v] for v in variants], variants, names, groups,
+                              Path(out_dir) / "analysis_projection.png",
+                              f"First two principal components of {plural(len(names), 'text')} (all chunks)")
+    tracker.images([figure])
+    tracker.table("analysis", ["metric", "variant", "chunk", "value", "texts"],
+                  [[r["metric"], r["variant"], r["chunk"], float(r["value"]), r["texts"]] for r in result.records])
+    if cfg.analyze.log_vectors:  # W&B's embedding projector reads a table with a vector column
+        tracker.table("vectors", ["name", "group", "variant", "vector"],
+                      [[n, None if groups is None else groups[i], v, data["vectors"][v][i].tolist()]
+                       for v in variants for i, n in enumerate(names)])
+    log.info(summary(result, variants, task))
+    wrote(log, [report, figure])
+    return result.metrics()
+
+
+def summary(result, variants, task) -> str:
+    """Two or three lines: retrieval and anisotropy, variant beside variant (all chunks)."""
+    def row(metric, fmt="{:.3f}"):
+        values = [result.value(metric, v) for v in variants]
+        return " -> ".join(f"{v} {fmt.format(x)}" for v, x in zip(variants, values) if x is not None)
+
+    lines = []
+    if task:
+        what = "each text's partner" if task == "partner" else "a text of the same group"
+        lines.append(f"retrieval of {what}: recall@1 {row('recall@1')}; MRR {row('mrr')}; "
+                     f"same-minus-different-group cosine {row('margin')}")
+    lines.append(f"anisotropy (mean cosine{' across groups' if task else ''}): {row('anisotropy')}; "
+                 f"top-3 dims' share of it {row('rogue_share')}; PC1 variance share {row('pc1_share')}")
+    return "\n".join(lines)
