@@ -1,5 +1,5 @@
 """Does centring help, and which pooling chunk? Retrieval and geometry of vector sets, per variant
-(raw, centred) and per chunk plus all chunks together (docs/analysis.md). Pure numpy."""
+(raw, centred) and per chunk plus all chunks together (README, "Analysis"). Pure numpy."""
 
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence

@@ -1,5 +1,5 @@
 """The shape of a set of vectors: anisotropy, rogue dimensions and principal components
-(docs/analysis.md). Pure numpy: knows nothing of models, configs or files."""
+(README, "Analysis"). Pure numpy: knows nothing of models, configs or files."""
 
 from typing import Dict, Optional, Sequence
 

@@ -1,5 +1,5 @@
 """Exact nearest neighbours by cosine similarity over rows read block by block, so the rows
-never need to fit in memory at once (docs/analysis.md). Pure numpy."""
+never need to fit in memory at once (README, "Analysis"). Pure numpy."""
 
 from typing import Callable, Tuple
 
@@ -9,7 +9,7 @@ from .retrieval import unit_rows
 
 
 def top_k(queries: np.ndarray, read: Callable[[int, int], np.ndarray], n_rows: int, k: int,
-          block_rows: int = 65536, progress=None) -> Tuple[np.ndarray, np.ndarray]:
+          block_rows: int = 8192, progress=None) -> Tuple[np.ndarray, np.ndarray]:
     """The k rows most cosine-similar to each query: (rows [Q, k] int64, cosines [Q, k] float32),
     best first; ties go to the lower row. `read(start, stop)` returns rows [stop - start, D].
 
@@ -22,13 +22,18 @@ def top_k(queries: np.ndarray, read: Callable[[int, int], np.ndarray], n_rows: i
     best = np.zeros((len(q), 0), dtype=np.float32)  # [Q, <=k]
     for start in range(0, n_rows, block_rows):
         stop = min(start + block_rows, n_rows)
-        scores = q @ unit_rows(read(start, stop)).astype(np.float32).T  # [Q, stop - start]
-        rows = np.broadcast_to(np.arange(start, stop), scores.shape)
-        best = np.concatenate([best, scores], 1)
-        best_rows = np.concatenate([best_rows, rows], 1)
-        # Sort by score, then row: the kept k do not depend on block_rows.
-        order = np.lexsort((best_rows, -best), axis=1)[:, :k]
-        best, best_rows = np.take_along_axis(best, order, 1), np.take_along_axis(best_rows, order, 1)
+        block = read(start, stop)  # [stop - start, D] float32
+        # Divide the scores, not the rows, by the rows' norms: no normalised copy of the block.
+        scores = (q @ block.T) / np.maximum(np.linalg.norm(block, axis=1), 1e-30)  # [Q, stop - start]
+        scores = np.concatenate([best, scores.astype(np.float32)], 1)
+        rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, stop), (len(q), stop - start))], 1)
+        kept = min(k, scores.shape[1])  # fewer than k while the first blocks are smaller than k
+        kth = np.partition(scores, -kept, axis=1)[:, -kept:].min(1)  # [Q]: the kept-th best score
+        best, best_rows = np.empty((len(q), kept), np.float32), np.empty((len(q), kept), np.int64)
+        for i in range(len(q)):  # sort only the candidates, by score then row: ties go to the lower row
+            keep = np.flatnonzero(scores[i] >= kth[i])
+            order = keep[np.lexsort((rows[i, keep], -scores[i, keep]))[:kept]]
+            best[i], best_rows[i] = scores[i, order], rows[i, order]
         if progress is not None:
             progress(stop - start)
     return best_rows, best

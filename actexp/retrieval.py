@@ -1,5 +1,5 @@
 """Retrieval of labelled texts by cosine similarity: recall@k, MRR and the same-vs-different group
-margin (docs/analysis.md). Pure numpy: knows nothing of models, configs or files."""
+margin (README, "Analysis"). Pure numpy: knows nothing of models, configs or files."""
 
 from typing import Dict, Optional, Sequence
 

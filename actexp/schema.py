@@ -143,7 +143,7 @@ class NeighborsConfig:
     ids: List[str] = field(default_factory=list)
     store: Optional[str] = None
     k: int = 10
-    block_rows: int = 65536
+    block_rows: int = 8192
 
 
 @dataclass

@@ -106,7 +106,7 @@ def test_exact_top_k_equals_a_full_sort_whatever_the_block_size():
     queries[0] = rows[7]
     unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     full = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T  # [4, 103]
-    for block in (1, 10, 103, 1000):
+    for block in (1, 3, 10, 103, 1000):  # blocks smaller than k too
         found, cos = top_k(queries, lambda a, b: rows[a:b], len(rows), 5, block_rows=block)
         for q in range(4):
             assert list(found[q]) == list(np.argsort(-full[q], kind="stable")[:5]), block

@@ -94,6 +94,7 @@ def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experim
     assert len(list((offline / "files" / "media" / "images").rglob("*.png"))) >= 9
 
 
+@pytest.mark.slow  # 25 s; the default run sweeps job=analyze (test_analyze.py) instead
 def test_sweep_gives_one_folder_and_one_run_per_job_and_a_summary(experiment):
     root, _, _ = experiment
     r = run_cli("-m", "+experiment=long_centered", "pooling=short,long", "corpus.max_docs=64",
