@@ -28,10 +28,9 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from . import jobs  # noqa: E402
-from .errors import Interrupted, UserError  # noqa: E402
+from .errors import Interrupted, UserError, message, one_line, user_fault  # noqa: E402
 from .io import write_json  # noqa: E402
 from .schema import CONF, register  # noqa: E402
-from .suggest import explain  # noqa: E402
 from .sweep import print_summary  # noqa: E402
 from .tracking import NULL, Tracker  # noqa: E402
 
@@ -98,27 +97,13 @@ def _remove_if_unused(out_dir: Path) -> None:
             out_dir.parent.rmdir()
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as one line: Hydra and OmegaConf messages span several."""
-    parts = []
-    for err in (e, e.__cause__):
-        for line in str(err or "").splitlines():
-            line = line.strip()
-            if line.startswith("Config search path"):
-                break
-            if line and not line.startswith(("full_key:", "object_type", "reference_type")) and line not in parts:
-                parts.append(line)
-    return " ".join(parts) or type(e).__name__
-
-
 def fail(e: BaseException) -> None:
     """Print e as one line and exit: 2 for input the user can fix, 1 for anything else."""
-    user_fault = isinstance(e, UserError) or type(e).__module__.startswith(("hydra.", "omegaconf."))
-    if user_fault:
-        print(f"error: {explain(e) or one_line(e)}", file=sys.stderr)
+    if user_fault(e):
+        print(f"error: {message(e)}", file=sys.stderr)
     else:
         print(f"error ({type(e).__name__}): {one_line(e)} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
-    sys.exit(2 if user_fault else 1)
+    sys.exit(2 if user_fault(e) else 1)
 
 
 def interrupted(e: BaseException) -> None:

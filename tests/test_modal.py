@@ -303,3 +303,15 @@ def test_no_credentials_fails_fast_with_one_line(tmp_path):
     r = run_cli("job=extract", "hardware=modal", "text=hi", cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "Modal credentials" in r.stderr and "modal setup" in r.stderr
+
+
+def test_a_python_session_on_modal_keeps_one_app_and_one_model_for_all_its_calls(stand_in):
+    import actexp
+
+    with actexp.Session(*MODAL) as s:
+        first = s.vectors(TEXTS)
+        s.similarity(TEXTS[0], TEXTS[2])
+        assert stand_in.app.running  # held open between calls, as a notebook needs
+    assert stand_in.app.starts == 1 and not stand_in.app.running and stand_in.loads == 1
+    with actexp.Session("model.dtype=float32") as here:
+        assert rel_err(torch.from_numpy(first.raw), torch.from_numpy(here.vectors(TEXTS).raw)) < 1e-5

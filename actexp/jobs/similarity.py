@@ -16,15 +16,19 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).item()
 
 
+def cosines(pair: torch.Tensor, chunk_list) -> tuple:
+    """Cosine of a pair of vectors [2, C*H], overall and per chunk label."""
+    a, b = pair.reshape(2, len(chunk_list), -1)  # [C, H] each
+    return cosine(a.flatten(), b.flatten()), {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}
+
+
 def run(cfg, out_dir, tracker, backend) -> dict:
     text_a, record_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
     text_b, record_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
     result = backend.vectors([text_a, text_b], chunk_list, mean)
-    a, b = (result.raw if mean is None else result.centered).reshape(2, len(chunk_list), -1)  # [C, H] each
-    per_chunk = {c.label: cosine(a[k], b[k]) for k, c in enumerate(chunk_list)}
-    overall = cosine(a.flatten(), b.flatten())
+    overall, per_chunk = cosines(result.raw if mean is None else result.centered, chunk_list)
     write_json(out_dir / "similarity.json", common.metadata(cfg, backend.metadata, mean) | {
         "cosine": overall,
         "chunks": per_chunk,
