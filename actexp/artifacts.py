@@ -51,7 +51,8 @@ def digest(obj) -> str:
 def model_label(m: dict) -> str:
     """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
-    revision = m["revision"] or (f"seed{m['seed']}" if m["random_init"] else "main")
+    revision = m["revision"] or (f"seed{m['seed']}" if m["random_init"] else
+                                 f"w{m['weights'][:8]}" if m.get("weights") else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
     bos = "bos" if m["prepend_bos"] else "nobos"
     return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"

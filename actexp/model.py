@@ -3,6 +3,7 @@
 The LM head is loaded with the checkpoint but never run: activations come from the body.
 """
 
+import functools
 import hashlib
 import os
 import socket
@@ -17,6 +18,8 @@ import torch
 from .errors import UserError
 
 BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
+# The trained weights of model=tiny (scripts/train_tiny.py), named `model.weights=bundled`.
+BUNDLED_WEIGHTS = Path(__file__).parent / "assets" / "tiny_model.safetensors"
 # Where the decoder blocks live, for GPT-NeoX, Llama-style and GPT-2-style causal LMs.
 BLOCK_PATHS = ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,6 +63,7 @@ class ModelSpec:
     blocks: Optional[str] = None
     tokenizer: Optional[str] = None
     arch: Optional[dict] = None  # GPT-NeoX numbers (schema.ArchConfig's fields), to build the model
+    weights: Optional[str] = None  # a safetensors file of the whole model for `arch`; "bundled": model=tiny's
 
     @classmethod
     def from_config(cls, model_cfg, hardware_cfg) -> "ModelSpec":
@@ -133,6 +137,31 @@ def checkpoint_fingerprint(name_or_path: Optional[str]) -> Optional[str]:
     return h.hexdigest()[:16]
 
 
+def weights_file(spec: ModelSpec) -> Optional[Path]:
+    """The weights file of an `arch` model (None for hub or folder checkpoints and random weights)."""
+    if spec.random_init or not spec.weights:
+        return None
+    path = BUNDLED_WEIGHTS if spec.weights == "bundled" else Path(spec.weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"model.weights={spec.weights} is not a file: give a .safetensors file of the model's "
+                        "weights, or model.random_init=true for seeded random weights")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def weights_fingerprint(spec: ModelSpec) -> Optional[str]:
+    """The sha256 of the weights file (a few MB, hashed once per process): new weights, new identity."""
+    path = weights_file(spec)
+    if path is None:
+        return None
+    st = path.stat()
+    return _file_digest(path, st.st_size, st.st_mtime_ns)
+
+
 def identity(spec: ModelSpec, config=None) -> dict:
     """Everything that determines a model's activations, from config alone (no weights loaded):
     a corpus mean fits a model only if every field is equal."""
@@ -150,7 +179,8 @@ def identity(spec: ModelSpec, config=None) -> dict:
         "checkpoint": checkpoint_fingerprint(spec.name_or_path),
         "random_init": spec.random_init,
         "seed": spec.seed if spec.random_init else None,
-        "arch": dict(sorted(spec.arch.items())) if spec.random_init and spec.arch else None,
+        "arch": dict(sorted(spec.arch.items())) if spec.arch and (spec.random_init or spec.weights) else None,
+        "weights": weights_fingerprint(spec),
         "tokenizer": spec.tokenizer,
         "blocks": spec.blocks,
         "attn_implementation": spec.attn_implementation,
@@ -173,7 +203,12 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
     if threads:
         torch.set_num_threads(threads)
     dtype = torch_dtype(spec.dtype)
-    model = _random_model(spec, dtype, device) if spec.random_init else _pretrained_model(spec, dtype, device)
+    if spec.random_init:
+        model = _random_model(spec, dtype, device)
+    elif spec.weights:
+        model = _model_from_weights(spec, dtype, device)
+    else:
+        model = _pretrained_model(spec, dtype, device)
     model.eval().requires_grad_(False)
     blocks = find_blocks(model, spec.blocks)
     meta = identity(spec, model.config)
@@ -247,6 +282,22 @@ def _random_model(spec: ModelSpec, dtype, device):
     return model
 
 
+def _model_from_weights(spec: ModelSpec, dtype, device):
+    """The architecture of `arch` (or of name_or_path's config) with the weights of model.weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    path = weights_file(spec)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(model_config(spec), dtype=dtype, attn_implementation=spec.attn_implementation)
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in load_file(path).items()}, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"model.weights={path} does not fit the architecture of model={spec.name}: "
+                        f"{str(e).splitlines()[0]}") from None
+    return model
+
+
 def _local_source(name_or_path: str) -> Optional[str]:
     """The local checkpoint directory meant by name_or_path, or None for a hub id."""
     path = Path(name_or_path).expanduser()
@@ -305,9 +356,9 @@ def load_tokenizer(spec: ModelSpec):
 
     if spec.tokenizer:
         source, revision = spec.tokenizer, None
-    elif not spec.random_init:
+    elif not (spec.random_init or spec.weights):
         source, revision = spec.name_or_path, spec.revision
-    else:  # random weights: the bundled tokenizer, so the vectors depend on nothing downloaded
+    else:  # random or bundled weights: the bundled tokenizer, so the vectors depend on nothing downloaded
         return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     local = _local_source(source)

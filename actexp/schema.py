@@ -56,6 +56,7 @@ class ModelConfig:
     blocks: Optional[str] = None
     tokenizer: Optional[str] = None
     arch: Optional[ArchConfig] = None
+    weights: Optional[str] = None
 
 
 @dataclass

@@ -1,12 +1,14 @@
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
-from actexp.model import find_blocks, load_model, select_layers
+from actexp.corpus import python_docs
+from actexp.model import BUNDLED_WEIGHTS, find_blocks, load_model, select_layers
 from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 
 
@@ -63,14 +65,14 @@ def test_unknown_architecture_names_the_setting():
         find_blocks(Odd(), "nope")
 
 
-def test_tiny_is_seeded_and_offline():
-    a = load_model(model_spec(compose_cfg()))
-    b = load_model(model_spec(compose_cfg()))
-    c = load_model(model_spec(compose_cfg("model.seed=1")))
+def test_random_tiny_is_seeded_and_offline():  # needs random weights: model.random_init=true
+    a = load_model(model_spec(compose_cfg("model.random_init=true")))
+    b = load_model(model_spec(compose_cfg("model.random_init=true")))
+    c = load_model(model_spec(compose_cfg("model.random_init=true", "model.seed=1")))
     wa, wb, wc = (m.model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
     # The numbers do not depend on the dtype they land in (nor on the device: tests/test_gpu.py).
-    bf16 = load_model(model_spec(compose_cfg("hardware.dtype=bfloat16"))).model.state_dict()
+    bf16 = load_model(model_spec(compose_cfg("model.random_init=true", "hardware.dtype=bfloat16"))).model.state_dict()
     assert all(torch.equal(v.to(torch.bfloat16), bf16[k]) for k, v in a.model.state_dict().items())
     assert a.model.config.rope_parameters["partial_rotary_factor"] == 0.25
     assert a.model.config.use_parallel_residual and a.hidden_size == 128 and len(a.blocks) == 4
@@ -110,3 +112,36 @@ def test_select_layers():
     for bad in ([4], [-5], [], "some", ["a"]):
         with pytest.raises(UserError, match="model.layers"):
             select_layers(bad, 4)
+
+
+HELD_OUT_MARGIN = 3.0  # nats per token: the shipped weights reach ~4.2 on unseen docstrings, random ones ~8.3
+
+
+def held_out_loss(lm, n_tokens=8192, seq=1024):
+    """Next-token loss on docstrings the training never saw (every one whose id is 0 modulo 20, as
+    scripts/train_tiny.py holds out), on the first n_tokens of them."""
+    eos = lm.tokenizer.eos_token_id
+    stream = [t for d in python_docs(0) if int(d.id, 16) % 20 == 0
+              for t in lm.tokenizer(d.text, add_special_tokens=False)["input_ids"] + [eos]][: n_tokens + 1]
+    rows = torch.tensor(stream[: (len(stream) - 1) // seq * seq + 1])
+    x, y = rows[:-1].view(-1, seq), rows[1:].view(-1, seq)
+    with torch.no_grad():
+        return torch.nn.functional.cross_entropy(lm.model(x).logits.flatten(0, 1), y.flatten()).item()
+
+
+def test_the_shipped_tiny_weights_load_offline_and_predict_unseen_text():
+    trained = load_model(model_spec(compose_cfg()))
+    random = load_model(model_spec(compose_cfg("model.random_init=true")))
+    assert trained.metadata["weights"] and trained.metadata["weights"] != random.metadata.get("weights")
+    assert trained.metadata["random_init"] is False and random.metadata["weights"] is None
+    shipped = load_file(BUNDLED_WEIGHTS)
+    assert all(torch.equal(v.float(), trained.model.state_dict()[k]) for k, v in shipped.items())
+    assert held_out_loss(trained) < held_out_loss(random) - HELD_OUT_MARGIN
+
+
+def test_weights_that_do_not_fit_are_one_line(tmp_path):
+    small = tmp_path / "small.safetensors"
+    save_file({"gpt_neox.embed_in.weight": torch.zeros(4096, 64)}, small)
+    for weights, expected in ((small, "does not fit"), (tmp_path / "absent.safetensors", "is not a file")):
+        with pytest.raises(UserError, match=expected):
+            load_model(model_spec(compose_cfg(f"model.weights={weights}")))
