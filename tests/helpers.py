@@ -42,6 +42,14 @@ def run_cli(*args, cwd, env=None, timeout=300, umask=None):
                           preexec_fn=None if umask is None else (lambda: os.umask(umask)))
 
 
+def run_clis(arg_lists, cwd, **kwargs):
+    """run_cli for each list of args, two at a time (one process per core): [CompletedProcess]."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: run_cli(*args, cwd=cwd, **kwargs), arg_lists))
+
+
 def reference_weights(kind, alpha, n):
     """Closed forms of docs/math.md: exp(alpha) is alpha (1-alpha)^(n-1-t) / (1 - (1-alpha)^n)."""
     t = torch.arange(n, dtype=torch.float64)

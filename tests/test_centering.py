@@ -17,7 +17,7 @@ from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
 from actexp.model import load_model
 from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
-                     run_cli)
+                     run_cli, run_clis)
 
 MEAN = ["corpus=samples", "centering.min_count=4"]
 
@@ -114,18 +114,17 @@ def test_a_mean_of_another_dtype_is_refused(artifacts):
 
 
 def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
-    r = run_cli("centering=corpus_mean", f"paths.artifacts={artifacts}", "text=Hello world",
-                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    ok, other_dtype, r = run_clis([
+        ["centering=corpus_mean", f"paths.artifacts={artifacts}", "text=Hello world", f"hydra.run.dir={tmp_path / 'run'}"],
+        ["centering=corpus_mean", f"paths.artifacts={artifacts}", "text=hi", "hardware.dtype=bfloat16"],
+        ["centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi"]], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
     meta = json.loads((tmp_path / "run" / "vector.json").read_text())
     assert meta["centering"]["name"] == "corpus_mean" and meta["centering"]["mean"]["docs"] == 20
     used = load_mean(meta["centering"]["mean"]["path"])
     assert meta["centering"]["mean"]["sha256"] == used.sha256 and len(used.sha256) == 64
-    r = run_cli("centering=corpus_mean", f"paths.artifacts={artifacts}", "text=hi", "hardware.dtype=bfloat16",
-                cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and 'dtype="float32"' in r.stderr, r.stderr
-    r = run_cli("centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi",
-                cwd=tmp_path)
+    assert other_dtype.returncode == 2 and other_dtype.stderr.count("\n") == 1, other_dtype.stderr
+    assert 'dtype="float32"' in other_dtype.stderr
     assert r.returncode == 2
     assert f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} 'model.layers=[1]'`" in r.stderr
 

@@ -20,7 +20,7 @@ from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
 from actexp.jobs.common import model_spec
-from helpers import REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli
+from helpers import REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis
 
 
 @pytest.fixture()
@@ -269,16 +269,15 @@ def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
 def test_progress_and_cli_errors(tmp_path, docs_dir):
     art = tmp_path / "art"
     run_mean(art, *files_corpus(docs_dir), "mean.stage=extract")
-    r = run_cli("job=mean", "mean.stage=progress", *files_corpus(docs_dir), f"paths.artifacts={art}",
-                f"hydra.run.dir={tmp_path / 'p'}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "shards 4 / 4, documents 7 / 7" in r.stdout and "not yet aggregated" in r.stdout
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "blank.txt").write_text("\n")
-    for args, expected in [
-        (["corpus=files", f"corpus.path={tmp_path / 'empty'}"], "has no documents"),
-        (["corpus=files"], "corpus.path"),
-        (["mean.stage=sideways"], "mean.stage"),
-    ]:
-        r = run_cli("job=mean", f"paths.artifacts={art}", *args, cwd=tmp_path)
+    bad = [(["corpus=files", f"corpus.path={tmp_path / 'empty'}"], "has no documents"),
+           (["corpus=files"], "corpus.path"),
+           (["mean.stage=sideways"], "mean.stage")]
+    progress = ["mean.stage=progress", *files_corpus(docs_dir), f"hydra.run.dir={tmp_path / 'p'}"]
+    r, *errors = run_clis([["job=mean", f"paths.artifacts={art}", *args] for args in [progress, *(a for a, _ in bad)]],
+                          cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "shards 4 / 4, documents 7 / 7" in r.stdout and "not yet aggregated" in r.stdout
+    for r, (_, expected) in zip(errors, bad):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr

@@ -117,7 +117,7 @@ def test_select_layers():
 HELD_OUT_MARGIN = 3.0  # nats per token: the shipped weights reach ~4.2 on unseen docstrings, random ones ~8.3
 
 
-def held_out_loss(lm, n_tokens=8192, seq=1024):
+def held_out_loss(lm, n_tokens=4096, seq=1024):
     """Next-token loss on docstrings the training never saw (every one whose id is 0 modulo 20, as
     scripts/train_tiny.py holds out), on the first n_tokens of them."""
     eos = lm.tokenizer.eos_token_id
