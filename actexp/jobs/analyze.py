@@ -14,7 +14,7 @@ import numpy as np
 from .. import labelled, plots
 from ..analysis import analyze
 from ..errors import UserError
-from ..io import read_vectors_csv, vectors_csv_path, write_json
+from ..io import write_json
 from ..reader import VectorStore
 from ..report import plural, wrote
 from . import common
@@ -34,23 +34,16 @@ def _from_texts(cfg, backend, texts: labelled.LabelledTexts) -> dict:
 
 
 def _from_csvs(cfg, out_dir) -> dict:
-    paths = [Path(p) for p in cfg.analyze.csvs] or [
-        p for p in (vectors_csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
-    if not paths:
-        raise UserError("analyze.source=csv needs analyze.csvs=[raw.csv] or [raw.csv,centered.csv]: vectors CSVs "
-                        "of a csv or pipeline run")
-    loaded = [read_vectors_csv(p) for p in paths]
+    paths, loaded = zip(*common.vector_csvs(cfg.analyze.csvs, out_dir, cfg.pooling.name, "analyze.csvs"))
     names = loaded[0][1]
-    if any(x[1] != names for x in loaded):
-        raise UserError(f"{paths[0]} and {paths[-1]} hold different texts")
-    samples = labelled.samples()
-    known = all(n in samples.names for n in names)
+    samples = labelled.samples()  # CSVs of the samples get their labels; other texts get geometry only
+    at = {n: i for i, n in enumerate(samples.names)}
+    known = all(n in at for n in names)
     index = {n: i for i, n in enumerate(names)}
-    partners = [index.get(samples.names[samples.partners[samples.names.index(n)]]) for n in names] if known else None
     sidecar = loaded[0][2]
     return {"source": {"kind": "csv", "path": [str(p) for p in paths]}, "names": names,
-            "groups": [samples.groups[samples.names.index(n)] for n in names] if known else None,
-            "partners": partners, "vectors": {x[2].get("variant", p.stem): x[0] for x, p in zip(loaded, paths)},
+            "groups": [samples.groups[at[n]] for n in names] if known else None,
+            "partners": [index.get(samples.names[samples.partners[at[n]]]) for n in names] if known else None, "vectors": {x[2].get("variant", p.stem): x[0] for x, p in zip(loaded, paths)},
             "chunks": sidecar.get("pooling", {}).get("labels") or [c.label for c in common.chunks(cfg.pooling)],
             "metadata": {k: sidecar.get(k) for k in ("model", "pooling", "centering")}}
 

@@ -12,6 +12,7 @@ from ..artifacts import find_means, load_mean, mismatch
 from ..artifacts import root as store_root
 from ..centering import CorpusMean
 from ..errors import UserError
+from ..io import read_vectors_csv, vectors_csv_path
 from ..model import ModelSpec, identity
 from ..pooling import Chunk
 
@@ -90,3 +91,16 @@ def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
                     "labels": [c.label for c in chunks(cfg.pooling)]},
         "centering": centering_metadata(mean),
     }
+
+
+def vector_csvs(paths, out_dir, pooling_name: str, key: str) -> list:
+    """One or two vectors CSVs (raw, centred) of the same texts: those given, else this run's, each
+    read as (vectors [N, D], names, sidecar)."""
+    paths = [Path(p) for p in paths] or [
+        p for p in (vectors_csv_path(out_dir, pooling_name, v) for v in ("raw", "centered")) if p.is_file()]
+    if not paths or len(paths) > 2:
+        raise UserError(f"{key}=[one.csv] or [raw.csv,centered.csv] is needed: vectors CSVs of a csv or pipeline run")
+    loaded = [read_vectors_csv(p) for p in paths]
+    if any(x[1] != loaded[0][1] for x in loaded):
+        raise UserError(f"{paths[0]} and {paths[-1]} hold different texts")
+    return list(zip(paths, loaded))

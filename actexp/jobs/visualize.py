@@ -5,8 +5,6 @@ import logging
 from pathlib import Path
 
 from .. import plots
-from ..errors import UserError
-from ..io import read_vectors_csv, vectors_csv_path
 from ..report import plural, wrote
 from . import common
 
@@ -14,15 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
-    paths = [Path(p) for p in cfg.visualize.csvs] or [
-        p for p in (vectors_csv_path(out_dir, cfg.pooling.name, v) for v in ("raw", "centered")) if p.is_file()]
-    if not paths or len(paths) > 2:
-        raise UserError("job=visualize needs visualize.csvs=[one.csv] or [raw.csv,centered.csv]: vectors CSVs of a "
-                        "csv or pipeline run")
-    loaded = [read_vectors_csv(p) for p in paths]
+    paths, loaded = zip(*common.vector_csvs(cfg.visualize.csvs, out_dir, cfg.pooling.name, "visualize.csvs"))
     names = loaded[0][1]
-    if any(x[1] != names for x in loaded):
-        raise UserError(f"{paths[0]} and {paths[1]} hold different samples")
     sets = [x[0] for x in loaded]
     labels = [x[2].get("variant", p.stem) for x, p in zip(loaded, paths)]
     chunk_labels = loaded[0][2].get("pooling", {}).get("labels") or [c.label for c in common.chunks(cfg.pooling)]
