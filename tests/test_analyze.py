@@ -181,6 +181,11 @@ def test_bad_queries_and_sources_are_one_line(art, tmp_path):
     with pytest.raises(UserError, match="another model or pooling"):
         jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.store={store_dir}", "pooling=short",
                                           "neighbors.queries=[hello]"), tmp_path)
+    raw = jobs.run("store", compose_cfg("job=store", "corpus=samples", f"paths.artifacts={root}"), tmp_path)
+    with pytest.raises(UserError, match="raw vectors only"):
+        jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.store={root / 'vectors' / raw['store_id']}",
+                                          "centering=corpus_mean", f"paths.artifacts={root}", "neighbors.queries=[hi]"),
+                 tmp_path)
     with pytest.raises(UserError, match="needs queries"):
         jobs.run("neighbors", compose_cfg("job=neighbors"), tmp_path)
     labels = tmp_path / "one_group.jsonl"

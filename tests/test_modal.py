@@ -42,6 +42,7 @@ def test_app_definition_imports_offline():
     mount = modal_app.image._deps_()[-1]  # added last, after every build step
     files = {str(remote_path) for _, remote_path in mount.entries[0].get_files_to_upload()}
     assert "/root/actexp/backends/local.py" in files and "/root/actexp/assets/tiny_tokenizer.json" in files
+    assert "/root/actexp/assets/tiny_model.safetensors" in files  # model=tiny's weights go with the code
     for function in (modal_app.aggregate, modal_app.shard_headers):  # CPU work next to the shards
         assert function._spec_.gpus is None and modal_app.ARTIFACTS_DIR in function._spec_.volumes
     assert modal_app.HF_DIR in modal_app.download_weights._spec_.volumes

@@ -59,6 +59,8 @@ def _open_store(cfg, mean):
                             f"({made['model']['model']}, pooling={made['pooling']['name']}): query it with the "
                             "overrides it was written with, or give neighbors.ids instead of texts")
         used = (made["centering"].get("mean") or {}).get("sha256")
+        if mean is not None and used is None:
+            raise UserError(f"the store {store.folder.name} holds raw vectors only: query it with centering=none")
         if mean is not None and used != mean.sha256:
             raise UserError(f"the store {store.folder.name} was centred with another mean ({str(used)[:12]}): "
                             f"set centering.mean_path={made['centering']['mean']['path']} or centering=none")

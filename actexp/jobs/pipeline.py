@@ -46,7 +46,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 
 
 def summary(cfg, out_dir, metrics: dict, failed) -> str:
-    """The answer of the experiment in four lines (all chunks together)."""
+    """The answer of the experiment in five lines (all chunks together)."""
     def pair(metric):
         raw, centred = (metrics.get(f"analyze/{metric}/{v}/all") for v in ("raw", "centered"))
         return f"raw {raw:.3f} -> centred {centred:.3f}"
