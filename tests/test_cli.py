@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from actexp.jobs.common import model_spec
 from actexp.model import load_model
 from actexp.schema import CONF
-from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
+from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, run_clis
 
 
 def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
@@ -52,18 +52,16 @@ def test_extract_from_file_short_and_default_output_dir(tmp_path):
 
 
 def test_similarity_per_chunk(tmp_path):
-    out = tmp_path / "sim"
+    out, out2 = tmp_path / "sim", tmp_path / "sim2"
     (tmp_path / "b.txt").write_text(TEXTS[1], encoding="utf-8")
-    r = run_cli("job=similarity", f"text_a={TEXTS[1]}", "file_b=b.txt", f"hydra.run.dir={out}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    (tmp_path / "long.txt").write_text(TEXTS[2], encoding="utf-8")
+    same, other = run_clis([["job=similarity", f"text_a={TEXTS[1]}", "file_b=b.txt", f"hydra.run.dir={out}"],
+                            ["job=similarity", "pooling=short", "text_a=Cats purr.", "file_b=long.txt",
+                             f"hydra.run.dir={out2}"]], cwd=tmp_path)
+    assert same.returncode == 0 and other.returncode == 0, same.stderr + other.stderr
     sim = json.loads((out / "similarity.json").read_text())
     assert sim["cosine"] == pytest.approx(1.0, abs=1e-6)  # the same text twice
     assert list(sim["chunks"]) == ["last", "exp 0.023", "exp 0.067", "exp 0.159"]
-    out2 = tmp_path / "sim2"
-    (tmp_path / "long.txt").write_text(TEXTS[2], encoding="utf-8")
-    r = run_cli("job=similarity", "pooling=short", "text_a=Cats purr.", "file_b=long.txt",
-                f"hydra.run.dir={out2}", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
     sim = json.loads((out2 / "similarity.json").read_text())
     assert -1 <= sim["cosine"] < 0.9999 and list(sim["chunks"]) == ["exp 0.067"]
     assert sim["n_tokens"][0] < sim["n_tokens"][1]
