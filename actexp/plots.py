@@ -27,13 +27,6 @@ def _save(fig, path: Path) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    """[N, D] -> [N, N] cosine similarities, in float64."""
-    x = vectors.astype(np.float64)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
-    return x @ x.T
-
-
 def off_diagonal(sim: np.ndarray) -> np.ndarray:
     return sim[~np.eye(len(sim), dtype=bool)] if len(sim) > 1 else sim.ravel()
 

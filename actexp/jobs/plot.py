@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from .. import plots
+from ..retrieval import cosine_matrix
 from ..errors import UserError
 from ..io import read_vectors_csv, vectors_csv_path
 from ..report import plural, wrote
@@ -27,17 +28,17 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         raise UserError(f"{path} has {vectors.shape[1]} rows, not a multiple of the {len(labels)} chunks of pooling={mode}")
     kind = info.get("variant", variant)
     title = f"Cosine similarity, {mode} mode, {kind}"
-    figures = {f"similarity_{mode}_all.png": (plots.cosine_matrix(vectors),
+    figures = {f"similarity_{mode}_all.png": (cosine_matrix(vectors),
                                               f"{title} ({'all chunks' if len(labels) > 1 else labels[0]})")}
     if len(labels) > 1:
         width = vectors.shape[1] // len(labels)
         for k, label in enumerate(labels):
-            figures[f"similarity_{mode}_chunk{k}.png"] = (plots.cosine_matrix(vectors[:, k * width:(k + 1) * width]),
+            figures[f"similarity_{mode}_chunk{k}.png"] = (cosine_matrix(vectors[:, k * width:(k + 1) * width]),
                                                           f"{title}: chunk {k} ({label})")
-    scale = plots.color_scale([sim for sim, _ in figures.values()], cfg.plot.vmin, cfg.plot.vmax, cfg.plot.center)
+    sims = [sim for sim, _ in figures.values()]
+    scale = plots.color_scale(sims, cfg.plot.vmin, cfg.plot.vmax, cfg.plot.center)
     written = [plots.heatmap(sim, names, t, Path(out_dir) / name, scale) for name, (sim, t) in figures.items()]
     tracker.images(written)
-    sims = [sim for sim, _ in figures.values()]
     metrics = {"cosine_offdiag_mean": float(plots.off_diagonal(sims[0]).mean())}
     metrics |= {f"cosine_offdiag_mean/{label}": float(plots.off_diagonal(sim).mean())
                 for label, sim in zip(labels, sims[1:])}
