@@ -80,6 +80,6 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     x = h.to(torch.float64).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything
     outs = []
     for mean in means:
-        centred = x if mean is None else (x - mean[:T].to(torch.float64)).masked_fill_(~valid[..., None], 0.0)
+        centred = x if mean is None else x - mean[:T].to(torch.float64)  # pads: finite, weighted 0
         outs.append(torch.bmm(w, centred).reshape(B, -1).to(torch.float32))  # [B, C*H]
     return outs
