@@ -270,26 +270,28 @@ def seeded_init(model: torch.nn.Module, seed: int) -> None:
             p.copy_(values)
 
 
-def _random_model(spec: ModelSpec, dtype, device):
+def _architecture(spec: ModelSpec, dtype, device):
+    """The model of `arch` (or of name_or_path's config) with weights still to be set."""
     from transformers import AutoModelForCausalLM
 
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(model_config(spec), dtype=dtype, attn_implementation=spec.attn_implementation)
+
+
+def _random_model(spec: ModelSpec, dtype, device):
     if spec.arch is None and not spec.name_or_path:
         raise UserError("model.random_init=true needs model.arch or model.name_or_path")
-    config = model_config(spec)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=spec.attn_implementation)
+    model = _architecture(spec, dtype, device)
     seeded_init(model, spec.seed)
     return model
 
 
 def _model_from_weights(spec: ModelSpec, dtype, device):
-    """The architecture of `arch` (or of name_or_path's config) with the weights of model.weights."""
+    """The architecture with the weights of model.weights."""
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
 
     path = weights_file(spec)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(model_config(spec), dtype=dtype, attn_implementation=spec.attn_implementation)
+    model = _architecture(spec, dtype, device)
     try:
         model.load_state_dict({k: v.to(dtype) for k, v in load_file(path).items()}, strict=True)
     except RuntimeError as e:
