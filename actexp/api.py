@@ -57,6 +57,10 @@ class Vectors:
     truncated: List[bool]  # cut at the model's max_tokens
     chunks: List[str]  # the C chunk labels: "last", "exp 0.067", ...
 
+    def by_variant(self) -> Dict[str, np.ndarray]:
+        """{"raw": [N, C*H][, "centered": [N, C*H]]}, as actexp.analyze takes them."""
+        return {"raw": self.raw} | ({} if self.centered is None else {"centered": self.centered})
+
     def chunk(self, k: int, variant: str = "raw") -> np.ndarray:
         """[N, H]: chunk k of every vector."""
         x = getattr(self, variant)
@@ -175,7 +179,7 @@ def analyze(vectors: Union[Vectors, Dict[str, np.ndarray]], chunks: Optional[Seq
     """The analysis of job=analyze on arrays: Vectors, or {variant: [N, C*H]} with the C chunk labels."""
     if isinstance(vectors, Vectors):
         chunks = vectors.chunks
-        vectors = {"raw": vectors.raw} | ({} if vectors.centered is None else {"centered": vectors.centered})
+        vectors = vectors.by_variant()
     return analysis.analyze(vectors, chunks or ["all"], groups, partners)
 
 

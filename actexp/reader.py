@@ -73,6 +73,10 @@ class VectorStore:
         return self.metadata().column("id").to_pylist()
 
     @functools.cached_property
+    def names(self) -> List[str]:
+        return self.metadata().column("name").to_pylist()
+
+    @functools.cached_property
     def _row_of(self) -> Dict[str, int]:
         return {doc_id: row for row, doc_id in enumerate(self.ids)}
 

@@ -43,6 +43,10 @@ class Vectors:
     n_tokens: List[int]
     truncated: List[bool]
 
+    def by_variant(self) -> dict:
+        """{"raw": [N, C*H] numpy[, "centered": ...]}: what the analysis and the search take."""
+        return {"raw": self.raw.numpy()} | ({} if self.centered is None else {"centered": self.centered.numpy()})
+
 
 class LocalBackend:
     """The model in this process; batches are bounded by batch_tokens (padded tokens) and max_padding."""

@@ -26,8 +26,7 @@ SOURCES = ("samples", "jsonl", "csv", "store")
 def _from_texts(cfg, backend, texts: labelled.LabelledTexts) -> dict:
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
-    result = backend.vectors(texts.texts, chunk_list, mean)
-    vectors = {"raw": result.raw.numpy()} | ({} if mean is None else {"centered": result.centered.numpy()})
+    vectors = backend.vectors(texts.texts, chunk_list, mean).by_variant()
     return {"source": {"kind": cfg.analyze.source, "path": texts.source}, "names": texts.names, "groups": texts.groups,
             "partners": texts.partners, "vectors": vectors, "chunks": [c.label for c in chunk_list],
             "metadata": common.metadata(cfg, backend.metadata, mean)}
@@ -54,10 +53,9 @@ def _from_store(cfg) -> dict:
     store = VectorStore.open(cfg.analyze.path)
     rng = np.random.default_rng(cfg.analyze.seed)
     rows = np.sort(rng.choice(len(store), size=min(cfg.analyze.max_rows, len(store)), replace=False))
-    names = store.metadata().column("name").to_pylist()
     return {"source": {"kind": "store", "path": str(store.folder), "rows_sampled": len(rows), "rows": len(store),
                        "seed": cfg.analyze.seed},
-            "names": [names[r] for r in rows], "groups": None, "partners": None,
+            "names": [store.names[r] for r in rows], "groups": None, "partners": None,
             "vectors": {v: store.vectors(rows, variant=v) for v in store.variants},
             "chunks": store.manifest["pooling"]["labels"],
             "metadata": {k: store.manifest.get(k) for k in ("model", "pooling", "centering")}}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from ..artifacts import mismatch
 from ..corpus import bundled_samples
 from ..errors import UserError
 from ..io import write_json, write_text
@@ -29,11 +30,10 @@ class Samples:
 
     def __init__(self, cfg, backend, mean):
         docs = bundled_samples()
-        result = backend.vectors([d.text for d in docs], common.chunks(cfg.pooling), mean)
-        self._vectors = {"raw": result.raw.numpy()} | ({} if mean is None else {"centered": result.centered.numpy()})
+        self._vectors = backend.vectors([d.text for d in docs], common.chunks(cfg.pooling), mean).by_variant()
         self.ids = [d.name for d in docs]  # a sample's name is its id here
         self.names, self.variants, self.folder = self.ids, list(self._vectors), "samples"
-        self.metadata_of_vectors = common.metadata(cfg, backend.metadata, mean)
+        self.manifest = common.metadata(cfg, backend.metadata, mean)
 
     def __len__(self):
         return len(self.ids)
@@ -53,19 +53,18 @@ def _open_store(cfg, mean):
     store = VectorStore.open(cfg.neighbors.store)
     made = store.manifest
     if cfg.neighbors.queries:
-        wanted = common.model_identity(cfg)
-        if made["model"] != wanted or made["pooling"]["chunks"] != OmegaConf.to_container(cfg.pooling.chunks):
-            raise UserError(f"the store {store.folder.name} was written for another model or pooling "
-                            f"({made['model']['model']}, pooling={made['pooling']['name']}): query it with the "
-                            "overrides it was written with, or give neighbors.ids instead of texts")
+        differs = mismatch(made["model"], common.model_identity(cfg))
+        if differs is None and made["pooling"]["chunks"] != OmegaConf.to_container(cfg.pooling.chunks):
+            differs = f"pooling={made['pooling']['name']} (this config has pooling={cfg.pooling.name})"
+        if differs:
+            raise UserError(f"the store {store.folder.name} was written for another model or pooling ({differs}): "
+                            "query it with the overrides it was written with, or give neighbors.ids instead of texts")
         used = (made["centering"].get("mean") or {}).get("sha256")
         if mean is not None and used is None:
             raise UserError(f"the store {store.folder.name} holds raw vectors only: query it with centering=none")
         if mean is not None and used != mean.sha256:
             raise UserError(f"the store {store.folder.name} was centred with another mean ({str(used)[:12]}): "
                             f"set centering.mean_path={made['centering']['mean']['path']} or centering=none")
-    store.names = store.metadata().column("name").to_pylist()
-    store.metadata_of_vectors = {k: made.get(k) for k in ("model", "pooling", "centering")}
     return store
 
 
@@ -100,7 +99,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     out = Path(out_dir)
     csv_lines = [",".join(COLUMNS)] + [",".join(_cell(r[c]) for c in COLUMNS) for r in records]
     written = [write_text(out / "neighbors.csv", "\n".join(csv_lines) + "\n"),
-               write_json(out / "neighbors.json", store.metadata_of_vectors | {
+               write_json(out / "neighbors.json", {k: store.manifest.get(k) for k in ("actexp_version", "model", "pooling", "centering")} | {
                    "among": str(store.folder), "rows": len(store), "k": nb.k, "neighbors": records})]
     tracker.table("neighbors", COLUMNS, [[r[c] for c in COLUMNS] for r in records])
     log.info(_side_by_side(records, labels, variants))
