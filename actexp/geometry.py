@@ -39,9 +39,9 @@ def anisotropy(x: np.ndarray, pairs: np.ndarray, top: int = 3) -> Dict[str, obje
             "rogue_dims": [int(d) for d in order]}
 
 
-def principal_components(x: np.ndarray, share: float = 0.9) -> Dict[str, object]:
+def principal_components(x: np.ndarray) -> Dict[str, object]:
     """Variance along the principal components of x (its own mean removed): the share of the
-    first, how many reach `share` of the total, and every text's coordinates on the first two."""
+    first, how many reach 90 % of the total, and every text's coordinates on the first two."""
     xc = np.asarray(x, dtype=np.float64)
     xc = xc - xc.mean(0)  # [N, D]
     gram = xc @ xc.T  # [N, N]: N << D, so its eigenvectors are cheaper than an SVD of x
@@ -53,5 +53,5 @@ def principal_components(x: np.ndarray, share: float = 0.9) -> Dict[str, object]
     shares = values / total
     coords = vectors[:, :2] * np.sqrt(values[:2])  # [N, 2] (fewer columns for one text)
     coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
-    return {"pc1_share": float(shares[0]), "pcs_for_90": int(np.searchsorted(np.cumsum(shares), share - 1e-12) + 1),
+    return {"pc1_share": float(shares[0]), "pcs_for_90": int(np.searchsorted(np.cumsum(shares), 0.9 - 1e-12) + 1),
             "coords": coords}

@@ -109,7 +109,6 @@ class Extractor:
         artifacts_volume.commit()
         return meta
 
-
     @modal.method()
     def store_shard(self, request: dict) -> dict:
         """{index, texts, doc_ids, names, chunks, mean, mean_sha256, layout} -> the shard's header; the
