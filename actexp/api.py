@@ -133,8 +133,9 @@ class Session:
         return Similarity(overall, per_chunk, "raw" if mean is None else "centered")
 
     def corpus_mean(self, compute: bool = False) -> Mean:
-        """The corpus mean that fits this model (centering.mean_path, or the newest in the store);
-        with compute=True, job=mean computes it first if there is none (resuming any shards)."""
+        """The corpus mean of this config (its model, corpus, min_count and tail_start; or the file
+        centering.mean_path names); with compute=True, job=mean computes it first if it is missing
+        (resuming any shards)."""
         try:
             found = common.corpus_mean(self._cfg, required=True)
         except UserError:

@@ -29,8 +29,10 @@ import torch
 from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
+from . import shards
 from .centering import CorpusMean, MeanAccumulator
 from .errors import UserError
+from .fingerprint import COMMIT
 from .io import write_json, write_safetensors
 from .report import progress
 
@@ -44,6 +46,11 @@ def root(artifacts) -> Path:
     return Path(artifacts).expanduser().resolve()
 
 
+def hash_cache(artifacts) -> Path:
+    """Where the hashes of model files are kept between runs (fingerprint.file_sha256)."""
+    return root(artifacts) / "hashes"
+
+
 def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -51,16 +58,18 @@ def digest(obj) -> str:
 def model_label(m: dict) -> str:
     """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
-    revision = m["revision"] or (f"seed{m['seed']}" if m["random_init"] else
-                                 f"w{m['weights'][:8]}" if m.get("weights") else "main")
+    revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
+        f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
+        f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
     bos = "bos" if m["prepend_bos"] else "nobos"
     return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
 
 
-def stats_id(model_identity: dict, corpus_id: str) -> str:
-    """Readable (model_label, corpus), and unique by a hash of the whole identity and the corpus id."""
-    return f"{model_label(model_identity)}__{corpus_id}__{digest([model_identity, corpus_id])}"
+def stats_id(model_identity: dict, corpus_id: str, shard_size: int) -> str:
+    """Readable (model_label, corpus), and unique by a hash of the whole identity, the corpus id and
+    the shard size (the sums are merged shard by shard, so their grouping fixes the last bits)."""
+    return f"{model_label(model_identity)}__{corpus_id}__{digest([model_identity, corpus_id, shard_size])}"
 
 
 @dataclass(frozen=True)
@@ -70,11 +79,12 @@ class Stats:
     root: Path
     identity: dict
     corpus_id: str
+    shard_size: int  # documents per shard (corpus.shard_size)
     locking: bool = True
 
     @property
     def id(self) -> str:
-        return stats_id(self.identity, self.corpus_id)
+        return stats_id(self.identity, self.corpus_id, self.shard_size)
 
     @property
     def folder(self) -> Path:
@@ -94,7 +104,19 @@ class Stats:
 
     def spec(self) -> dict:
         """What a remote worker needs to find the same files under its own root."""
-        return {"identity": self.identity, "corpus_id": self.corpus_id}
+        return {"identity": self.identity, "corpus_id": self.corpus_id, "shard_size": self.shard_size}
+
+    def read_shard(self, index: int) -> Optional[Tuple[dict, List[str], Tuple[torch.Tensor, torch.Tensor]]]:
+        """(header, document ids, (sum, count)) of a shard whose checksum is right, else None (shards.check)."""
+        read = read_stats(self.shard(index))
+        return None if read is None else (read[2], read[2].get("doc_ids"), read[:2])
+
+    def foreign(self, header: dict) -> Optional[str]:
+        """Why a shard's header belongs to other sums (None if it belongs to these)."""
+        for key, expected in (("stats_id", self.id), ("dtype", self.identity["dtype"])):
+            if header.get(key) != expected:
+                return f"was computed for {key}={header.get(key)} (these sums are for {key}={expected})"
+        return None
 
 
 def folder_lock(folder: Path, name: str, locking: bool = True):
@@ -211,34 +233,9 @@ def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
     return None
 
 
-def find_means(artifacts: Path, model_identity: dict) -> Tuple[List[Path], Optional[str]]:
-    """Corpus means in the store that fit the model, newest first, and why the newest mean made
-    for a model of the same name does not fit (None if there is none)."""
-    found, misses = [], []
-    paths = sorted(root(artifacts).glob(f"means/*/{MEAN_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for path in paths:
-        meta = read_header(path) or {}
-        diff = mismatch(meta, model_identity)
-        if diff is None:
-            found.append(path)
-        elif meta.get("model") == model_identity["model"]:
-            misses.append(f"{path.parent.name} has {diff}")
-    return found, misses[0] if misses else None
-
-
 def shard_headers(stats: Stats) -> List[dict]:
     """The headers of the shard files on disk (unreadable ones count as empty)."""
     return [read_header(p) or {} for p in sorted((stats.folder / "shards").glob("*.safetensors"))]
-
-
-def shard_problem(stats: Stats, header: dict, doc_ids: Optional[List[str]] = None) -> Optional[str]:
-    """Why a shard's header does not belong to these sums (None if it does)."""
-    for key, expected in (("stats_id", stats.id), ("dtype", stats.identity["dtype"])):
-        if header.get(key) != expected:
-            return f"it was computed for {key}={header.get(key)} (these sums are for {key}={expected})"
-    if doc_ids is not None and header.get("doc_ids") != doc_ids:
-        return "its documents are not this shard's documents"
-    return None
 
 
 def write_manifest(stats: Stats, n_shards: int, docs: int, tokens: int) -> None:
@@ -255,18 +252,15 @@ def read_manifest(stats: Stats) -> Optional[dict]:
 
 def _merge_one(stats: Stats, acc: MeanAccumulator, k: int) -> None:
     """Add shard k to acc; refuse a missing, corrupt or foreign shard (removed: extract redoes it)."""
-    path = stats.shard(k)
-    read = read_stats(path)
-    problem = "is missing or corrupt" if read is None else shard_problem(stats, read[2])
-    if problem:
+    checked = shards.check(stats, k)
+    if checked.problem:
         with stats.lock(f"shard-{k:05d}"):  # a writer of this shard may be finishing it: wait, then look again
-            read = read_stats(path)
-            problem = "is missing or corrupt" if read is None else shard_problem(stats, read[2])
-            if problem:
-                path.unlink(missing_ok=True)
-                raise UserError(f"shard {k} of {stats.id} {problem} and was removed: "
+            checked = shards.check(stats, k)
+            if checked.problem:
+                stats.shard(k).unlink(missing_ok=True)
+                raise UserError(f"shard {k} of {stats.id} {checked.problem} and was removed: "
                                 "run the same job=mean command again to recompute it")
-    acc.merge(read[0], read[1], read[2]["docs"], read[2]["tokens"])
+    acc.merge(*checked.content, checked.header["docs"], checked.header["tokens"])
 
 
 def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, checkpoint_every: int) -> CorpusMean:

@@ -145,7 +145,8 @@ class Corpus:
 
     Its id reads as name, source and limit, and ends with a hash of the config and of the
     documents' own ids in order (a hash of their texts), so an edited, added or removed file gives
-    a new id. A streamed Hugging Face dataset is identified by name, split and limit only: hashing
+    a new id. It names the documents only: how they are cut into shards belongs to what is made
+    of them (the mean's sums, a vector store). A streamed Hugging Face dataset is identified by name, split and limit only: hashing
     it would mean downloading it.
     """
 
@@ -168,7 +169,7 @@ class Corpus:
             "hf": f"{cfg.dataset}-{cfg.split}".replace("/", "_"),
         }[cfg.source]
         key = json.dumps([cfg.source, str(Path(cfg.path).expanduser().resolve()) if cfg.path else None,
-                          cfg.dataset, cfg.split, cfg.text_field, cfg.min_chars, cfg.max_docs, cfg.shard_size,
+                          cfg.dataset, cfg.split, cfg.text_field, cfg.min_chars, cfg.max_docs,
                           None if cfg.source == "hf" else self._scan[1]])
         limit = f"n{cfg.max_docs}" if cfg.max_docs else "all"
         return f"{cfg.name}-{source}-{limit}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"

@@ -3,8 +3,6 @@
 The LM head is loaded with the checkpoint but never run: activations come from the body.
 """
 
-import functools
-import hashlib
 import os
 import socket
 import warnings
@@ -16,6 +14,7 @@ from urllib.parse import urlparse
 import torch
 
 from .errors import UserError
+from .fingerprint import checkpoint_sha256, file_sha256, hub_commit
 
 BUNDLED_TOKENIZER = Path(__file__).parent / "assets" / "tiny_tokenizer.json"
 # The trained weights of model=tiny (scripts/train_tiny.py), named `model.weights=bundled`.
@@ -112,29 +111,9 @@ def model_config(spec: ModelSpec):
         )
     if not spec.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
-    local = _local_source(spec.name_or_path)
+    local = local_source(spec.name_or_path)
     return _load(AutoConfig, local or spec.name_or_path, bool(local), "checkpoint" if local else "hub model",
-                 revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-
-
-# Weight, config and tokenizer files of a checkpoint folder: their names, sizes and times identify it.
-CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
-
-
-def checkpoint_fingerprint(name_or_path: Optional[str]) -> Optional[str]:
-    """For a local checkpoint folder, a hash of its config.json and of the names, sizes and
-    modification times of its files, so that a folder re-saved with new weights gets a new
-    identity without reading gigabytes of weights; None for hub ids and random weights."""
-    path = Path(name_or_path).expanduser() if name_or_path else None
-    if path is None or not path.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES):
-        st = f.stat()
-        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-        if f.name == "config.json":
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+                 revision=hub_revision(spec.name_or_path, spec.revision), trust_remote_code=spec.trust_remote_code)
 
 
 def weights_file(spec: ModelSpec) -> Optional[Path]:
@@ -148,24 +127,33 @@ def weights_file(spec: ModelSpec) -> Optional[Path]:
     return path
 
 
-@functools.lru_cache(maxsize=8)
-def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+def hub_revision(source: Optional[str], revision: Optional[str]) -> Optional[str]:
+    """The commit to load a hub model or tokenizer from: its revision resolved (None = main, which
+    moves), so that what is loaded is what the identity names; `revision` as given for local
+    folders, or when nobody can tell (loading then says why)."""
+    if not source or local_source(source):
+        return revision
+    return hub_commit(source, revision) or revision
 
 
-def weights_fingerprint(spec: ModelSpec) -> Optional[str]:
-    """The sha256 of the weights file (a few MB, hashed once per process): new weights, new identity."""
-    path = weights_file(spec)
-    if path is None:
-        return None
-    st = path.stat()
-    return _file_digest(path, st.st_size, st.st_mtime_ns)
+def tokenizer_sha256(spec: ModelSpec, cache: Optional[Path] = None) -> Optional[str]:
+    """The tokenizer's content: the bundled file's hash, a model.tokenizer folder's, or the commit of a
+    hub tokenizer; None where the checkpoint's own tokenizer is already in its identity."""
+    if spec.tokenizer:
+        local = local_source(spec.tokenizer)
+        return checkpoint_sha256(Path(local), spec.trust_remote_code, cache) if local else hub_revision(spec.tokenizer, None)
+    if spec.random_init or spec.weights:
+        return file_sha256(BUNDLED_TOKENIZER, cache)[:16]
+    return None
 
 
-def identity(spec: ModelSpec, config=None) -> dict:
+def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) -> dict:
     """Everything that determines a model's activations, from config alone (no weights loaded):
-    a corpus mean fits a model only if every field is equal."""
+    a corpus mean fits a model only if every field is equal. Files count by content (fingerprint.py;
+    their hashes cached in `hash_cache`), hub models by the commit their revision points to."""
     config = config or model_config(spec)
+    local = local_source(spec.name_or_path) if spec.name_or_path and not spec.random_init else None
+    weights = weights_file(spec)
     n_blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
     layer_ids = select_layers(spec.layers, n_blocks)
     context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -175,13 +163,14 @@ def identity(spec: ModelSpec, config=None) -> dict:
     return {
         "model": spec.name,
         "name_or_path": spec.name_or_path,
-        "revision": spec.revision,
-        "checkpoint": checkpoint_fingerprint(spec.name_or_path),
+        "revision": None if spec.random_init or spec.weights else hub_revision(spec.name_or_path, spec.revision),
+        "checkpoint": None if local is None else checkpoint_sha256(Path(local), spec.trust_remote_code, hash_cache),
         "random_init": spec.random_init,
         "seed": spec.seed if spec.random_init else None,
         "arch": dict(sorted(spec.arch.items())) if spec.arch and (spec.random_init or spec.weights) else None,
-        "weights": weights_fingerprint(spec),
+        "weights": None if weights is None else file_sha256(weights, hash_cache)[:16],
         "tokenizer": spec.tokenizer,
+        "tokenizer_sha256": tokenizer_sha256(spec, hash_cache),
         "blocks": spec.blocks,
         "attn_implementation": spec.attn_implementation,
         "dtype": spec.dtype,
@@ -192,7 +181,8 @@ def identity(spec: ModelSpec, config=None) -> dict:
     }
 
 
-def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None) -> LoadedModel:
+def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None,
+               hash_cache: Optional[Path] = None) -> LoadedModel:
     """Build the LoadedModel a spec describes, on a device ("cpu", "cuda", "cuda:1")."""
     import transformers
 
@@ -211,7 +201,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
         model = _pretrained_model(spec, dtype, device)
     model.eval().requires_grad_(False)
     blocks = find_blocks(model, spec.blocks)
-    meta = identity(spec, model.config)
+    meta = identity(spec, model.config, hash_cache)
     layer_ids = select_layers(spec.layers, len(blocks))
     tokenizer = load_tokenizer(spec)
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(model.config, "bos_token_id", None)
@@ -300,7 +290,7 @@ def _model_from_weights(spec: ModelSpec, dtype, device):
     return model
 
 
-def _local_source(name_or_path: str) -> Optional[str]:
+def local_source(name_or_path: str) -> Optional[str]:
     """The local checkpoint directory meant by name_or_path, or None for a hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -346,9 +336,9 @@ def _pretrained_model(spec: ModelSpec, dtype, device):
 
     if not spec.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
-    local = _local_source(spec.name_or_path)
+    local = local_source(spec.name_or_path)
     model = _load(AutoModelForCausalLM, local or spec.name_or_path, bool(local), "checkpoint" if local else "hub model",
-                  revision=spec.revision, dtype=dtype, attn_implementation=spec.attn_implementation,
+                  revision=hub_revision(spec.name_or_path, spec.revision), dtype=dtype, attn_implementation=spec.attn_implementation,
                   trust_remote_code=spec.trust_remote_code)
     return model.to(device)
 
@@ -357,13 +347,13 @@ def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec.tokenizer:
-        source, revision = spec.tokenizer, None
+        source, revision = spec.tokenizer, hub_revision(spec.tokenizer, None)
     elif not (spec.random_init or spec.weights):
-        source, revision = spec.name_or_path, spec.revision
+        source, revision = spec.name_or_path, hub_revision(spec.name_or_path, spec.revision)
     else:  # random or bundled weights: the bundled tokenizer, so the vectors depend on nothing downloaded
         return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    local = _local_source(source)
+    local = local_source(source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _load(AutoTokenizer, local or source, bool(local), "tokenizer", revision=revision,

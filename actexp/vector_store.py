@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +70,24 @@ class StoreLayout:
         """What a remote worker needs to find the same files under its own root."""
         return {"identity": self.identity, "pooling": self.pooling, "mean_sha256": self.mean_sha256,
                 "corpus_id": self.corpus_id, "storage_dtype": self.storage_dtype, "shard_size": self.shard_size}
+
+    def read_shard(self, index: int) -> Optional[Tuple[dict, List[str], pa.Table]]:
+        """(header, document ids, table) of a shard whose checksum is right, else None (shards.check)."""
+        path = self.shard(index)
+        header = shard_header(path)
+        if header is None:
+            return None
+        try:
+            table = open_shard(path)
+            if _checksum(table) != header.get("sha256"):
+                return None
+            return header, table.column("id").to_pylist(), table
+        except (OSError, pa.ArrowInvalid, KeyError):
+            return None
+
+    def foreign(self, header: dict) -> Optional[str]:
+        """Why a shard's header belongs to another store (None if it belongs to this one)."""
+        return None if header.get("store_id") == self.id else f"belongs to another store ({header.get('store_id')})"
 
 
 def _vector_column(x: torch.Tensor, storage_dtype: str):
@@ -136,23 +154,6 @@ def shard_header(path: Path) -> Optional[dict]:
             return json.loads(ipc.open_file(source).schema.metadata[b"actexp"])
     except (OSError, pa.ArrowInvalid, KeyError, TypeError, ValueError):
         return None
-
-
-def shard_problem(layout: StoreLayout, index: int, doc_ids: Optional[List[str]] = None) -> Optional[str]:
-    """Why shard `index` on disk cannot be kept (None if it is valid): missing, another store's,
-    other documents (when doc_ids are given), or a checksum that does not match its content."""
-    path = layout.shard(index)
-    header = shard_header(path)
-    if header is None:
-        return "is missing or not an Arrow shard"
-    if header.get("store_id") != layout.id:
-        return f"belongs to another store ({header.get('store_id')})"
-    table = open_shard(path)
-    if doc_ids is not None and table.column("id").to_pylist() != doc_ids:
-        return "holds other documents"
-    if _checksum(table) != header["sha256"]:
-        return "is corrupt (its checksum does not match)"
-    return None
 
 
 def shard_headers(layout: StoreLayout) -> List[dict]:

@@ -8,19 +8,25 @@ import numpy as np
 import pytest
 
 from actexp import jobs
+from actexp.backends.local import LocalBackend
+from actexp.corpus import bundled_samples
 from actexp.errors import UserError
 from actexp.io import read_vectors_csv
+from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import corpus_mean
 from actexp.reader import VectorStore
 from helpers import compose_cfg, run_cli, wandb_records, wandb_summary
+
+MEAN = "corpus.max_docs=64"  # the corpus of the fixture's mean: 64 docstrings
 
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
     """An artifacts folder with a corpus mean (64 docstrings) and a vector store of the samples."""
     root = tmp_path_factory.mktemp("analyze-art")
-    jobs.run("mean", compose_cfg("job=mean", "corpus.max_docs=64", f"paths.artifacts={root}"), root)
+    mean = jobs.run("mean", compose_cfg("job=mean", MEAN, f"paths.artifacts={root}"), root)
     metrics = jobs.run("store", compose_cfg("job=store", "corpus=samples", "centering=corpus_mean",
-                                            f"paths.artifacts={root}"), root)
+                                            f"centering.mean_path={mean['mean']}", f"paths.artifacts={root}"), root)
     return root, root / "vectors" / metrics["store_id"]
 
 
@@ -48,7 +54,7 @@ def brute_force_partner_recall(x, names):
 def analysed(art, tmp_path_factory):
     root, _ = art
     out = tmp_path_factory.mktemp("analyze-run")
-    r = run_cli("job=analyze", "centering=corpus_mean", f"paths.artifacts={root}", "text=a private note", cwd=out)
+    r = run_cli("job=analyze", "centering=corpus_mean", f"paths.artifacts={root}", MEAN, "text=a private note", cwd=out)
     assert r.returncode == 0, r.stderr
     [run_dir] = (out / "experiments" / "analyze").iterdir()
     return run_dir, r.stdout
@@ -73,14 +79,14 @@ def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed
     root, _ = art
     run_dir, _ = analysed
     jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", "csv.variants=[raw,centered]",
-                                f"paths.artifacts={root}"), tmp_path)
+                                f"paths.artifacts={root}", MEAN), tmp_path)
     results = json.loads((run_dir / "analysis.json").read_text())["results"]
     for variant in ("raw", "centered"):
         x, names, _ = read_vectors_csv(tmp_path / f"vectors_long_mode_{variant}.csv")
         mine = next(r["value"] for r in results if (r["metric"], r["variant"], r["chunk"]) == ("recall@1", variant, "all"))
         assert mine == brute_force_partner_recall(x.astype(np.float64), names)
     # The same analysis from those CSVs (source=csv) gives the same numbers.
-    jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=csv", f"paths.artifacts={root}",
+    jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=csv", f"paths.artifacts={root}", MEAN,
                                     f"analyze.csvs=[{tmp_path}/vectors_long_mode_raw.csv,{tmp_path}/vectors_long_mode_centered.csv]"),
              tmp_path)
     again = json.loads((tmp_path / "analysis.json").read_text())["results"]
@@ -115,7 +121,7 @@ def test_the_text_goes_into_the_run_config_only_when_asked(tmp_path):
 def test_a_sweep_over_pooling_and_centring_compares_in_wandb(art, tmp_path):
     root, _ = art
     r = run_cli("-m", "job=analyze", "pooling=short,long", "centering=none,corpus_mean", "analyze.log_vectors=false",
-                f"paths.artifacts={root}", cwd=tmp_path)
+                f"paths.artifacts={root}", MEAN, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     [sweep] = (tmp_path / "multirun" / "analyze").iterdir()
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -144,6 +150,22 @@ def test_a_store_gives_geometry_of_a_sample_of_its_rows(art, tmp_path):
     assert {r["metric"] for r in report["results"]} == {"anisotropy", "rogue_share", "pc1_share", "pcs_for_90"}
     assert {r["variant"] for r in report["results"]} == {"raw", "centered"}
     assert all(r["source"] == str(store_dir) and r["texts"] == 12 for r in report["results"])
+    # Every row (max_rows >= rows): the numbers of the store's vectors, computed here with an SVD.
+    jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=store", f"analyze.path={store_dir}",
+                                    "analyze.max_rows=50", "logger=none"), tmp_path)
+    results = json.loads((tmp_path / "analysis.json").read_text())["results"]
+    store = VectorStore.open(store_dir)
+    for variant in ("raw", "centered"):
+        x = store.vectors(variant=variant).astype(np.float64)  # [20, D]
+        u = x / np.linalg.norm(x, axis=1, keepdims=True)
+        cos = u @ u.T
+        s = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+        expected = {"anisotropy": (cos.sum() - np.trace(cos)) / (20 * 19), "pc1_share": s[0] / s.sum(),
+                    "pcs_for_90": int(np.argmax(np.cumsum(s) / s.sum() >= 0.9)) + 1}
+        got = {r["metric"]: r["value"] for r in results if r["variant"] == variant and r["chunk"] == "all"}
+        assert got["anisotropy"] == pytest.approx(expected["anisotropy"], abs=1e-9)
+        assert got["pc1_share"] == pytest.approx(expected["pc1_share"], abs=1e-9)
+        assert got["pcs_for_90"] == expected["pcs_for_90"]
 
 
 def test_neighbours_of_store_rows_equal_a_full_sort(art, tmp_path):
@@ -168,10 +190,22 @@ def test_text_queries_find_the_sample_they_paraphrase(art, tmp_path):
     root, _ = art
     cat = "Pilot the grey tabby greets Mara at the door and chases his sister Juniper down the hallway."
     jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.queries=[{cat!r}]", "neighbors.k=20",
-                                      f"paths.artifacts={root}", "centering=corpus_mean", "logger=none"), tmp_path)
+                                      f"paths.artifacts={root}", MEAN, "centering=corpus_mean", "logger=none"), tmp_path)
     found = json.loads((tmp_path / "neighbors.json").read_text())["neighbors"]
     assert {r["variant"] for r in found} == {"raw", "centered"} and len(found) == 40
     assert all(r["name"] == r["id"] for r in found)  # among the samples: ids are names
+    # The order is that of the cosines computed here, row by row, with numpy.
+    cfg = compose_cfg("centering=corpus_mean", f"paths.artifacts={root}", MEAN)
+    samples = bundled_samples()
+    out = LocalBackend.from_config(cfg).vectors([cat] + [d.text for d in samples], chunks_from_cfg(cfg.pooling),
+                                                corpus_mean(cfg)).by_variant()
+    for variant, x in out.items():
+        x = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+        cosines = x[1:] @ x[0]
+        expected = [samples[i].name for i in np.argsort(-cosines, kind="stable")]
+        mine = sorted((r for r in found if r["variant"] == variant), key=lambda r: r["rank"])
+        assert [r["name"] for r in mine] == expected
+        assert np.allclose([r["cosine"] for r in mine], np.sort(cosines)[::-1], atol=1e-5)
 
 
 def test_bad_queries_and_sources_are_one_line(art, tmp_path):
@@ -184,7 +218,7 @@ def test_bad_queries_and_sources_are_one_line(art, tmp_path):
     raw = jobs.run("store", compose_cfg("job=store", "corpus=samples", f"paths.artifacts={root}"), tmp_path)
     with pytest.raises(UserError, match="raw vectors only"):
         jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.store={root / 'vectors' / raw['store_id']}",
-                                          "centering=corpus_mean", f"paths.artifacts={root}", "neighbors.queries=[hi]"),
+                                          "centering=corpus_mean", f"paths.artifacts={root}", MEAN, "neighbors.queries=[hi]"),
                  tmp_path)
     with pytest.raises(UserError, match="needs queries"):
         jobs.run("neighbors", compose_cfg("job=neighbors"), tmp_path)

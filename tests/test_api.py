@@ -26,13 +26,13 @@ def test_vectors_equal_the_clis_vector_and_csv_columns_bit_for_bit(tmp_path):
         s.corpus_mean(compute=True)
         one = s.vectors(TEXTS[1])
         samples = s.vectors(actexp.samples().texts)
-    r = run_cli("job=extract", f"text={TEXTS[1]}", "pooling=short", "centering=corpus_mean", art, "logger=none",
-                f"hydra.run.dir={tmp_path / 'extract'}", cwd=tmp_path)
+    r = run_cli("job=extract", f"text={TEXTS[1]}", "pooling=short", "centering=corpus_mean", "corpus.max_docs=64", art,
+                "logger=none", f"hydra.run.dir={tmp_path / 'extract'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     vector = load_file(tmp_path / "extract" / "vector.safetensors")["vector"]  # [H], centred
     assert vector.tobytes() == one.centered[0].tobytes()
-    r = run_cli("job=csv", "pooling=short", "centering=corpus_mean", "csv.variants=[raw,centered]", art,
-                "logger=none", f"hydra.run.dir={tmp_path / 'csv'}", cwd=tmp_path)
+    r = run_cli("job=csv", "pooling=short", "centering=corpus_mean", "corpus.max_docs=64", "csv.variants=[raw,centered]",
+                art, "logger=none", f"hydra.run.dir={tmp_path / 'csv'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for variant in ("raw", "centered"):
         x, names, sidecar = read_vectors_csv(tmp_path / "csv" / f"vectors_short_mode_{variant}.csv")

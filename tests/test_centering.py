@@ -34,7 +34,7 @@ def artifacts(tmp_path_factory):
 
 @pytest.mark.parametrize("pooling", ["short", "long"])
 def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pooling):
-    cfg = compose_cfg(f"pooling={pooling}", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    cfg = compose_cfg(f"pooling={pooling}", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN)
     mean = corpus_mean(cfg)
     assert mean.metadata["layers"] == "all"
     chunks = chunks_from_cfg(cfg.pooling)
@@ -49,7 +49,7 @@ def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pool
 def test_centred_vectors_from_first_principles(artifacts):
     """Independent of CorpusMean, pooling.weights and the hooks: mu from a per-document loop over the
     samples (with the min_count/tail_start fallback written out), closed-form weights, hook-free h_t."""
-    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN)
     mean = corpus_mean(cfg)  # of the samples: min_count 4, tail_start 32
     lm = load_model(model_spec(cfg))
     ref = reference_model(lm.model)
@@ -72,21 +72,29 @@ def test_centred_vectors_from_first_principles(artifacts):
         assert rel_err(out.centered[i], reference_vector(ref, ids, LONG, mu=mu)) < 1e-5
 
 
-def test_auto_picks_the_matching_and_newest_mean(artifacts, tmp_path):
+def test_auto_is_the_mean_of_this_config_and_never_the_newest(artifacts, tmp_path):
     for layers, expected in (("all", "all"), ("[0]", [0])):
-        cfg = compose_cfg("centering=corpus_mean", f"model.layers={layers}", f"paths.artifacts={artifacts}")
+        cfg = compose_cfg("centering=corpus_mean", f"model.layers={layers}", f"paths.artifacts={artifacts}", *MEAN)
         assert corpus_mean(cfg).metadata["layers"] == expected
-    # A newer matching mean wins.
-    newest = sorted(artifacts.glob("means/*/corpus_mean.safetensors"))[0]
-    copy = tmp_path / "store" / "means" / "copy" / "corpus_mean.safetensors"
-    copy.parent.mkdir(parents=True)
-    copy.write_bytes(newest.read_bytes())
-    os.utime(copy, (time.time() + 60, time.time() + 60))
+    # A newer mean of the same model made from other settings (min_count 5) does not win ...
+    store = tmp_path / "store"
     for other in artifacts.glob("means/*"):
-        (tmp_path / "store" / "means" / other.name).symlink_to(other)
-    cfg = compose_cfg("centering=corpus_mean", f"model.layers={'[0]' if 'L0' in str(newest) else 'all'}",
-                      f"paths.artifacts={tmp_path / 'store'}")
-    assert corpus_mean(cfg).path == copy
+        (store / "means").mkdir(parents=True, exist_ok=True)
+        (store / "means" / other.name).symlink_to(other)
+    jobs.run("mean", compose_cfg("job=mean", f"paths.artifacts={store}", "corpus=samples", "centering.min_count=5"),
+             tmp_path)
+    newest = max(store.glob("means/*/corpus_mean.safetensors"), key=lambda p: p.stat().st_mtime)
+    assert "-m5-" in newest.parent.name
+    cfg = compose_cfg("centering=corpus_mean", f"paths.artifacts={store}", *MEAN)
+    assert corpus_mean(cfg).metadata["min_count"] == 4 and corpus_mean(cfg).path != newest
+    # ... and a file of another mean put in this config's place is refused, not used.
+    mine = corpus_mean(cfg).path
+    (store / "means" / mine.parent.name).unlink()
+    mine_copy = store / "means" / mine.parent.name / "corpus_mean.safetensors"
+    mine_copy.parent.mkdir()
+    mine_copy.write_bytes(newest.read_bytes())
+    with pytest.raises(UserError, match="holds the mean .*-m5-t32, not this config's"):
+        corpus_mean(cfg)
 
 
 def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
@@ -94,8 +102,9 @@ def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
     cfg = compose_cfg("centering=corpus_mean", f"centering.mean_path={layer0}")
     with pytest.raises(UserError, match=r"layers=\[0\] \(this model has layers=\"all\"\)"):
         corpus_mean(cfg)
-    cfg = compose_cfg("centering=corpus_mean", "model.max_tokens=512", f"paths.artifacts={artifacts}")
-    with pytest.raises(UserError, match="no corpus mean .* compute it with `python -m actexp.run job=mean"):
+    cfg = compose_cfg("centering=corpus_mean", "model.max_tokens=512", f"paths.artifacts={artifacts}", *MEAN)
+    with pytest.raises(UserError, match="the corpus mean of this config .* is not in .* compute it with "
+                                        "`python -m actexp.run job=mean"):
         corpus_mean(cfg)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
@@ -105,18 +114,19 @@ def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
 
 def test_a_mean_of_another_dtype_is_refused(artifacts):
     [float32] = [p for p in artifacts.glob("means/*/corpus_mean.safetensors") if "-all-nobos-" in p.parent.name]
-    expected = r'dtype="float32" \(this model has dtype="bfloat16"\)'
-    for mean_path in ("auto", float32):
+    for mean_path, expected in (("auto", "the corpus mean of this config .*-bfloat16__.* is not in"),
+                                (float32, r'dtype="float32" \(this model has dtype="bfloat16"\)')):
         cfg = compose_cfg("centering=corpus_mean", "hardware.dtype=bfloat16", f"paths.artifacts={artifacts}",
-                          f"centering.mean_path={mean_path}")
+                          f"centering.mean_path={mean_path}", *MEAN)
         with pytest.raises(UserError, match=expected):
             corpus_mean(cfg)
 
 
 def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
     ok, other_dtype, r = run_clis([
-        ["centering=corpus_mean", f"paths.artifacts={artifacts}", "text=Hello world", f"hydra.run.dir={tmp_path / 'run'}"],
-        ["centering=corpus_mean", f"paths.artifacts={artifacts}", "text=hi", "hardware.dtype=bfloat16"],
+        ["centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN, "text=Hello world",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        ["centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN, "text=hi", "hardware.dtype=bfloat16"],
         ["centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi"]], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     meta = json.loads((tmp_path / "run" / "vector.json").read_text())
@@ -124,14 +134,14 @@ def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
     used = load_mean(meta["centering"]["mean"]["path"])
     assert meta["centering"]["mean"]["sha256"] == used.sha256 and len(used.sha256) == 64
     assert other_dtype.returncode == 2 and other_dtype.stderr.count("\n") == 1, other_dtype.stderr
-    assert 'dtype="float32"' in other_dtype.stderr
+    assert "-bfloat16__" in other_dtype.stderr and "compute it with `python -m actexp.run job=mean" in other_dtype.stderr
     assert r.returncode == 2
     assert f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} 'model.layers=[1]'`" in r.stderr
 
 
 def test_csv_records_what_was_done_to_each_variant(artifacts, tmp_path):
     cfg = compose_cfg("job=csv", "centering=none", "csv.variants=[raw,centered]", "pooling=short",
-                      f"paths.artifacts={artifacts}")
+                      f"paths.artifacts={artifacts}", *MEAN)
     jobs.run("csv", cfg, tmp_path)
     raw = json.loads((tmp_path / "vectors_short_mode_raw.json").read_text())["centering"]
     centered = json.loads((tmp_path / "vectors_short_mode_centered.json").read_text())["centering"]
@@ -149,16 +159,16 @@ def test_the_default_store_is_found_from_any_working_directory(tmp_path, monkeyp
     jobs.run("mean", cfg, tmp_path)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    mean = corpus_mean(compose_cfg("centering=corpus_mean"))
+    mean = corpus_mean(compose_cfg("centering=corpus_mean", *MEAN))
     assert mean.path.is_relative_to(tmp_path / "cache" / "actexp" / "means")
     # A relative store counts from the working directory, and outputs record it absolute.
     jobs.run("mean", compose_cfg("job=mean", *MEAN, "paths.artifacts=rel"), tmp_path)
-    assert corpus_mean(compose_cfg("centering=corpus_mean", "paths.artifacts=rel")).path.is_absolute()
+    assert corpus_mean(compose_cfg("centering=corpus_mean", "paths.artifacts=rel", *MEAN)).path.is_absolute()
     assert list((tmp_path / "elsewhere" / "rel" / "means").iterdir())
 
 
 def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
-    r = run_cli("job=compare", "pooling=short", f"paths.artifacts={artifacts}", f"hydra.run.dir={tmp_path / 'c1'}",
+    r = run_cli("job=compare", "pooling=short", f"paths.artifacts={artifacts}", *MEAN, f"hydra.run.dir={tmp_path / 'c1'}",
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("PASS")
@@ -166,7 +176,7 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     assert lines[0] == "sample,chunk,n_tokens,pooled_mean_norm,abs_error,rel_error,cosine" and len(lines) == 21
 
     # The same check from CSVs of the samples, token counts from the sidecar or recomputed.
-    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}")
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN)
     samples = bundled_samples()
     chunks = chunks_from_cfg(cfg.pooling)
     out = LocalBackend.from_config(cfg).vectors([s.text for s in samples], chunks, corpus_mean(cfg))
@@ -174,7 +184,7 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     write_matrix_csv(tmp_path / "raw.csv", out.raw, names)
     write_json(tmp_path / "raw.json", {"samples": names, "n_tokens": out.n_tokens})
     write_matrix_csv(tmp_path / "centered.csv", out.centered, names)
-    common = ["job=compare", f"paths.artifacts={artifacts}", f"compare.raw_csv={tmp_path / 'raw.csv'}"]
+    common = ["job=compare", f"paths.artifacts={artifacts}", *MEAN, f"compare.raw_csv={tmp_path / 'raw.csv'}"]
 
     def compare(centered_csv, *extra):
         return jobs.run("compare", compose_cfg(*common, f"compare.centered_csv={tmp_path / centered_csv}", *extra),

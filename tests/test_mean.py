@@ -163,7 +163,7 @@ def test_corrupt_shard_is_detected_and_redone(tmp_path, docs_dir, damage, caplog
     assert damage == "foreign" or store.read_stats(shard) is None
     mean_file(art).unlink()  # a finished mean is reused as it is: merge again
     # The merge alone refuses it and removes it ...
-    expected = "dtype=bfloat16 .these sums are for dtype=float32" if damage == "foreign" else "is missing or corrupt"
+    expected = "dtype=bfloat16 .these sums are for dtype=float32" if damage == "foreign" else "is missing, truncated or corrupt"
     with pytest.raises(UserError, match=f"shard 1 of .* {expected}"):
         run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
     assert not shard.exists()
@@ -194,9 +194,12 @@ def test_sigkill_at_two_points_then_rerun_is_identical(tmp_path):
         assert proc.returncode == -signal.SIGKILL, f"the run ended on its own (status {proc.returncode})"
         on_disk = len(list(art.glob("stats/*/shards/*.safetensors")))
         assert wanted <= seen <= on_disk < 12 and not list(art.glob(f"means/*/{store.MEAN_FILE}"))
+    [shards] = art.glob("stats/*/shards")
+    stale = shards / ".00011.safetensors.killed.tmp"  # what a writer killed mid-write leaves
+    stale.write_bytes(b"half a shard")
     r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
     assert r.returncode == 0, r.stderr
-    assert not list(art.rglob("*.tmp"))
+    assert not stale.exists() and not list(art.rglob("*.tmp"))
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
 
 
@@ -255,6 +258,7 @@ def test_refinalising_keeps_the_other_mean_and_reuses_the_shards(tmp_path, docs_
 
 def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
     art = tmp_path / "art"
+    original = (docs_dir / "03.txt").read_text()
     run_mean(art, *files_corpus(docs_dir))
     (docs_dir / "03.txt").write_text("A new text replaces the old one entirely.")
     metrics, cfg = run_mean(art, *files_corpus(docs_dir))
@@ -262,8 +266,10 @@ def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
     means = sorted((art / "means").glob(f"*/{store.MEAN_FILE}"), key=lambda p: p.stat().st_mtime)
     assert len(means) == 2 and means[1] == Path(metrics["mean"])
     assert not torch.equal(load_file(means[0])["sum"], load_file(means[1])["sum"])
-    auto = corpus_mean(compose_cfg("centering=corpus_mean", f"paths.artifacts={art}", *files_corpus(docs_dir)))
-    assert auto.path == means[1]
+    centring = ["centering=corpus_mean", f"paths.artifacts={art}", *files_corpus(docs_dir)]
+    assert corpus_mean(compose_cfg(*centring)).path == means[1]
+    (docs_dir / "03.txt").write_text(original)  # the folder as it was: its own mean, not the newest
+    assert corpus_mean(compose_cfg(*centring)).path == means[0]
 
 
 def test_progress_and_cli_errors(tmp_path, docs_dir):

@@ -43,7 +43,7 @@ def test_app_definition_imports_offline():
     files = {str(remote_path) for _, remote_path in mount.entries[0].get_files_to_upload()}
     assert "/root/actexp/backends/local.py" in files and "/root/actexp/assets/tiny_tokenizer.json" in files
     assert "/root/actexp/assets/tiny_model.safetensors" in files  # model=tiny's weights go with the code
-    for function in (modal_app.aggregate, modal_app.shard_headers):  # CPU work next to the shards
+    for function in (modal_app.aggregate, modal_app.shard_headers, modal_app.check_shards):  # CPU work next to the shards
         assert function._spec_.gpus is None and modal_app.ARTIFACTS_DIR in function._spec_.volumes
     assert modal_app.HF_DIR in modal_app.download_weights._spec_.volumes
 
@@ -167,7 +167,7 @@ def stand_in(tmp_path, monkeypatch):
 
     fake = SimpleNamespace(app=state.app, Extractor=Cls(), artifacts_volume=volume,
                            **{name: StandInMethod(name, getattr(modal_app, name).local, state)
-                              for name in ("aggregate", "shard_headers", "store_headers")})
+                              for name in ("aggregate", "shard_headers", "store_headers", "check_shards")})
     monkeypatch.setattr(remote, "APP_MODULE", fake)
     return state
 
@@ -227,7 +227,8 @@ def test_the_mean_on_the_volume_is_reused_only_with_the_local_checksum(stand_in,
     for min_count in (4, 3):  # two means of the samples that differ
         jobs.run("mean", compose_cfg("job=mean", "corpus=samples", f"centering.min_count={min_count}",
                                      f"paths.artifacts={art}", "model.dtype=float32"), tmp_path)
-    cfg = compose_cfg(*MODAL, "centering=corpus_mean", f"paths.artifacts={art}", "centering.mean_path=auto")
+    cfg = compose_cfg(*MODAL, "centering=corpus_mean", f"paths.artifacts={art}", "centering.mean_path=auto",
+                      "corpus=samples", "centering.min_count=4")
     mean = corpus_mean(cfg)
     chunks = chunks_from_cfg(cfg.pooling)
     with open_backend(cfg) as backend:
@@ -254,7 +255,7 @@ def test_pipeline_on_modal_enters_the_app_once_and_loads_the_model_once(stand_in
     metrics = jobs.run("pipeline", cfg, tmp_path / "run")  # the mean is computed first, then the CSVs
     assert stand_in.app.starts == 1 and not stand_in.app.running
     assert stand_in.loads == 1 and len(stand_in.containers) == 1
-    assert {name for name, _ in stand_in.calls} == {"shard_headers", "mean_shard", "aggregate", "vectors"}
+    assert {name for name, _ in stand_in.calls} == {"check_shards", "mean_shard", "aggregate", "vectors"}
     assert metrics["compare/passed"] and metrics["mean/shards_computed"] == 3
     assert (tmp_path / "run" / "similarity_long_all.png").is_file()
 
@@ -280,6 +281,57 @@ def test_store_on_modal_fans_out_resumes_and_downloads_or_keeps_the_shards(stand
     downloaded = VectorStore.open(tmp_path / "a" / "vectors" / metrics["store_id"])
     assert not downloaded.remote
     assert np.array_equal(downloaded.vectors(), VectorStore.open(tmp_path / "local" / "vectors" / here["store_id"]).vectors())
+
+
+def _flip_a_byte_inside_a_vector(shard: Path) -> None:
+    """Damage the bytes of the first vector of an Arrow shard, leaving its header as it was."""
+    import pyarrow.ipc as ipc
+
+    with ipc.open_file(shard) as reader:
+        first = np.asarray(reader.read_all().column("raw")[0].values)[:4].astype(np.float32).tobytes()
+    data = bytearray(shard.read_bytes())
+    at = data.find(first)
+    assert at > 0
+    data[at + 1] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("download", ["true", "false"])
+def test_a_corrupt_store_shard_on_the_volume_is_recomputed_by_the_next_run(stand_in, tmp_path, download):
+    overrides = ["job=store", *MODAL, "corpus=samples", "store.shard_size=8", f"paths.artifacts={tmp_path / 'a'}",
+                 f"store.download={download}"]
+    metrics = jobs.run("store", compose_cfg(*overrides), tmp_path)
+    volume = tmp_path / "volume" / "vectors" / metrics["store_id"]
+    _flip_a_byte_inside_a_vector(volume / "shards" / "00001.arrow")
+    stand_in.calls[:] = []
+    jobs.run("store", compose_cfg(*overrides), tmp_path)
+    assert [r["index"] for name, r in stand_in.calls if name == "store_shard"] == [1]  # that shard, and only it
+    here = jobs.run("store", compose_cfg("job=store", "model.dtype=float32", "corpus=samples", "store.shard_size=8",
+                                         f"paths.artifacts={tmp_path / 'local'}"), tmp_path)
+    reference = VectorStore.open(tmp_path / "local" / "vectors" / here["store_id"]).vectors()
+    if download == "false":  # the volume's copy is whole again: read it where it lies
+        shutil.copytree(volume / "shards", tmp_path / "a" / "vectors" / metrics["store_id"] / "shards")
+        manifest = tmp_path / "a" / "vectors" / metrics["store_id"] / "manifest.json"
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"location": "local"}))
+    assert np.array_equal(VectorStore.open(tmp_path / "a" / "vectors" / metrics["store_id"]).vectors(), reference)
+
+
+def test_a_corrupt_mean_shard_on_the_volume_is_recomputed_by_the_next_run(stand_in, tmp_path):
+    overrides = ["job=mean", "corpus=samples", "corpus.shard_size=4"]
+    jobs.run("mean", compose_cfg(*overrides, *MODAL, "centering.min_count=4", f"paths.artifacts={tmp_path / 'a'}"),
+             tmp_path)
+    [shard] = (tmp_path / "volume").glob("stats/*/shards/00002.safetensors")
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # inside the sums, past the header
+    shard.write_bytes(bytes(data))
+    stand_in.calls[:] = []
+    again = jobs.run("mean", compose_cfg(*overrides, *MODAL, "centering.min_count=3", f"paths.artifacts={tmp_path / 'a'}"),
+                     tmp_path)
+    assert [r["index"] for name, r in stand_in.calls if name == "mean_shard"] == [2]
+    here = jobs.run("mean", compose_cfg(*overrides, "model.dtype=float32", "centering.min_count=3",
+                                        f"paths.artifacts={tmp_path / 'local'}"), tmp_path)
+    a, b = load_file(again["mean"]), load_file(here["mean"])
+    assert all(torch.equal(a[k], b[k]) for k in ("sum", "count", "mean"))
 
 
 def test_bench_refuses_modal_with_one_line(stand_in, tmp_path):

@@ -30,9 +30,9 @@ CORPUS = ["corpus.max_docs=40", "store.shard_size=16"]  # 3 shards: 16, 16, 8
 
 @pytest.fixture(scope="module")
 def art(tmp_path_factory):
-    """A store folder with a corpus mean of the samples."""
+    """A store folder with the corpus mean of the store's corpus."""
     root = tmp_path_factory.mktemp("store-art")
-    jobs.run("mean", compose_cfg("job=mean", "corpus=samples", "centering.min_count=4", f"paths.artifacts={root}"), root)
+    jobs.run("mean", compose_cfg("job=mean", *CORPUS, f"paths.artifacts={root}"), root)
     return root
 
 
@@ -170,8 +170,11 @@ def test_sigkill_then_resume_gives_a_bit_identical_store(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and 3 <= len(list(art.glob("vectors/*/shards/*.arrow"))) < 24
     assert not list(art.glob("vectors/*/manifest.json"))
+    [shards] = art.glob("vectors/*/shards")
+    stale = shards / ".00023.arrow.killed.tmp"  # what a writer killed mid-write leaves
+    stale.write_bytes(b"half a shard")
     subprocess.run(_cli_store(art, tmp_path / "k2"), cwd=REPO, check=True, capture_output=True)
-    assert not list(art.rglob("*.tmp"))
+    assert not stale.exists() and not list(art.rglob("*.tmp"))
     assert all(a.equals(b, check_metadata=True) for a, b in zip(_tables(tmp_path / "whole"), _tables(art)))
     assert len(_tables(art)) == 24
 

@@ -4,6 +4,7 @@ import ctypes
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -11,6 +12,7 @@ from filelock import Timeout
 
 from .. import artifacts as store
 from .. import vector_store
+from ..shards import check as check_shard
 from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
@@ -52,21 +54,22 @@ class LocalBackend:
     """The model in this process; batches are bounded by batch_tokens (padded tokens) and max_padding."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", batch_tokens: int = 8192, max_padding: float = 0.1,
-                 threads: Optional[int] = None):
-        self.spec, self.device, self.threads = spec, device, threads
+                 threads: Optional[int] = None, hash_cache: Optional[Path] = None):
+        self.spec, self.device, self.threads, self.hash_cache = spec, device, threads, hash_cache
         self.batch_tokens, self.max_padding = batch_tokens, max_padding
         self._lm: Optional[LoadedModel] = None
 
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
         hw = cfg.hardware
-        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, hw.batch_tokens, hw.max_padding, hw.threads)
+        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, hw.batch_tokens, hw.max_padding, hw.threads,
+                   store.hash_cache(cfg.paths.artifacts))
 
     @property
     def lm(self) -> LoadedModel:
         """The model, loaded on first use (aggregating and reporting progress need none)."""
         if self._lm is None:
-            self._lm = load_model(self.spec, self.device, self.threads)
+            self._lm = load_model(self.spec, self.device, self.threads, self.hash_cache)
         return self._lm
 
     @property
@@ -126,12 +129,11 @@ class LocalBackend:
     def _shard(self, stats: store.Stats, index: int, docs: Sequence[Document]) -> dict:
         """The header of shard `index`, computed unless a valid one is on disk; call it holding its lock."""
         path = stats.shard(index)
-        read = store.read_stats(path)
-        problem = "is corrupt or truncated" if read is None else store.shard_problem(stats, read[2], [d.id for d in docs])
-        if problem is None:
-            return read[2]
+        checked = check_shard(stats, index, [d.id for d in docs])
+        if checked.problem is None:
+            return checked.header
         if path.exists():
-            log.warning("shard %d (%s) %s: recomputing it", index, path, problem)
+            log.warning("shard %d (%s) %s: recomputing it", index, path, checked.problem)
         store.remove_temp_files(path)  # ours: no one else writes this shard while we hold its lock
         return self.write_shard(docs, stats, index) | {"computed": True}
 
@@ -164,11 +166,11 @@ class LocalBackend:
                      chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> Iterator[dict]:
         """For each (index, documents): the header of its valid vector-store shard, computing it if needed."""
         def one(k, docs):
-            problem = vector_store.shard_problem(layout, k, [d.id for d in docs])
-            if problem is None:
-                return vector_store.shard_header(layout.shard(k))
+            checked = check_shard(layout, k, [d.id for d in docs])
+            if checked.problem is None:
+                return checked.header
             if layout.shard(k).exists():
-                log.warning("store shard %d %s: recomputing it", k, problem)
+                log.warning("store shard %d %s: recomputing it", k, checked.problem)
             store.remove_temp_files(layout.shard(k))  # ours: no one else writes this shard while we hold its lock
             start = time.perf_counter()
             header = vector_store.write_shard(layout, k, docs, self.vectors([d.text for d in docs], chunks, mean))

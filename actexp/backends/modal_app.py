@@ -134,7 +134,7 @@ def _stats(spec: dict):
     """The sums named by a request, on the volume (which has no file locks)."""
     from actexp.artifacts import Stats
 
-    return Stats(Path(ARTIFACTS_DIR), spec["identity"], spec["corpus_id"], locking=False)
+    return Stats(Path(ARTIFACTS_DIR), **spec, locking=False)
 
 
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600, memory=32768)
@@ -150,6 +150,18 @@ def aggregate(request: dict) -> dict:
     finally:
         artifacts_volume.commit()  # keep the merge checkpoint, or the removal of a corrupt shard
     return {"path": str(Path(mean.path).relative_to(ARTIFACTS_DIR)), "metadata": mean.metadata}
+
+
+@app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600)
+def check_shards(request: dict) -> dict:
+    """{kind: stats | store, spec, doc_ids: {index: [ids]}} -> {index: header} of the shards on the
+    volume that pass the one shard check (actexp.shards.check), run here, next to the bytes: a
+    corrupt shard is left out, so the client recomputes it."""
+    from actexp.shards import valid_headers
+
+    artifacts_volume.reload()
+    files = _stats(request["spec"]) if request["kind"] == "stats" else _layout(request["spec"])
+    return valid_headers(files, {int(k): ids for k, ids in request["doc_ids"].items()})
 
 
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)

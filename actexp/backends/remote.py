@@ -5,6 +5,7 @@ GPUs); mean shards fan out with `.map(..., return_exceptions=True)`, shards alre
 artifacts volume are skipped, and the merged mean is downloaded into the local artifact store.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,10 +20,11 @@ from ..centering import CorpusMean
 from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
-from ..model import ModelSpec, encode, identity, load_tokenizer
-from .. import vector_store
+from ..fingerprint import hub_commit, hub_ref_path
+from ..model import ModelSpec, local_source, encode, identity, load_tokenizer
 from ..pooling import Chunk
 from ..report import progress
+from ..shards import check as check_shard
 from ..vector_store import StoreLayout
 from .local import Vectors
 
@@ -77,7 +79,7 @@ def _fan_out(method, requests: List[dict], headers: dict, what: str) -> Iterator
 class ModalBackend:
     """The model in Modal containers: `hw` holds the hardware group's values (gpu, max_containers ...)."""
 
-    def __init__(self, spec: ModelSpec, hw: SimpleNamespace):
+    def __init__(self, spec: ModelSpec, hw: SimpleNamespace, hash_cache=None):
         self.spec, self.hw = spec, hw
         modal_app = APP_MODULE
         if modal_app is None:
@@ -91,14 +93,35 @@ class ModalBackend:
                 os.environ["ACTEXP_HF_SECRET"] = self.hw.hf_secret
             from . import modal_app
         self.app_module, self._run = modal_app, None
+        self.spec = spec = self._pinned(spec)
         self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True)}
-        self.metadata = identity(spec)
+        self.metadata = identity(spec, hash_cache=hash_cache)
         self._extractor = None
+
+    def _pinned(self, spec: ModelSpec) -> ModelSpec:
+        """A hub model with its revision pinned to a commit (main moves): the one in this machine's
+        Hugging Face cache or the hub's, else the one on the Modal weights volume. The containers load
+        exactly that commit, so the identity the client records is the model that ran."""
+        if spec.random_init or spec.weights or not spec.name_or_path or local_source(spec.name_or_path):
+            return spec
+        commit = hub_commit(spec.name_or_path, spec.revision)
+        if commit is None:
+            try:
+                ref = self.app_module.hf_cache.read_file(hub_ref_path(spec.name_or_path, spec.revision))
+                commit = b"".join(ref).decode().strip() or None
+            except FileNotFoundError:
+                pass
+        if commit is None:
+            raise UserError(f"cannot tell which commit of {spec.name_or_path} (revision {spec.revision or 'main'}) "
+                            f"to run: the hub is unreachable and neither this machine's Hugging Face cache nor the "
+                            f"Modal volume {self.hw.hf_volume} has it; set model.revision=<commit>")
+        return dataclasses.replace(spec, revision=commit)
 
     @classmethod
     def from_config(cls, cfg) -> "ModalBackend":
         return cls(ModelSpec.from_config(cfg.model, cfg.hardware),
-                   SimpleNamespace(**OmegaConf.to_container(cfg.hardware, resolve=True)))
+                   SimpleNamespace(**OmegaConf.to_container(cfg.hardware, resolve=True)),
+                   store.hash_cache(cfg.paths.artifacts))
 
     # -- connection ----------------------------------------------------------------------------
     def _options(self, target):
@@ -186,16 +209,17 @@ class ModalBackend:
     def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
         """Fan the shards not yet on the volume out over the GPUs; the successful ones are kept even
         when others fail, so running the job again resumes."""
-        done = {h["shard"]: h for h in self.shard_headers(stats) if "shard" in h}
-        requests, headers = [], {}
-        for k, docs in shards:
-            ids = [d.id for d in docs]
-            if k in done and store.shard_problem(stats, done[k], ids) is None:
-                headers[k] = done[k]
-            else:
-                requests.append({"index": k, "texts": [d.text for d in docs], "doc_ids": ids, "stats": stats.spec(),
-                                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding})
+        shards = list(shards)
+        headers = self._valid_on_volume("stats", stats, shards)
+        requests = [{"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs], "stats": stats.spec(),
+                     "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+                    for k, docs in shards if k not in headers]
         return _fan_out(self.extractor.mean_shard, requests, headers, "shards")
+
+    def _valid_on_volume(self, kind: str, files, shards: List[Tuple[int, List[Document]]]) -> dict:
+        """{index: header} of the shards on the volume that pass shards.check, run next to the bytes."""
+        return self._function("check_shards").remote(
+            {"kind": kind, "spec": files.spec(), "doc_ids": {k: [d.id for d in docs] for k, docs in shards}})
 
     def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
@@ -213,18 +237,12 @@ class ModalBackend:
 
     def store_shards(self, shards: Iterable[Tuple[int, List[Document]]], layout: StoreLayout,
                      chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> Iterator[dict]:
-        """Fan the shards not yet on the volume out over the GPUs, as the mean's shards are. A shard
-        there with this store's id and the right row count holds these documents: the store id
-        fixes the corpus's content and the shard size."""
-        done = {h["shard"]: h for h in self.store_headers(layout) if h.get("store_id") == layout.id}
+        """Fan the shards not valid on the volume out over the GPUs, as the mean's shards are."""
+        shards = list(shards)
+        headers = self._valid_on_volume("store", layout, shards)
         base = self._base_request(chunks, mean) | {"layout": layout.spec()}
-        requests, headers = [], {}
-        for k, docs in shards:
-            if k in done and done[k]["rows"] == len(docs):
-                headers[k] = done[k]
-            else:
-                requests.append(base | {"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
-                                        "names": [d.name for d in docs]})
+        requests = [base | {"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs],
+                            "names": [d.name for d in docs]} for k, docs in shards if k not in headers]
         return _fan_out(self.extractor.store_shard, requests, headers, "store shards")
 
     def finish_store(self, layout: StoreLayout, headers: List[dict], download: bool) -> str:
@@ -235,10 +253,10 @@ class ModalBackend:
         volume = self.app_module.artifacts_volume
         for h in progress(headers, desc="downloading shards", unit="shard"):
             path = layout.shard(h["shard"])
-            if vector_store.shard_problem(layout, h["shard"]) is None:
+            if check_shard(layout, h["shard"]).problem is None:
                 continue  # downloaded before
             write_bytes(path, b"".join(volume.read_file(str(path.relative_to(layout.root)))))
-            problem = vector_store.shard_problem(layout, h["shard"])
+            problem = check_shard(layout, h["shard"]).problem
             if problem:
                 path.unlink(missing_ok=True)
                 raise RemoteError(f"shard {h['shard']} downloaded from the Modal volume {problem}: run the job again")

@@ -93,9 +93,9 @@ class Workload:
             torch.cat([weights((c,), len(ids))[0].float().to(h.device) @ h for c in LONG])
 
     def corpus_mean(self, docs=None):
-        stats = Stats(Path(tempfile.mkdtemp(dir=self.scratch)), self.lm.metadata, "bench")
-        docs = docs or self.docs
         size = self.cfg.corpus.shard_size
+        stats = Stats(Path(tempfile.mkdtemp(dir=self.scratch)), self.lm.metadata, "bench", size)
+        docs = docs or self.docs
         shards = ((k, docs[k * size:(k + 1) * size]) for k in range(-(-len(docs) // size)))
         n = sum(1 for _ in self.backend.extract_shards(shards, stats))
         self.mean = self.backend.aggregate(stats, n, 1, 0, 8)

@@ -1,6 +1,7 @@
 """What several jobs share: pooling chunks from config, the corpus mean to centre with, and the
 metadata every output carries."""
 
+import logging
 import shlex
 from pathlib import Path
 from typing import List, Optional
@@ -8,7 +9,7 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from .. import __version__
-from ..artifacts import find_means, load_mean, mismatch
+from ..artifacts import Stats, hash_cache, load_mean, mismatch
 from ..artifacts import root as store_root
 from ..centering import CorpusMean
 from ..errors import UserError
@@ -16,8 +17,10 @@ from ..io import read_vectors_csv, vectors_csv_path
 from ..model import ModelSpec, identity
 from ..pooling import Chunk
 
+log = logging.getLogger(__name__)
+
 # Overrides that decide which corpus mean fits: repeated in the command we suggest.
-MEAN_GROUPS = ("model", "hardware", "corpus", "paths", "centering.min_count", "centering.tail_start")
+MEAN_GROUPS = ("experiment", "model", "hardware", "corpus", "paths", "centering.min_count", "centering.tail_start")
 
 
 def chunks(pooling_cfg) -> List[Chunk]:
@@ -44,23 +47,44 @@ def model_spec(cfg) -> ModelSpec:
 
 def model_identity(cfg) -> dict:
     """The identity of the configured model (artifacts.mismatch), from config alone."""
-    return identity(model_spec(cfg))
+    return identity(model_spec(cfg), hash_cache=hash_cache(cfg.paths.artifacts))
+
+
+def stats_of(cfg, corpus=None) -> Stats:
+    """The mean's sums of this config: model identity, the corpus's content and its shard size."""
+    from ..corpus import Corpus
+
+    corpus = corpus or Corpus(cfg.corpus)
+    return Stats(store_root(cfg.paths.artifacts), model_identity(cfg), corpus.id, cfg.corpus.shard_size)
+
+
+def configured_mean_path(cfg) -> Path:
+    """Where the mean of this config lives: model identity, corpus content, min_count, tail_start."""
+    return stats_of(cfg).mean_path(cfg.centering.min_count, cfg.centering.tail_start)
+
+
+def _made_from(meta: dict) -> str:
+    return (f"corpus {meta.get('corpus')}, {meta.get('docs')} documents, min_count {meta.get('min_count')}, "
+            f"tail_start {meta.get('tail_start')}")
 
 
 def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
     """The mean named by the centering group (None for centering=none unless required), checked
-    against the model before any weights are loaded."""
+    against the model before any weights are loaded.
+
+    `auto` is the mean of this config and nothing else: a missing one is refused with the job=mean
+    command that makes it. A path is used as given; if it was made from another corpus or other
+    settings than the config's, that is said (and every output records what it was made from).
+    """
     if cfg.centering.name == "none" and not required:
         return None
     model_id = model_identity(cfg)
+    configured = configured_mean_path(cfg)
     if cfg.centering.mean_path == "auto":
-        found, nearest = find_means(cfg.paths.artifacts, model_id)
-        if not found:
-            why = f" (the newest mean of {model_id['model']}, {nearest})" if nearest else ""
-            raise UserError(f"no corpus mean fits model {model_id['model']} ({model_id['dtype']}, layers "
-                            f"{model_id['layers']}, max_tokens {model_id['max_tokens']}) in "
-                            f"{store_root(cfg.paths.artifacts) / 'means'}{why}: compute it with `{mean_command()}`")
-        path = found[0]
+        path = configured
+        if not path.is_file():
+            raise UserError(f"the corpus mean of this config ({path.parent.name}) is not in "
+                            f"{path.parent.parent}: compute it with `{mean_command()}`")
     else:
         path = Path(cfg.centering.mean_path).expanduser()
         if not path.is_file():
@@ -71,6 +95,12 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
         diff = f"shape {tuple(mean.mean.shape)} (this model needs {(model_id['max_tokens'], model_id['hidden_size'])})"
     if diff:
         raise UserError(f"corpus mean {path} does not fit this model: it has {diff}; compute one with `{mean_command()}`")
+    if mean.metadata.get("mean_id") != configured.parent.name:
+        if cfg.centering.mean_path == "auto":
+            raise UserError(f"{path} holds the mean {mean.metadata.get('mean_id')}, not this config's: "
+                            f"remove it and compute it with `{mean_command()}`")
+        log.warning(f"centring with the mean at {path} ({_made_from(mean.metadata)}) as centering.mean_path says; "
+                    f"this config's own mean would be {configured.parent.name}")
     return mean
 
 

@@ -17,7 +17,7 @@ from ..corpus import Corpus
 from ..errors import Interrupted, UserError
 from ..io import write_json
 from ..report import wrote
-from .common import model_identity
+from .common import stats_of
 
 log = logging.getLogger(__name__)
 STAGES = ("all", "extract", "aggregate", "progress")
@@ -75,11 +75,13 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     if cfg.mean.stage not in STAGES:
         raise UserError(f"unknown mean.stage {cfg.mean.stage!r}: use one of {', '.join(STAGES)}")
     corpus = Corpus(cfg.corpus)
-    stats = store.Stats(store.root(cfg.paths.artifacts), model_identity(cfg), corpus.id)
+    stats = stats_of(cfg, corpus)
     final = stats.mean_path(cfg.centering.min_count, cfg.centering.tail_start)
     if cfg.mean.stage == "progress":
         return progress(backend, corpus, stats, final)
-    metrics = {"mean_id": stats.mean_id(cfg.centering.min_count, cfg.centering.tail_start)}
+    # What the mean is made from, in every record of it (mean.json, W&B).
+    metrics = {"mean_id": stats.mean_id(cfg.centering.min_count, cfg.centering.tail_start), "corpus": corpus.id,
+               "min_count": cfg.centering.min_count, "tail_start": cfg.centering.tail_start}
     done = None
     if cfg.mean.stage == "all" and final.is_file():
         with contextlib.suppress(UserError):  # a corrupt mean is merged again below

@@ -28,7 +28,10 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     def stage(name, **updates):
         return {f"{name}/{k}": v for k, v in run_job(name, _with(cfg, **updates), out_dir, tracker, backend).items()}
 
-    metrics = stage("mean", mean__stage="all")
+    metrics = {}
+    if cfg.centering.mean_path == "auto":  # else the stages use the mean the user named
+        metrics = stage("mean", mean__stage="all")
+        cfg = _with(cfg, centering__mean_path=metrics["mean/mean"])  # the later stages centre with this very file
     metrics |= stage("csv", csv__variants=["raw", "centered"])
     raw, centered = (str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in ("raw", "centered"))
     failed = None
@@ -51,12 +54,16 @@ def summary(cfg, out_dir, metrics: dict, failed) -> str:
         raw, centred = (metrics.get(f"analyze/{metric}/{v}/all") for v in ("raw", "centered"))
         return f"raw {raw:.3f} -> centred {centred:.3f}"
 
+    # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
+    retrieval = [f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; "
+                 f"MRR {pair('eval/mrr')}"] if metrics.get("analyze/eval/mrr/raw/all") is not None else []
+
     check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
              f"over {metrics['compare/samples']} samples)")
     return "\n".join([
         f"summary of {cfg.name} (model {cfg.model.name}, pooling={cfg.pooling.name}):",
         f"  outputs: {out_dir}",
         f"  identity raw - centred = pooled corpus mean: {check}",
-        f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; MRR {pair('eval/mrr')}",
-        f"  anisotropy (mean cosine across topics): {pair('geometry/anisotropy')}",
+        *retrieval,
+        f"  anisotropy (mean cosine {'across topics' if retrieval else 'of all pairs'}): {pair('geometry/anisotropy')}",
     ])

@@ -1,0 +1,104 @@
+"""Content identities of what a model is made of: files, checkpoint folders, tokenizers, hub commits.
+
+A file is identified by the sha256 of its bytes, never by its name, size or modification time
+(`os.utime` sets a modification time back; retrained weights of the same shapes have the same
+size and safetensors header). Hashing gigabytes of weights on every run would cost seconds per
+gigabyte, so a file's hash is cached under a key that every write changes: its device, inode,
+size, mtime_ns and ctime_ns (the change time, which no user call can set back). The cache is one
+small file per key in `<cache>/` (the artifact store's `hashes/`), so it survives processes.
+
+A hub model is identified by the commit its revision points to (`main` moves): the commit of the
+snapshot in the local Hugging Face cache, else the hub's answer when it is reachable.
+"""
+
+import functools
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .errors import UserError
+from .io import write_text
+
+# Files of a checkpoint or tokenizer folder that change what the model computes.
+MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".txt", ".model", ".tiktoken", ".gguf")
+CACHE_FROM = 1 << 20  # smaller files are hashed each time: that is as quick as looking them up
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, key: tuple) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: Path, cache: Optional[Path] = None) -> str:
+    """The sha256 of a file's bytes, computed once per version of the file (see the module's doc)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if cache is None or st.st_size < CACHE_FROM:
+        return _sha256(str(path), key)
+    entry = Path(cache) / hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+    try:
+        cached = entry.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{64}", cached):
+            return cached
+    except OSError:
+        pass
+    digest = _sha256(str(path), key)
+    try:
+        write_text(entry, digest + "\n")  # atomic: two processes write the same bytes
+    except (OSError, UserError):
+        pass  # a read-only or full store: hash again next time
+    return digest
+
+
+def folder_sha256(folder: Path, suffixes: Iterable[str], cache: Optional[Path] = None) -> str:
+    """A hash of the relative paths and contents of a folder's files with these suffixes, subfolders
+    included (hidden ones, such as a .cache of downloads, left out)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in tuple(suffixes)
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f, cache)}\0".encode())
+    return h.hexdigest()
+
+
+def checkpoint_sha256(folder: Path, trust_remote_code: bool, cache: Optional[Path] = None) -> str:
+    """The content of a checkpoint (or tokenizer) folder: config, tokenizer and weight files, and
+    its Python files when trust_remote_code runs them."""
+    return folder_sha256(folder, MODEL_SUFFIXES + ((".py",) if trust_remote_code else ()), cache)[:16]
+
+
+@functools.lru_cache(maxsize=32)
+def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
+    """The commit a hub revision (None = main) points to: a commit as it is, the local cache's
+    ref, else the hub's answer if reachable; None if nobody can tell."""
+    if revision and COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    if ref.is_file():
+        return ref.read_text().strip()
+    from .model import hub_reachable
+
+    if not hub_reachable():
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().model_info(repo_id, revision=revision).sha
+    except Exception:  # a wrong id or revision: loading says so in one line
+        return None
+
+
+def hub_ref_path(repo_id: str, revision: Optional[str]) -> str:
+    """Where the ref of a revision lies inside a Hugging Face cache folder (HF_HOME/hub)."""
+    return f"hub/models--{repo_id.replace('/', '--')}/refs/{revision or 'main'}"
