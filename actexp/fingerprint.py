@@ -60,10 +60,12 @@ def file_sha256(path: Path, cache: Optional[Path] = None) -> str:
 
 def folder_sha256(folder: Path, suffixes: Iterable[str], cache: Optional[Path] = None) -> str:
     """A hash of the relative paths and contents of a folder's files with these suffixes, subfolders
-    included (hidden ones, such as a .cache of downloads, left out)."""
+    included, except hidden ones (a .cache of downloads) and a trainer's checkpoint-N folders (the
+    folder's own files are what loads)."""
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in tuple(suffixes)
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+                   and not any(part.startswith((".", "checkpoint-")) for part in p.relative_to(folder).parts[:-1])
+                   and not p.name.startswith("."))
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f, cache)}\0".encode())
@@ -84,7 +86,7 @@ def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
         return revision
     from huggingface_hub import constants
 
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
+    ref = Path(constants.HF_HUB_CACHE) / hub_ref_path(repo_id, revision).split("/", 1)[1]
     if ref.is_file():
         return ref.read_text().strip()
     from .model import hub_reachable
@@ -94,9 +96,14 @@ def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
     from huggingface_hub import HfApi
 
     try:
-        return HfApi().model_info(repo_id, revision=revision).sha
+        commit = HfApi().model_info(repo_id, revision=revision).sha
     except Exception:  # a wrong id or revision: loading says so in one line
         return None
+    try:  # as the hub client does for a branch: the next offline run finds the same commit
+        write_text(ref, commit)
+    except (OSError, UserError):
+        pass
+    return commit
 
 
 def hub_ref_path(repo_id: str, revision: Optional[str]) -> str:

@@ -3,6 +3,8 @@
 The LM head is loaded with the checkpoint but never run: activations come from the body.
 """
 
+import hashlib
+import json
 import os
 import socket
 import warnings
@@ -168,6 +170,8 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
         "random_init": spec.random_init,
         "seed": spec.seed if spec.random_init else None,
         "arch": dict(sorted(spec.arch.items())) if spec.arch and (spec.random_init or spec.weights) else None,
+        # Built from name_or_path's config (random or file weights, no arch): that config is the architecture.
+        "config_sha256": _config_sha256(config) if spec.arch is None and (spec.random_init or spec.weights) else None,
         "weights": None if weights is None else file_sha256(weights, hash_cache)[:16],
         "tokenizer": spec.tokenizer,
         "tokenizer_sha256": tokenizer_sha256(spec, hash_cache),
@@ -179,6 +183,11 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
         "max_tokens": max_tokens,
         "hidden_size": config.hidden_size,
     }
+
+
+def _config_sha256(config) -> str:
+    values = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None,

@@ -36,12 +36,17 @@ def check(files: ShardFiles, index: int, doc_ids: Optional[Sequence[str]] = None
         return Checked(None, None, "is missing, truncated or corrupt (its checksum does not match)")
     header, ids, content = read
     problem = files.foreign(header)
-    if problem is None and doc_ids is not None and list(ids) != list(doc_ids):
+    if problem is None and doc_ids is not None and list(ids or []) != list(doc_ids):
         problem = "holds other documents than this shard's"
     return Checked(None if problem else header, content, problem)
 
 
 def valid_headers(files: ShardFiles, doc_ids: Dict[int, Sequence[str]]) -> Dict[int, dict]:
-    """{index: header} of the shards (index -> their documents) that can be kept."""
-    checked = {k: check(files, k, ids) for k, ids in doc_ids.items()}
-    return {k: c.header for k, c in checked.items() if c.problem is None}
+    """{index: header} of the shards (index -> their documents) that can be kept; one shard's
+    content in memory at a time."""
+    valid = {}
+    for k, ids in doc_ids.items():
+        checked = check(files, k, ids)
+        if checked.problem is None:
+            valid[k] = checked.header
+    return valid

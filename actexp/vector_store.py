@@ -79,10 +79,11 @@ class StoreLayout:
             return None
         try:
             table = open_shard(path)
+            table.validate(full=True)  # damaged offsets or strings fail here, not later
             if _checksum(table) != header.get("sha256"):
                 return None
             return header, table.column("id").to_pylist(), table
-        except (OSError, pa.ArrowInvalid, KeyError):
+        except (OSError, pa.ArrowException, KeyError, ValueError):
             return None
 
     def foreign(self, header: dict) -> Optional[str]:

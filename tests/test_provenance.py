@@ -3,6 +3,7 @@
 hub commits), not of names and modification times."""
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -29,6 +30,7 @@ def _centred_with(run_dir: Path, pooling: str = "long") -> dict:
     return _json(run_dir / f"vectors_{pooling}_mode_centered.json")["centering"]["mean"]
 
 
+@pytest.mark.slow
 def test_every_run_centres_with_the_mean_its_config_names_not_the_newest(tmp_path):
     art = f"paths.artifacts={tmp_path / 'art'}"
     docs = tmp_path / "docs"
@@ -96,6 +98,7 @@ def test_a_session_computes_the_mean_of_its_own_settings(tmp_path):
     assert mean.metadata["min_count"] == 6 and "-m6-t32" in mean.path
 
 
+@pytest.mark.slow
 def test_a_sweep_over_min_count_centres_each_job_with_its_own_mean(tmp_path):
     art = f"paths.artifacts={tmp_path / 'art'}"
     for m in (3, 5):
@@ -205,3 +208,15 @@ def test_a_mean_made_with_bos_is_refused_for_vectors_without_it(tmp_path):
     with pytest.raises(UserError, match=r"prepend_bos=true \(this model has prepend_bos=false\)"):
         jobs.run("extract", cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pipeline_of_corpus_documents_ends_with_its_summary_and_names_its_mean(tmp_path, caplog):
+    cfg = compose_cfg("+experiment=long_centered", "csv.source=corpus", "corpus=samples", "corpus.max_docs=12",
+                      "centering.min_count=4", "logger=none", f"paths.artifacts={tmp_path / 'art'}")
+    caplog.set_level(logging.INFO)
+    jobs.run("pipeline", cfg, tmp_path / "run")
+    mean = _json(tmp_path / "run" / "mean.json")
+    analysis = _json(tmp_path / "run" / "analysis.json")
+    assert analysis["centering"]["mean"]["sha256"] == mean["sha256"] == _centred_with(tmp_path / "run")["sha256"]
+    summary = caplog.text[caplog.text.index("summary of long_centered"):]
+    assert "anisotropy (mean cosine of all pairs): raw" in summary and "retrieval" not in summary

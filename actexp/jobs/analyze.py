@@ -44,7 +44,8 @@ def _from_csvs(cfg, out_dir) -> dict:
             "groups": [samples.groups[at[n]] for n in names] if known else None,
             "partners": [index.get(samples.names[samples.partners[at[n]]]) for n in names] if known else None, "vectors": {x[2].get("variant", p.stem): x[0] for x, p in zip(loaded, paths)},
             "chunks": sidecar.get("pooling", {}).get("labels") or [c.label for c in common.chunks(cfg.pooling)],
-            "metadata": {k: sidecar.get(k) for k in ("model", "pooling", "centering")}}
+            # The centred CSV's sidecar names the mean (the raw one's says "none").
+            "metadata": {k: sidecar.get(k) for k in ("model", "pooling")} | {"centering": loaded[-1][2].get("centering")}}
 
 
 def _from_store(cfg) -> dict:

@@ -79,28 +79,32 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
     if cfg.centering.name == "none" and not required:
         return None
     model_id = model_identity(cfg)
-    configured = configured_mean_path(cfg)
     if cfg.centering.mean_path == "auto":
-        path = configured
+        path = configured = configured_mean_path(cfg)
         if not path.is_file():
             raise UserError(f"the corpus mean of this config ({path.parent.name}) is not in "
                             f"{path.parent.parent}: compute it with `{mean_command()}`")
     else:
         path = Path(cfg.centering.mean_path).expanduser()
         if not path.is_file():
-            raise UserError(f"centering.mean_path={path} does not exist: compute a mean with `{mean_command()}`")
+            raise UserError(f"centering.mean_path={path} {'is a folder' if path.is_dir() else 'does not exist'}: "
+                            f"give a corpus_mean.safetensors, or compute a mean with `{mean_command()}`")
+        try:  # only to say whether it is this config's own mean: a corpus that cannot be read is no error here
+            configured = configured_mean_path(cfg)
+        except UserError:
+            configured = None
     mean = load_mean(path)
     diff = mismatch(mean.metadata, model_id)
     if diff is None and tuple(mean.mean.shape) != (model_id["max_tokens"], model_id["hidden_size"]):
         diff = f"shape {tuple(mean.mean.shape)} (this model needs {(model_id['max_tokens'], model_id['hidden_size'])})"
     if diff:
         raise UserError(f"corpus mean {path} does not fit this model: it has {diff}; compute one with `{mean_command()}`")
-    if mean.metadata.get("mean_id") != configured.parent.name:
+    if configured is None or mean.metadata.get("mean_id") != configured.parent.name:
         if cfg.centering.mean_path == "auto":
             raise UserError(f"{path} holds the mean {mean.metadata.get('mean_id')}, not this config's: "
                             f"remove it and compute it with `{mean_command()}`")
         log.warning(f"centring with the mean at {path} ({_made_from(mean.metadata)}) as centering.mean_path says; "
-                    f"this config's own mean would be {configured.parent.name}")
+                    f"this config's own mean would be {configured.parent.name if configured else 'unknown'}")
     return mean
 
 

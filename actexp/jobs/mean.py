@@ -86,6 +86,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     if cfg.mean.stage == "all" and final.is_file():
         with contextlib.suppress(UserError):  # a corrupt mean is merged again below
             done = store.load_mean(final)
+    if done is not None and done.metadata.get("mean_id") != metrics["mean_id"]:
+        raise UserError(f"{final} holds the mean {done.metadata.get('mean_id')}, not this config's: remove it and "
+                        "run the same command again")
     if done is not None:
         metrics |= {"docs": done.metadata["docs"], "tokens": done.metadata["tokens"], "mean": str(final),
                     "sha256": done.sha256}
