@@ -6,8 +6,8 @@
     <root>/stats/<stats-id>/.locks/                    one lock per shard and one for the merge
     <root>/means/<mean-id>/corpus_mean.safetensors     the mean; <mean-id> = <stats-id>-m<min_count>-t<tail_start>
 
-The stats id names everything that changes the sums (the model identity, dtype included, and the
-corpus's content); the mean id adds the settings of the finalisation, so re-finalising reuses the
+The stats id names everything that changes the sums (the model identity, dtype included, the
+corpus's content and its shard size); the mean id adds the settings of the finalisation, so re-finalising reuses the
 shards and never overwrites a mean that earlier outputs used.
 
 Several processes may share a store: a shard is written only by the holder of its lock, the

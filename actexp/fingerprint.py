@@ -13,7 +13,6 @@ snapshot in the local Hugging Face cache, else the hub's answer when it is reach
 
 import functools
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Optional
@@ -51,6 +50,9 @@ def file_sha256(path: Path, cache: Optional[Path] = None) -> str:
     except OSError:
         pass
     digest = _sha256(str(path), key)
+    st = path.stat()
+    if key != (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        return digest  # written while we read it: the hash may mix two versions, so keep it for no one
     try:
         write_text(entry, digest + "\n")  # atomic: two processes write the same bytes
     except (OSError, UserError):
@@ -86,7 +88,7 @@ def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
         return revision
     from huggingface_hub import constants
 
-    ref = Path(constants.HF_HUB_CACHE) / hub_ref_path(repo_id, revision).split("/", 1)[1]
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
     if ref.is_file():
         return ref.read_text().strip()
     from .model import hub_reachable
@@ -104,8 +106,3 @@ def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
     except (OSError, UserError):
         pass
     return commit
-
-
-def hub_ref_path(repo_id: str, revision: Optional[str]) -> str:
-    """Where the ref of a revision lies inside a Hugging Face cache folder (HF_HOME/hub)."""
-    return f"hub/models--{repo_id.replace('/', '--')}/refs/{revision or 'main'}"

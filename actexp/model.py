@@ -129,11 +129,11 @@ def weights_file(spec: ModelSpec) -> Optional[Path]:
     return path
 
 
-def hub_revision(source: Optional[str], revision: Optional[str]) -> Optional[str]:
+def hub_revision(source: Optional[str], revision: Optional[str], key: str = "model.name_or_path") -> Optional[str]:
     """The commit to load a hub model or tokenizer from: its revision resolved (None = main, which
     moves), so that what is loaded is what the identity names; `revision` as given for local
     folders, or when nobody can tell (loading then says why)."""
-    if not source or local_source(source):
+    if not source or local_source(source, key):
         return revision
     return hub_commit(source, revision) or revision
 
@@ -142,8 +142,9 @@ def tokenizer_sha256(spec: ModelSpec, cache: Optional[Path] = None) -> Optional[
     """The tokenizer's content: the bundled file's hash, a model.tokenizer folder's, or the commit of a
     hub tokenizer; None where the checkpoint's own tokenizer is already in its identity."""
     if spec.tokenizer:
-        local = local_source(spec.tokenizer)
-        return checkpoint_sha256(Path(local), spec.trust_remote_code, cache) if local else hub_revision(spec.tokenizer, None)
+        local = local_source(spec.tokenizer, "model.tokenizer")
+        return (checkpoint_sha256(Path(local), spec.trust_remote_code, cache) if local
+                else hub_revision(spec.tokenizer, None, "model.tokenizer"))
     if spec.random_init or spec.weights:
         return file_sha256(BUNDLED_TOKENIZER, cache)[:16]
     return None
@@ -299,16 +300,17 @@ def _model_from_weights(spec: ModelSpec, dtype, device):
     return model
 
 
-def local_source(name_or_path: str) -> Optional[str]:
-    """The local checkpoint directory meant by name_or_path, or None for a hub id."""
+def local_source(name_or_path: str, key: str = "model.name_or_path") -> Optional[str]:
+    """The local directory meant by name_or_path (the setting `key`), or None for a hub id."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise UserError(f"model.name_or_path={name_or_path} is a file: give the checkpoint's directory")
+            raise UserError(f"{key}={name_or_path} is a file: give the folder that holds it")
         return str(path)
     looks_like_path = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
     if looks_like_path:
-        raise UserError(f"model directory {name_or_path} does not exist: {HELP_MODELS}")
+        help_ = "give a tokenizer folder or hub id" if key == "model.tokenizer" else HELP_MODELS
+        raise UserError(f"{key}={name_or_path} does not exist: {help_}")
     return None
 
 
@@ -356,13 +358,14 @@ def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec.tokenizer:
-        source, revision = spec.tokenizer, hub_revision(spec.tokenizer, None)
+        source, key, revision = spec.tokenizer, "model.tokenizer", None
     elif not (spec.random_init or spec.weights):
-        source, revision = spec.name_or_path, hub_revision(spec.name_or_path, spec.revision)
+        source, key, revision = spec.name_or_path, "model.name_or_path", spec.revision
     else:  # random or bundled weights: the bundled tokenizer, so the vectors depend on nothing downloaded
         return PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER),
                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    local = local_source(source)
+    revision = hub_revision(source, revision, key)
+    local = local_source(source, key)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return _load(AutoTokenizer, local or source, bool(local), "tokenizer", revision=revision,

@@ -1,8 +1,6 @@
 """Centred vectors, the identity raw - centred = pooled_mean(T), finding a mean, and job=compare."""
 
 import json
-import os
-import time
 
 import pytest
 import torch

@@ -145,3 +145,10 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path):
     for weights, expected in ((small, "does not fit"), (tmp_path / "absent.safetensors", "is not a file")):
         with pytest.raises(UserError, match=expected):
             load_model(model_spec(compose_cfg(f"model.weights={weights}")))
+
+
+def test_a_missing_tokenizer_folder_names_its_own_setting(tmp_path):
+    for path, expected in ((tmp_path / "absent", "model.tokenizer=.*absent does not exist"),
+                           (BUNDLED_WEIGHTS, "model.tokenizer=.* is a file")):
+        with pytest.raises(UserError, match=expected):
+            load_model(model_spec(compose_cfg(f"model.tokenizer={path}")))

@@ -2,6 +2,7 @@
 (never the newest that fits the model), and model identities made of content (tokenizer, weights,
 hub commits), not of names and modification times."""
 
+import hashlib
 import json
 import logging
 import os
@@ -220,3 +221,21 @@ def test_a_pipeline_of_corpus_documents_ends_with_its_summary_and_names_its_mean
     assert analysis["centering"]["mean"]["sha256"] == mean["sha256"] == _centred_with(tmp_path / "run")["sha256"]
     summary = caplog.text[caplog.text.index("summary of long_centered"):]
     assert "anisotropy (mean cosine of all pairs): raw" in summary and "retrieval" not in summary
+
+
+def test_a_files_hash_is_kept_under_a_key_every_write_changes(tmp_path):
+    from actexp import fingerprint
+
+    path, cache = tmp_path / "weights.bin", tmp_path / "hashes"
+    path.write_bytes(os.urandom(2 << 20))  # over the size from which hashes are kept
+    true = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fingerprint.file_sha256(path, cache) == true
+    [entry] = cache.iterdir()
+    entry.write_text("f" * 64 + "\n")  # what is kept is what a later run gets: the file is not read again
+    fingerprint._sha256.cache_clear()
+    assert fingerprint.file_sha256(path, cache) == "f" * 64
+    st = path.stat()
+    with open(path, "r+b") as f:  # one byte rewritten in place, its modification time set back
+        f.write(bytes([path.read_bytes()[0] ^ 1]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint.file_sha256(path, cache) == hashlib.sha256(path.read_bytes()).hexdigest() != true

@@ -98,7 +98,7 @@ class Extractor:
 
     @modal.method()
     def mean_shard(self, request: dict) -> dict:
-        """{index, texts, doc_ids, stats: {identity, corpus_id}} -> the shard's header; the file is
+        """{index, texts, doc_ids, stats: {identity, corpus_id, shard_size}} -> the shard's header; the file is
         written atomically on the artifacts volume and committed, so a preempted input that runs
         again is harmless."""
         from actexp.corpus import Document

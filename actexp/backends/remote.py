@@ -20,7 +20,7 @@ from ..centering import CorpusMean
 from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
-from ..fingerprint import hub_commit, hub_ref_path
+from ..fingerprint import hub_commit
 from ..model import ModelSpec, local_source, encode, identity, load_tokenizer
 from ..pooling import Chunk
 from ..report import progress
@@ -98,23 +98,18 @@ class ModalBackend:
         self.metadata = identity(spec, hash_cache=hash_cache)
         self._extractor = None
 
-    def _pinned(self, spec: ModelSpec) -> ModelSpec:
-        """A hub model with its revision pinned to a commit (main moves): the one in this machine's
-        Hugging Face cache or the hub's, else the one on the Modal weights volume. The containers load
-        exactly that commit, so the identity the client records is the model that ran."""
+    @staticmethod
+    def _pinned(spec: ModelSpec) -> ModelSpec:
+        """A hub model with its revision pinned to the commit this machine resolves it to (its Hugging
+        Face cache, else the hub), as model.identity does: the containers load exactly that commit,
+        so the identity the client records, and the mean and store ids, name the model that ran."""
         if spec.random_init or spec.weights or not spec.name_or_path or local_source(spec.name_or_path):
             return spec
         commit = hub_commit(spec.name_or_path, spec.revision)
         if commit is None:
-            try:
-                ref = self.app_module.hf_cache.read_file(hub_ref_path(spec.name_or_path, spec.revision))
-                commit = b"".join(ref).decode().strip() or None
-            except FileNotFoundError:
-                pass
-        if commit is None:
             raise UserError(f"cannot tell which commit of {spec.name_or_path} (revision {spec.revision or 'main'}) "
-                            f"to run: the hub is unreachable and neither this machine's Hugging Face cache nor the "
-                            f"Modal volume {self.hw.hf_volume} has it; set model.revision=<commit>")
+                            "to run: the hub is unreachable and this machine's Hugging Face cache does not have it; "
+                            "set model.revision=<commit>")
         return dataclasses.replace(spec, revision=commit)
 
     @classmethod
