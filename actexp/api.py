@@ -148,10 +148,9 @@ class Session:
     def store(self, compute: bool = False) -> VectorStore:
         """The vector store of this config's corpus (job=store); with compute=True it is written first
         if missing or unfinished (resuming its shards)."""
-        from .corpus import Corpus
         from .jobs.store import layout_of
 
-        folder = layout_of(self._cfg, Corpus(self._cfg.corpus), self._centring()).folder
+        folder = layout_of(self._cfg, common.corpus_of(self._cfg), self._centring()).folder
         if compute and not (folder / "manifest.json").is_file():
             self.run("store")
         if not (folder / "manifest.json").is_file():

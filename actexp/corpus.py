@@ -12,6 +12,7 @@ shards, so the same config always gives the same shards.
 """
 
 import ast
+import contextlib
 import functools
 import glob
 import hashlib
@@ -26,6 +27,7 @@ from typing import Iterator, List, Optional, Tuple
 
 from .errors import UserError
 from .inputs import decode_text
+from .io import write_json
 from .report import progress
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,14 @@ def _python_docs(min_chars: int) -> List[Document]:  # parsing the stdlib takes 
     return list(_parse_python_docs(min_chars))
 
 
+def _stdlib_files() -> List[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p for p in sorted(root.rglob("*.py")) if "test" not in p.parts and "site-packages" not in p.parts]
+
+
 def _parse_python_docs(min_chars: int) -> Iterator[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    paths = [p for p in sorted(root.rglob("*.py")) if "test" not in p.parts and "site-packages" not in p.parts]
-    for path in progress(paths, desc="reading the standard library's docstrings", unit="file"):
+    for path in progress(_stdlib_files(), desc="reading the standard library's docstrings", unit="file"):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8"))
         except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -82,18 +88,23 @@ def _read_file(path: Path) -> Optional[str]:
         return None
 
 
+def _text_paths(pattern: str) -> List[Path]:
+    """The files a folder (searched recursively for .txt/.md), a glob, or a single file means, in order."""
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+    if path.is_file():
+        return [path]
+    paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not paths:
+        raise UserError(f"corpus.path={pattern} matches no file: give a folder, a glob or a .jsonl file")
+    return paths
+
+
 def text_files(pattern: str) -> Iterator[Document]:
     """A folder (searched recursively for .txt/.md), a glob, or a single text file, in path order."""
     path = Path(pattern).expanduser()
-    if path.is_dir():
-        paths = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
-    elif path.is_file():
-        paths = [path]
-    else:
-        paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-        if not paths:
-            raise UserError(f"corpus.path={pattern} matches no file: give a folder, a glob or a .jsonl file")
-    for p in paths:
+    for p in _text_paths(pattern):
         text = _read_file(p)
         if text is not None:
             yield Document(doc_id(text), str(p.relative_to(path)) if path.is_dir() else p.name, text)
@@ -150,8 +161,8 @@ class Corpus:
     it would mean downloading it.
     """
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg, id_cache: Optional[Path] = None):
+        self.cfg, self.id_cache = cfg, id_cache  # id_cache: where scans are kept (the artifact store's hashes/)
         if cfg.shard_size < 1:
             raise UserError(f"corpus.shard_size must be at least 1, got {cfg.shard_size}")
         if cfg.source not in SOURCES:
@@ -176,12 +187,43 @@ class Corpus:
 
     @functools.cached_property
     def _scan(self) -> Tuple[int, str]:
-        """(number of documents, sha256 of their ids in order): one pass over the source."""
+        """(number of documents, sha256 of their ids in order): one pass over the source, kept in
+        id_cache under a key of the settings and of every source file's path, size, mtime, ctime and
+        inode, so that any write to a file (or another file) scans again and nothing else does."""
+        entry = self._scan_entry()
+        try:
+            n, digest = json.loads(entry.read_text())
+            return int(n), str(digest)
+        except (AttributeError, OSError, ValueError, TypeError):
+            pass
         h, n = hashlib.sha256(), 0
         for doc in progress(self.documents(), desc=f"scanning corpus {self.cfg.name}", unit="doc"):
             h.update(doc.id.encode())
             n += 1
+        if entry is not None:
+            with contextlib.suppress(OSError, UserError):  # a read-only store: scan again next time
+                write_json(entry, [n, h.hexdigest()])
         return n, h.hexdigest()
+
+    def _scan_entry(self) -> Optional[Path]:
+        """The cache file of this corpus's scan, or None (no cache, or a streamed dataset)."""
+        cfg = self.cfg
+        if self.id_cache is None or cfg.source == "hf":
+            return None
+        try:
+            if cfg.source == "stdlib_docs":
+                files = _stdlib_files()
+            elif cfg.source == "samples":
+                files = _text_paths(str(SAMPLES_DIR))
+            else:
+                path = Path(cfg.path).expanduser()
+                files = [path] if path.suffix == ".jsonl" and path.is_file() else _text_paths(cfg.path)
+            stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ctime_ns, f.stat().st_ino)
+                     for f in files]
+        except (OSError, UserError):
+            return None  # the scan itself says what is wrong
+        key = [platform.python_version(), cfg.source, cfg.text_field, cfg.min_chars, cfg.max_docs, stats]
+        return Path(self.id_cache) / f"corpus-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]}.json"
 
     def _source(self) -> Iterator[Document]:
         cfg = self.cfg

@@ -74,3 +74,24 @@ def test_hf_dataset_without_network_fails_fast():
     assert c.count() is None
     with pytest.raises(UserError, match="cannot reach the Hugging Face hub|pip install datasets"):
         list(c.documents())
+
+
+def test_a_corpus_scan_is_kept_until_one_of_its_files_is_written(tmp_path):
+    import os
+
+    docs, cache = tmp_path / "docs", tmp_path / "hashes"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"{i}.txt").write_text(f"text number {i}")
+    files = ["corpus=files", f"corpus.path={docs}"]
+    first = Corpus(compose_cfg(*files).corpus, cache).id
+    assert first == Corpus(compose_cfg(*files).corpus).id  # the id a scan without a cache gives
+    [entry] = cache.glob("corpus-*.json")
+    assert json.loads(entry.read_text())[0] == 3
+    entry.write_text(json.dumps([3, "0" * 64]))  # a later run reads what was kept instead of the files
+    assert Corpus(compose_cfg(*files).corpus, cache).id != first
+    st = (docs / "1.txt").stat()
+    (docs / "1.txt").write_text("text number 7")  # same size, its modification time set back
+    os.utime(docs / "1.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = Corpus(compose_cfg(*files).corpus, cache).id
+    assert edited != first and edited == Corpus(compose_cfg(*files).corpus).id

@@ -50,11 +50,16 @@ def model_identity(cfg) -> dict:
     return identity(model_spec(cfg), hash_cache=hash_cache(cfg.paths.artifacts))
 
 
-def stats_of(cfg, corpus=None) -> Stats:
-    """The mean's sums of this config: model identity, the corpus's content and its shard size."""
+def corpus_of(cfg):
+    """The corpus group's documents, their scan kept in the artifact store (Corpus.id)."""
     from ..corpus import Corpus
 
-    corpus = corpus or Corpus(cfg.corpus)
+    return Corpus(cfg.corpus, hash_cache(cfg.paths.artifacts))
+
+
+def stats_of(cfg, corpus=None) -> Stats:
+    """The mean's sums of this config: model identity, the corpus's content and its shard size."""
+    corpus = corpus or corpus_of(cfg)
     return Stats(store_root(cfg.paths.artifacts), model_identity(cfg), corpus.id, cfg.corpus.shard_size)
 
 

@@ -17,7 +17,7 @@ from ..corpus import Corpus
 from ..errors import Interrupted, UserError
 from ..io import write_json
 from ..report import wrote
-from .common import stats_of
+from .common import corpus_of, stats_of
 
 log = logging.getLogger(__name__)
 STAGES = ("all", "extract", "aggregate", "progress")
@@ -74,7 +74,7 @@ def progress(backend, corpus: Corpus, stats: store.Stats, final: Path) -> dict:
 def run(cfg, out_dir, tracker, backend) -> dict:
     if cfg.mean.stage not in STAGES:
         raise UserError(f"unknown mean.stage {cfg.mean.stage!r}: use one of {', '.join(STAGES)}")
-    corpus = Corpus(cfg.corpus)
+    corpus = corpus_of(cfg)
     stats = stats_of(cfg, corpus)
     final = stats.mean_path(cfg.centering.min_count, cfg.centering.tail_start)
     if cfg.mean.stage == "progress":

@@ -32,7 +32,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         raise UserError(f"unknown store.stage {cfg.store.stage!r}: use one of {', '.join(STAGES)}")
     if cfg.store.shard_size < 1:
         raise UserError(f"store.shard_size must be at least 1, got {cfg.store.shard_size}")
-    corpus = Corpus(cfg.corpus)
+    corpus = common.corpus_of(cfg)
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
     layout = layout_of(cfg, corpus, mean)
