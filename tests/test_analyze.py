@@ -118,6 +118,7 @@ def test_the_text_goes_into_the_run_config_only_when_asked(tmp_path):
     assert wandb_summary(offline)[1]["text"] == "a private note"
 
 
+@pytest.mark.slow
 def test_a_sweep_over_pooling_and_centring_compares_in_wandb(art, tmp_path):
     root, _ = art
     r = run_cli("-m", "job=analyze", "pooling=short,long", "centering=none,corpus_mean", "analyze.log_vectors=false",

@@ -125,7 +125,8 @@ def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
         ["centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN, "text=Hello world",
          f"hydra.run.dir={tmp_path / 'run'}"],
         ["centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN, "text=hi", "hardware.dtype=bfloat16"],
-        ["centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", "model.layers=[1]", "text=hi"]], cwd=tmp_path)
+        ["centering=corpus_mean", f"paths.artifacts={tmp_path / 'empty'}", *MEAN, "model.layers=[1]", "text=hi"]],
+        cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     meta = json.loads((tmp_path / "run" / "vector.json").read_text())
     assert meta["centering"]["name"] == "corpus_mean" and meta["centering"]["mean"]["docs"] == 20
@@ -134,7 +135,8 @@ def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
     assert other_dtype.returncode == 2 and other_dtype.stderr.count("\n") == 1, other_dtype.stderr
     assert "-bfloat16__" in other_dtype.stderr and "compute it with `python -m actexp.run job=mean" in other_dtype.stderr
     assert r.returncode == 2
-    assert f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} 'model.layers=[1]'`" in r.stderr
+    assert (f"compute it with `python -m actexp.run job=mean paths.artifacts={tmp_path / 'empty'} corpus=samples "
+            "centering.min_count=4 'model.layers=[1]'`") in r.stderr
 
 
 def test_csv_records_what_was_done_to_each_variant(artifacts, tmp_path):

@@ -100,6 +100,7 @@ def _bad_inputs(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
     cases = _bad_inputs(tmp_path)
     with ThreadPoolExecutor(2) as pool:  # one CLI process per core
@@ -113,6 +114,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
         assert not (tmp_path / "experiments").exists() or not any((tmp_path / "experiments").rglob("*")), name
 
 
+@pytest.mark.slow
 def test_results_go_to_stdout_and_run_log_and_files_get_the_umask_mode(tmp_path):
     out = tmp_path / "run"
     r = run_cli("text=Hello world", f"hydra.run.dir={out}", cwd=tmp_path, umask=0o022)

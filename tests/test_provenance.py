@@ -179,6 +179,7 @@ def test_remote_code_counts_only_when_it_runs(neox_dir, tmp_path):
     assert ids["true"] != ids["true-edited"]  # remote code, in a subfolder too, is part of the model
 
 
+@pytest.mark.slow
 def test_a_hub_model_is_the_commit_its_revision_points_to(neox_dir, tmp_path):
     """A Hugging Face cache laid out as the hub client lays it out: main moves from one commit to another."""
     repo = tmp_path / "hub" / "models--acme--tiny"

@@ -134,6 +134,7 @@ def test_progress_and_bad_input(tmp_path, caplog):
         VectorStore.open(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_full_disk_gives_one_line_and_no_half_written_shard(art, tmp_path):
     def small_files():  # the child may write no file over 24 kB: the first shard (32 kB) does not fit
         resource.setrlimit(resource.RLIMIT_FSIZE, (24_000, 24_000))
