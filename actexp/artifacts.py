@@ -7,8 +7,8 @@
     <root>/means/<mean-id>/corpus_mean.safetensors     the mean; <mean-id> = <stats-id>-m<min_count>-t<tail_start>
 
 The stats id names everything that changes the sums (the model identity, dtype included, the
-corpus's content and its shard size); the mean id adds the settings of the finalisation, so re-finalising reuses the
-shards and never overwrites a mean that earlier outputs used.
+corpus's content and its shard size); the mean id adds the settings of the finalisation, so
+re-finalising reuses the shards and never overwrites a mean that earlier outputs used.
 
 Several processes may share a store: a shard is written only by the holder of its lock, the
 checkpoint and the mean only by the holder of the merge lock, and a writer removes only the temp

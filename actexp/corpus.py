@@ -157,8 +157,8 @@ class Corpus:
     Its id reads as name, source and limit, and ends with a hash of the config and of the
     documents' own ids in order (a hash of their texts), so an edited, added or removed file gives
     a new id. It names the documents only: how they are cut into shards belongs to what is made
-    of them (the mean's sums, a vector store). A streamed Hugging Face dataset is identified by name, split and limit only: hashing
-    it would mean downloading it.
+    of them (the mean's sums, a vector store). A streamed Hugging Face dataset is identified by
+    name, split and limit only: hashing it would mean downloading it.
     """
 
     def __init__(self, cfg, id_cache: Optional[Path] = None):
@@ -191,11 +191,10 @@ class Corpus:
         id_cache under a key of the settings and of every source file's path, size, mtime, ctime and
         inode, so that any write to a file (or another file) scans again and nothing else does."""
         entry = self._scan_entry()
-        try:
-            n, digest = json.loads(entry.read_text())
-            return int(n), str(digest)
-        except (AttributeError, OSError, ValueError, TypeError):
-            pass
+        if entry is not None and entry.is_file():
+            with contextlib.suppress(OSError, ValueError, TypeError):  # unreadable: scan again
+                n, digest = json.loads(entry.read_text())
+                return int(n), str(digest)
         h, n = hashlib.sha256(), 0
         for doc in progress(self.documents(), desc=f"scanning corpus {self.cfg.name}", unit="doc"):
             h.update(doc.id.encode())
@@ -218,8 +217,8 @@ class Corpus:
             else:
                 path = Path(cfg.path).expanduser()
                 files = [path] if path.suffix == ".jsonl" and path.is_file() else _text_paths(cfg.path)
-            stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ctime_ns, f.stat().st_ino)
-                     for f in files]
+            stats = [(str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                     for f, st in ((f, f.stat()) for f in files)]
         except (OSError, UserError):
             return None  # the scan itself says what is wrong
         key = [platform.python_version(), cfg.source, cfg.text_field, cfg.min_chars, cfg.max_docs, stats]

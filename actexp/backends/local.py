@@ -12,7 +12,6 @@ from filelock import Timeout
 
 from .. import artifacts as store
 from .. import vector_store
-from ..shards import check as check_shard
 from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
@@ -20,6 +19,7 @@ from ..errors import UserError
 from ..model import LoadedModel, ModelSpec, load_model
 from ..pooling import Chunk, pool
 from ..report import progress
+from ..shards import check as check_shard
 from ..vector_store import StoreLayout
 
 log = logging.getLogger(__name__)
