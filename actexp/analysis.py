@@ -50,7 +50,8 @@ def analyze(vectors: Dict[str, np.ndarray], chunk_labels: Sequence[str], groups:
             raise ValueError("the analysis needs at least two texts")
         pairs = geometry.pair_mask(n, groups)
         width = dims // n_chunks
-        parts = [("all", x)] + [(chunk_key(c), x[:, k * width:(k + 1) * width]) for k, c in enumerate(chunk_labels)]
+        parts = [("all", x)] + [(chunk_key(c), x[:, k * width:(k + 1) * width]) for k, c in enumerate(chunk_labels)
+                                if chunk_key(c) != "all"]  # unlabelled vectors: one chunk, "all", once
         for chunk, part in parts:  # one chunk too: its name compares with the same chunk of a longer pooling
             def add(metric, value, **extra):
                 out.records.append({"metric": metric, "variant": variant, "chunk": chunk, "value": value, "texts": n} | extra)

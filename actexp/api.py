@@ -25,7 +25,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from . import analysis, jobs
+from . import analysis, jobs, ranges
 from .backends import open_backend
 from .errors import UserError, message, user_fault
 from .jobs import common
@@ -40,7 +40,9 @@ def compose_config(*overrides: str):
     register()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="actexp"):
-            return compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides))
+        ranges.check(cfg)
+        return cfg
     except Exception as e:
         if user_fault(e):
             raise UserError(message(e)) from None
@@ -119,6 +121,8 @@ class Session:
     def vectors(self, texts: Union[str, Sequence[str]]) -> Vectors:
         """Vectors of the texts in one pass: raw, and centred when the config centres."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise UserError("Session.vectors needs at least one text")
         chunk_list = common.chunks(self._cfg.pooling)
         result = self._backend.vectors(texts, chunk_list, self._centring())
         return Vectors(result.raw.numpy(), None if result.centered is None else result.centered.numpy(),

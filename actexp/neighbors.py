@@ -11,7 +11,9 @@ from .retrieval import unit_rows
 def top_k(queries: np.ndarray, read: Callable[[int, int], np.ndarray], n_rows: int, k: int,
           block_rows: int = 8192, progress=None) -> Tuple[np.ndarray, np.ndarray]:
     """The k rows most cosine-similar to each query: (rows [Q, k] int64, cosines [Q, k] float32),
-    best first; ties go to the lower row. `read(start, stop)` returns rows [stop - start, D].
+    best first; equal float32 scores go to the lower row (the cosines of two parallel rows of
+    different norms may differ in the last bit, and are then ordered by it). A row or query that is
+    not finite scores -inf: last, never a hit. `read(start, stop)` returns rows [stop - start, D].
 
     One block of rows ([block_rows, D] float32) and a [Q, block_rows] score matrix are in memory
     at a time; the products are float32 on unit vectors, so cosines are exact to ~1e-6.
@@ -25,6 +27,7 @@ def top_k(queries: np.ndarray, read: Callable[[int, int], np.ndarray], n_rows: i
         block = read(start, stop)  # [stop - start, D] float32
         # Divide the scores, not the rows, by the rows' norms: no normalised copy of the block.
         scores = (q @ block.T) / np.maximum(np.linalg.norm(block, axis=1), 1e-30)  # [Q, stop - start]
+        scores = np.where(np.isnan(scores), -np.inf, scores)
         scores = np.concatenate([best, scores.astype(np.float32)], 1)
         rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, stop), (len(q), stop - start))], 1)
         kept = min(k, scores.shape[1])  # fewer than k while the first blocks are smaller than k

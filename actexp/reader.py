@@ -90,15 +90,25 @@ class VectorStore:
 
     def vectors(self, rows: Union[slice, Sequence[int], None] = None, ids: Optional[Sequence[str]] = None,
                 variant: str = "raw", to: str = "numpy"):
-        """float32 vectors [n, dims] of rows (a slice or row numbers) or of ids, in the order asked."""
+        """float32 vectors [n, dims] of rows (a slice, row numbers, or a boolean mask of len(store)
+        rows, as numpy takes them) or of ids, in the order asked; numpy or torch (`to`)."""
         if variant not in self.variants:
             raise UserError(f"variant {variant!r} is not in this store: it holds {', '.join(self.variants)}")
+        if to not in ("numpy", "torch"):
+            raise UserError(f"to={to!r}: give numpy or torch")
         if ids is not None:
             rows = self.rows_of(ids)
         if rows is None or isinstance(rows, slice):
             picked = np.arange(*(rows or slice(None)).indices(len(self)))  # [n] global rows
         else:
-            picked = np.asarray(rows, dtype=np.int64)
+            picked = np.asarray(rows)
+            if picked.dtype == bool:
+                if picked.shape != (len(self),):
+                    raise UserError(f"a boolean mask of rows needs {len(self)} entries, one per row; got {picked.shape}")
+                picked = np.flatnonzero(picked)
+            elif picked.size and picked.dtype.kind not in "iu":
+                raise UserError(f"rows must be row numbers, a slice or a boolean mask; got {picked.dtype} values")
+            picked = picked.astype(np.int64)
             if len(picked) and (picked.min() < 0 or picked.max() >= len(self)):
                 raise UserError(f"rows out of range: the store has {len(self)} rows")
         out = np.empty((len(picked), self.dims), dtype=np.float32)  # [n, D]

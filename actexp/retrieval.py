@@ -37,7 +37,9 @@ def relevance(groups: Sequence, partners: Optional[Sequence[Optional[int]]] = No
 def ranks(sim: np.ndarray, rel: np.ndarray) -> np.ndarray:
     """Rank (1 = most similar) of each query's best-ranked right answer among all other texts;
     one entry per query that has a right answer. Ties count against the answer: a right answer
-    tied with a wrong one ranks below it, so a constant similarity earns nothing."""
+    tied with a wrong one ranks below it, so a constant similarity earns nothing. A similarity that
+    is not a number (a non-finite vector) counts as the lowest, so it is never a hit."""
+    sim = np.where(np.isnan(sim), -np.inf, sim)
     out = []
     for i in np.flatnonzero(rel.any(1)):
         best = sim[i, rel[i]].max()

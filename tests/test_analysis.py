@@ -119,3 +119,17 @@ def test_the_samples_are_ten_partner_pairs_in_five_topics():
     assert len(s.names) == 20 and len(set(s.groups)) == 5
     for i, j in enumerate(s.partners):
         assert s.partners[j] == i and s.groups[i] == s.groups[j] and int(s.names[i][:2]) % 10 == int(s.names[j][:2]) % 10
+
+
+def test_a_vector_that_is_not_finite_is_never_a_hit():
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    rel = retrieval.relevance(["a", "a", "b", "b"], [1, 0, 3, 2])
+    assert list(retrieval.ranks(retrieval.cosine_matrix(x), rel)) == [1, 1, 1, 1]
+    x[1] = np.nan  # text 1's vector overflowed: its query and its being found both rank last
+    assert list(retrieval.ranks(retrieval.cosine_matrix(x), rel)) == [3, 3, 1, 1]
+    assert retrieval.retrieval(retrieval.cosine_matrix(x), rel)["recall@1"] == 0.5
+    rows = x.astype(np.float32)
+    found, cos = top_k(np.array([[1.0, 0.05]]), lambda a, b: rows[a:b], 4, 4, block_rows=2)
+    assert list(found[0]) == [0, 3, 2, 1] and cos[0][-1] == -np.inf  # the NaN row last, whatever the block
+    found, cos = top_k(x[1:2], lambda a, b: rows[a:b], 4, 2)  # a NaN query finds nothing better than -inf
+    assert np.all(cos == -np.inf)

@@ -88,3 +88,13 @@ def test_the_readme_example_is_the_notebooks_first_cells():
     section = readme[readme.index("## From Python"):]
     [block] = re.findall(r"```python\n(.*?)```", section[:section.index("\n## ", 5)], re.S)
     assert block.strip() == "\n\n".join(code_cells()[:2]).strip()
+
+
+def test_no_texts_is_one_clear_error_and_unlabelled_arrays_are_analysed_once():
+    with pytest.raises(actexp.UserError, match="at least one text"):
+        with actexp.Session() as s:
+            s.vectors([])
+    rng = np.random.default_rng(0)
+    result = actexp.analyze({"raw": rng.normal(size=(6, 8))}, groups=[0, 0, 1, 1, 2, 2])
+    keys = [(r["metric"], r["variant"], r["chunk"]) for r in result.records]
+    assert len(keys) == len(set(keys)) and {k[2] for k in keys} == {"all"}

@@ -50,3 +50,31 @@ def test_typo_inside_a_yaml_file_fails(tmp_path):
     (tmp_path / "model" / "typo.yaml").write_text("name: typo\nrandom_inti: true\n")
     with pytest.raises(ConfigCompositionException, match="random_inti"):
         compose_cfg(f"hydra.searchpath=[file://{tmp_path}]", "model=typo")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("model.max_tokens=-3", "model.max_tokens=-3 is out of range: give a whole number of at least 1, or null = the model's context"),
+    ("model.max_tokens=0", "model.max_tokens=0 is out of range"),
+    ("corpus.max_docs=-1", "corpus.max_docs=-1 is out of range: give a whole number of at least 1, or null = every document"),
+    ("corpus.max_docs=0", "corpus.max_docs=0 is out of range"),
+    ("hardware.threads=-3", "hardware.threads=-3 is out of range: give a whole number of at least 1, or null"),
+    ("store.shard_size=0", "store.shard_size=0 is out of range: give a whole number of at least 1"),
+    ("centering.tail_start=-1", "centering.tail_start=-1 is out of range: give a number of 0 or more"),
+])
+def test_numbers_out_of_range_are_refused_when_composed(override, expected):
+    from actexp.api import compose_config
+    from actexp.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        compose_config(override)
+    assert str(e.value).startswith(expected)
+    compose_config(override.split("=")[0] + "=null" if "max" in override or "threads" in override else "job=extract")
+
+
+def test_a_number_out_of_range_is_one_line_from_the_cli(tmp_path):
+    from helpers import run_cli
+
+    r = run_cli("job=extract", "text=hi", "model.max_tokens=-3", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == ("error: model.max_tokens=-3 is out of range: give a whole number of at "
+                                              "least 1, or null = the model's context\n")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no run folder left behind

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -152,3 +153,30 @@ def test_a_missing_tokenizer_folder_names_its_own_setting(tmp_path):
                            (BUNDLED_WEIGHTS, "model.tokenizer=.* is a file")):
         with pytest.raises(UserError, match=expected):
             load_model(model_spec(compose_cfg(f"model.tokenizer={path}")))
+
+
+def test_vectors_that_overflow_are_refused_with_the_dtype_to_use(tmp_path):
+    """float16 is allowed and a model can overflow in it: the MLPs of the tiny model scaled up by 200
+    overflow in float16 (not in float32); the refusal names the texts and the dtype to use."""
+    import actexp
+    from helpers import run_cli
+
+    weights = tmp_path / "loud.safetensors"
+    save_file({k: (v.float() * (200.0 if "mlp.dense" in k and k.endswith("weight") else 1.0)).to(v.dtype)
+               for k, v in load_file(BUNDLED_WEIGHTS).items()}, weights)
+    texts = ["The quick brown fox jumps over the lazy dog.", "hi"]
+    with actexp.Session(f"model.weights={weights}", "model.dtype=float32") as s:
+        assert np.isfinite(s.vectors(texts).raw).all()
+    with pytest.raises(actexp.UserError, match=r"the vectors of 2 of 2 texts \(text 0: 'The quick brown fox jumps over'"
+                                               r", \.\.\.\) are not finite in model.dtype=float16: .* use "
+                                               r"model.dtype=bfloat16 or float32"):
+        with actexp.Session(f"model.weights={weights}", "model.dtype=float16") as s:
+            s.vectors(texts)
+    r = run_cli("job=extract", "text=hi", f"model.weights={weights}", "model.dtype=float16", "logger=none",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model.dtype=float16" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UserError, match="activations of these documents are not finite in model.dtype=float16"):
+        from actexp import jobs
+        jobs.run("mean", compose_cfg("job=mean", "corpus=samples", f"model.weights={weights}", "model.dtype=float16",
+                                     f"paths.artifacts={tmp_path / 'art'}"), tmp_path)

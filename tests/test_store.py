@@ -76,6 +76,14 @@ def test_the_reader_gives_the_rows_asked_for(centred):
         store.vectors(ids=[store.ids[0], "nope"])
     with pytest.raises(UserError, match="rows out of range"):
         store.vectors([40])
+    mask = np.zeros(40, dtype=bool)
+    mask[[3, 17, 39]] = True  # a boolean mask, as numpy takes one
+    assert np.array_equal(store.vectors(mask), every[mask]) and len(store.vectors([])) == 0
+    for bad, expected in ((mask[:2], "boolean mask of rows needs 40 entries"), ([1.5], "rows must be row numbers")):
+        with pytest.raises(UserError, match=expected):
+            store.vectors(bad)
+    with pytest.raises(UserError, match="to='jax': give numpy or torch"):
+        store.vectors(slice(0, 2), to="jax")
 
 
 def test_a_shard_opens_with_pandas(centred):

@@ -103,7 +103,17 @@ class LocalBackend:
                 if mu is not None:
                     centered[batch] = pooled[1].cpu()
                 bar.update(sum(lengths))
+        self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
         return Vectors(raw, centered, [len(x) for x in ids], truncated)
+
+    def _refuse_non_finite(self, texts: Sequence[str], x: torch.Tensor) -> None:
+        """An overflow (float16 is allowed, and Pythia overflows in it) stops here, not in the metrics."""
+        bad = torch.nonzero(~torch.isfinite(x).all(1)).flatten().tolist()
+        if bad:
+            first = texts[bad[0]][:30].replace("\n", " ")
+            raise UserError(f"the vectors of {len(bad)} of {len(texts)} texts (text {bad[0]}: {first!r}"
+                            f"{', ...' if len(bad) > 1 else ''}) are not finite in model.dtype={self.spec.dtype}: "
+                            "the model overflows in it; use model.dtype=bfloat16 or float32")
 
     def mean_stats(self, texts: Sequence[str]) -> MeanAccumulator:
         """Per-position float64 sum and count of h_t over the texts (one shard of a corpus mean)."""
@@ -115,6 +125,9 @@ class LocalBackend:
             if trim is not None:
                 del h
                 trim(0)
+        if not torch.isfinite(acc.sum).all():
+            raise UserError(f"the activations of these documents are not finite in model.dtype={self.spec.dtype}: "
+                            "the model overflows in it; use model.dtype=bfloat16 or float32")
         return acc
 
     def write_shard(self, docs: Sequence[Document], stats: store.Stats, index: int) -> dict:

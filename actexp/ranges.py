@@ -1,0 +1,48 @@
+"""The allowed range of every number a user can set, checked once the config is composed and before
+anything runs, so a bad value is one line naming the key and its range instead of a failure deep
+in a job (or, worse, a silent meaning: max_docs=0 as "all", max_tokens=-3 as "drop 3 tokens")."""
+
+from .errors import UserError
+
+# Keys whose values are whole numbers of at least 1 -> what null means (None: null is not allowed).
+AT_LEAST_1 = {
+    "model.max_tokens": "null = the model's context",
+    "corpus.max_docs": "null = every document",
+    "corpus.shard_size": None,
+    "hardware.threads": "null = torch's default",
+    "hardware.batch_tokens": None,
+    "hardware.max_containers": None,
+    "hardware.request_tokens": None,
+    "store.shard_size": None,
+    "mean.checkpoint_every": None,
+    "centering.min_count": None,
+    "analyze.max_rows": None,
+    "neighbors.k": None,
+    "neighbors.block_rows": None,
+    "bench.docs": None,
+    "bench.doc_tokens": None,
+    "bench.mean_docs": None,
+    "bench.repeats": None,
+}
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None and part in node else None
+    return node
+
+
+def check(cfg) -> None:
+    """Refuse a number out of its range with one line: the key, the value, the range."""
+    for key, null in AT_LEAST_1.items():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            allowed = "a whole number of at least 1" + (f", or {null}" if null else "")
+            raise UserError(f"{key}={value} is out of range: give {allowed}")
+    for key in ("hardware.max_padding", "centering.tail_start"):
+        value = _get(cfg, key)
+        if value is not None and value < 0:
+            raise UserError(f"{key}={value} is out of range: give a number of 0 or more")
