@@ -26,6 +26,7 @@ from .vector_store import MANIFEST, open_shard
 class VectorStore:
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
+        self._tables = {}  # shard index -> memory-mapped table, opened on first use
         self._starts = np.cumsum([0] + [s["rows"] for s in manifest["shards"]])  # first row of each shard
 
     @classmethod
@@ -56,12 +57,15 @@ class VectorStore:
         """True when the shards were kept on a Modal volume (store.download=false)."""
         return self.manifest["location"] != "local"
 
-    @functools.lru_cache(maxsize=64)
     def _shard(self, k: int) -> pa.Table:
+        """Shard k's table, memory-mapped once per reader (kept with the reader, freed with it: an
+        lru_cache on the method would keep every reader and its maps alive)."""
         if self.remote:
             raise UserError(f"the shards of {self.folder.name} are on {self.manifest['location']}: download them "
                             "with the same job=store command and store.download=true")
-        return open_shard(self.folder / self.manifest["shards"][k]["file"])
+        if k not in self._tables:
+            self._tables[k] = open_shard(self.folder / self.manifest["shards"][k]["file"])
+        return self._tables[k]
 
     def metadata(self) -> pa.Table:
         """id, name, n_tokens, truncated of every row, in order (.to_pandas() for a DataFrame)."""

@@ -126,6 +126,7 @@ class StoreConfig:
     shard_size: int = 1024
     storage_dtype: str = "float32"
     download: bool = True
+    verify: bool = False
 
 
 @dataclass

@@ -304,7 +304,9 @@ def test_a_corrupt_store_shard_on_the_volume_is_recomputed_by_the_next_run(stand
     volume = tmp_path / "volume" / "vectors" / metrics["store_id"]
     _flip_a_byte_inside_a_vector(volume / "shards" / "00001.arrow")
     stand_in.calls[:] = []
-    jobs.run("store", compose_cfg(*overrides), tmp_path)
+    jobs.run("store", compose_cfg(*overrides), tmp_path)  # finished: its manifest is read, nothing else
+    assert not stand_in.calls
+    jobs.run("store", compose_cfg(*overrides, "store.verify=true"), tmp_path)
     assert [r["index"] for name, r in stand_in.calls if name == "store_shard"] == [1]  # that shard, and only it
     here = jobs.run("store", compose_cfg("job=store", "model.dtype=float32", "corpus=samples", "store.shard_size=8",
                                          f"paths.artifacts={tmp_path / 'local'}"), tmp_path)
@@ -368,3 +370,18 @@ def test_a_python_session_on_modal_keeps_one_app_and_one_model_for_all_its_calls
     assert stand_in.app.starts == 1 and not stand_in.app.running and stand_in.loads == 1
     with actexp.Session("model.dtype=float32") as here:
         assert rel_err(torch.from_numpy(first.raw), torch.from_numpy(here.vectors(TEXTS).raw)) < 1e-5
+
+
+def test_a_container_reads_the_corpus_mean_once_per_run(stand_in, tmp_path):
+    art = tmp_path / "artifacts"
+    jobs.run("mean", compose_cfg("job=mean", "corpus=samples", "centering.min_count=4", f"paths.artifacts={art}",
+                                 "model.dtype=float32"), tmp_path)
+    cfg = compose_cfg(*MODAL, "centering=corpus_mean", f"paths.artifacts={art}", "corpus=samples", "centering.min_count=4")
+    mean, chunks = corpus_mean(cfg), chunks_from_cfg(cfg.pooling)
+    with open_backend(cfg) as backend:
+        first = backend.vectors(TEXTS, chunks, mean)
+        [on_volume] = (tmp_path / "volume").glob(f"means/*/{store.MEAN_FILE}")
+        garbage = on_volume.with_suffix(".new")
+        garbage.write_bytes(b"not read again")
+        garbage.replace(on_volume)  # replaced as writers replace files; the second request uses the container's copy
+        assert torch.equal(backend.vectors(TEXTS, chunks, mean).centered, first.centered)

@@ -3,6 +3,7 @@ third-party reading, storage dtypes, resume, corrupt and foreign shards, kills, 
 writers, bad input, and the Modal variant."""
 
 import json
+import logging
 import os
 import resource
 import signal
@@ -111,7 +112,11 @@ def test_a_corrupt_or_foreign_shard_is_recomputed_and_the_rest_kept(art, tmp_pat
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a flipped byte inside the vectors
     shard.write_bytes(bytes(data))
-    again, _, _ = run_store(art, tmp_path)
+    # A finished store is reused from its manifest: a re-run reads no shard, so it cannot see the damage ...
+    caplog.set_level(logging.INFO)
+    assert run_store(art, tmp_path)[0]["tokens_computed"] == 0 and "vector store up to date" in caplog.text
+    # ... which store.verify=true finds, recomputing that shard alone.
+    again, _, _ = run_store(art, tmp_path, "store.verify=true")
     assert again["tokens_computed"] == store.manifest["tokens"] - sum(
         json.loads(pa.ipc.open_file(store.folder / "shards" / f"0000{k}.arrow").schema.metadata[b"actexp"])["tokens"]
         for k in (0, 2))  # only shard 1 ran again
@@ -119,7 +124,7 @@ def test_a_corrupt_or_foreign_shard_is_recomputed_and_the_rest_kept(art, tmp_pat
     # A shard of another store (here: the centred store's) put in its place is refused and redone.
     _, _, other = run_store(art, tmp_path, "centering=corpus_mean")
     shard.write_bytes((other.folder / "shards" / "00001.arrow").read_bytes())
-    run_store(art, tmp_path)
+    run_store(art, tmp_path, "store.verify=true")
     assert f"store shard 1 belongs to another store ({other.folder.name})" in caplog.text
     assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
 
@@ -200,3 +205,16 @@ def test_two_writers_at_once_share_the_work_and_equal_a_single_run(tmp_path):
     computed = [json.loads((tmp_path / f"r{i}" / "metrics.json").read_text())["metrics"]["tokens_computed"]
                 for i in range(2)]
     assert sum(computed) == json.loads(next(art.glob("vectors/*/manifest.json")).read_text())["tokens"]
+
+
+def test_a_reader_and_its_memory_maps_are_freed_with_it(centred):
+    import gc
+    import weakref
+
+    _, _, store = centred
+    reader = VectorStore.open(store.folder)
+    reader.vectors(slice(0, 40))  # opens every shard
+    gone = weakref.ref(reader)
+    del reader
+    gc.collect()
+    assert gone() is None

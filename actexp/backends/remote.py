@@ -96,7 +96,8 @@ class ModalBackend:
         self.spec = spec = self._pinned(spec)
         self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True)}
         self.metadata = identity(spec, hash_cache=hash_cache)
-        self._extractor = None
+        self._extractor = self._tokenizer = None
+        self._means_sent = set()  # (path on the volume, sha256) of the means checked there in this run
 
     @staticmethod
     def _pinned(spec: ModelSpec) -> ModelSpec:
@@ -164,17 +165,21 @@ class ModalBackend:
     # -- vectors -------------------------------------------------------------------------------
     def _remote_mean(self, mean: CorpusMean) -> str:
         """The mean's path on the artifacts volume: the copy there is used only if its checksum is
-        the local mean's; otherwise the local file is uploaded over it."""
+        the local mean's; otherwise the local file is uploaded over it. Checked once per run (the
+        containers check the checksum again when they first read it)."""
         relpath = f"means/{mean.metadata['mean_id']}/{store.MEAN_FILE}"
+        if (relpath, mean.sha256) in self._means_sent:
+            return relpath
         volume = self.app_module.artifacts_volume
         try:
             remote_sha = store.header_of_stream(volume.read_file(relpath)).get("sha256")
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # missing, or not a safetensors file: replaced below
             remote_sha = None
         if remote_sha != mean.sha256:
             log.info("uploading %s to the Modal volume", mean.path)
             with volume.batch_upload(force=True) as batch:
                 batch.put_file(str(mean.path), relpath)
+        self._means_sent.add((relpath, mean.sha256))
         return relpath
 
     def _base_request(self, chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> dict:
@@ -184,7 +189,9 @@ class ModalBackend:
                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
-        tokenizer = load_tokenizer(self.spec)  # only to size the groups; the remote side tokenises
+        if self._tokenizer is None:  # only to size the groups (the remote side tokenises): loaded once
+            self._tokenizer = load_tokenizer(self.spec)
+        tokenizer = self._tokenizer
         ids, _ = encode(tokenizer, texts, self.metadata["max_tokens"])
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
         base = self._base_request(chunks, mean)

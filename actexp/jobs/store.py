@@ -7,6 +7,7 @@ valid ones are skipped; manifest.json is written when every shard is there.
 progress: report shards, documents and tokens without loading the model.
 """
 
+import json
 import logging
 
 from .. import vector_store as vs
@@ -25,6 +26,27 @@ def layout_of(cfg, corpus: Corpus, mean) -> vs.StoreLayout:
     return vs.StoreLayout(store_root(cfg.paths.artifacts), common.model_identity(cfg), pooling,
                           None if mean is None else mean.sha256, corpus.id, vs.check_storage_dtype(cfg.store.storage_dtype),
                           cfg.store.shard_size)
+
+
+def _finished(layout: vs.StoreLayout, cfg):
+    """The metrics of a store already finished where it was asked for (its manifest names this store
+    and every shard file is there): a re-run costs a manifest read, not a re-read of every shard.
+    None when it must be checked or written (store.verify=true re-checks every shard's checksum)."""
+    path = layout.folder / vs.MANIFEST
+    if cfg.store.verify or not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    local = manifest.get("location") == "local"
+    if manifest.get("store_id") != layout.id or (cfg.store.download and not local):
+        return None
+    if local and not all((layout.folder / s["file"]).is_file() for s in manifest["shards"]):
+        return None
+    log.info(f"vector store up to date: {manifest['rows']} documents in {len(manifest['shards'])} shards "
+             f"{'at ' + str(layout.folder) if local else 'on ' + manifest['location']} "
+             "(store.verify=true checks every shard again)")
+    return {"store_id": layout.id, "shards": len(manifest["shards"]), "docs": manifest["rows"],
+            "tokens": manifest["tokens"], "tokens_computed": 0, "tokens_per_s": None,
+            "location": manifest["location"]}
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
@@ -46,6 +68,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         return {"shards": len(headers), "docs": sum(h["rows"] for h in headers)}
     if total == 0:
         raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
+    finished = _finished(layout, cfg)
+    if finished is not None:
+        return finished
     headers, computed, seconds = [], 0, 0.0
     with progress(total=total_shards, unit="shard", desc="store", delay=0) as bar:
         try:
