@@ -141,7 +141,7 @@ def remove_temp_files(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _checksum(tensors: dict) -> str:
+def _tensors_sha256(tensors: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         h.update(name.encode())
@@ -152,7 +152,7 @@ def _checksum(tensors: dict) -> str:
 def _write_checked(path: Path, tensors: dict, meta: dict) -> str:
     """Write tensors atomically with their checksum in the header; the checksum."""
     tensors = {k: v.cpu() for k, v in tensors.items()}
-    digest = _checksum(tensors)
+    digest = _tensors_sha256(tensors)
     write_safetensors(path, tensors, {k: json.dumps(v) for k, v in meta.items()} | {"sha256": digest})
     return digest
 
@@ -168,7 +168,7 @@ def _read_checked(path: Path, names: Tuple[str, ...]) -> Optional[Tuple[dict, di
         with safe_open(str(path), "pt") as f:
             header = _decode(f.metadata())
             tensors = {k: f.get_tensor(k) for k in names}
-        return (tensors, header) if header.get("sha256") == _checksum(tensors) else None
+        return (tensors, header) if header.get("sha256") == _tensors_sha256(tensors) else None
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
 

@@ -19,10 +19,6 @@ class LabelledTexts:
     groups: List[str]
     partners: Optional[List[Optional[int]]] = None  # index of each text's partner: the one right answer
 
-    @property
-    def task(self) -> str:
-        return "partner" if self.partners is not None else "group"
-
 
 def samples() -> LabelledTexts:
     docs = bundled_samples()

@@ -26,12 +26,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from .artifacts import digest, folder_lock, model_label, remove_temp_files
+from .artifacts import MANIFEST, digest, folder_lock, model_label, remove_temp_files
 from .corpus import Document
 from .errors import UserError
 from .io import write_bytes, write_json
 
-MANIFEST = "manifest.json"
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 VARIANTS = ("raw", "centered")
 
@@ -80,7 +79,7 @@ class StoreLayout:
         try:
             table = open_shard(path)
             table.validate(full=True)  # damaged offsets or strings fail here, not later
-            if _checksum(table) != header.get("sha256"):
+            if _table_sha256(table) != header.get("sha256"):
                 return None
             return header, table.column("id").to_pylist(), table
         except (OSError, pa.ArrowException, KeyError, ValueError):
@@ -101,7 +100,7 @@ def _vector_column(x: torch.Tensor, storage_dtype: str):
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), x.shape[1]), meta
 
 
-def _checksum(table: pa.Table) -> str:
+def _table_sha256(table: pa.Table) -> str:
     """sha256 of a shard's logical content (not of Arrow's buffers, whose padding may vary)."""
     h = hashlib.sha256()
     for name in table.column_names:
@@ -134,7 +133,7 @@ def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vecto
     """Write one shard atomically, its header (store id, index, rows, tokens, checksum) in the schema."""
     table = shard_table(docs, vectors, layout.storage_dtype)
     header = {"store_id": layout.id, "shard": index, "rows": table.num_rows, "tokens": int(sum(vectors.n_tokens)),
-              "sha256": _checksum(table)}
+              "sha256": _table_sha256(table)}
     table = table.replace_schema_metadata({"actexp": json.dumps(header)})
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, table.schema) as writer:

@@ -39,7 +39,9 @@ TRIM_HEAP = _heap_trimmer()
 
 
 @dataclass
-class Vectors:
+class Pooled:
+    """What a backend returns for N texts, as torch tensors (actexp.Vectors is the API's numpy form)."""
+
     raw: torch.Tensor  # [N, C*H] float32, on the CPU
     centered: Optional[torch.Tensor]  # [N, C*H] float32, when a corpus mean was given
     n_tokens: List[int]
@@ -89,7 +91,7 @@ class LocalBackend:
     def _batches(self, ids):
         return stream(self.lm, ids, self.batch_tokens, self.max_padding)
 
-    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
+    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
         """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given."""
         ids, truncated = self._encode(texts)
         dims = len(chunks) * self.lm.hidden_size
@@ -104,7 +106,7 @@ class LocalBackend:
                     centered[batch] = pooled[1].cpu()
                 bar.update(sum(lengths))
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
-        return Vectors(raw, centered, [len(x) for x in ids], truncated)
+        return Pooled(raw, centered, [len(x) for x in ids], truncated)
 
     def _refuse_non_finite(self, texts: Sequence[str], x: torch.Tensor) -> None:
         """An overflow (float16 is allowed, and Pythia overflows in it) stops here, not in the metrics."""

@@ -74,7 +74,7 @@ class Extractor:
         self.backend.max_padding = request.get("max_padding", 0.1)
 
     def _vectors(self, request: dict):
-        """The local backend's Vectors of request["texts"], centred with the mean named by the request."""
+        """The local backend's Pooled vectors of request["texts"], centred with the mean named by the request."""
         from actexp.artifacts import load_mean
         from actexp.pooling import Chunk
 

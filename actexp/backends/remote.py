@@ -26,7 +26,7 @@ from ..pooling import Chunk
 from ..report import progress
 from ..shards import check as check_shard
 from ..vector_store import StoreLayout
-from .local import Vectors
+from .local import Pooled
 
 log = logging.getLogger(__name__)
 DEPLOY = "modal deploy -m actexp.backends.modal_app"
@@ -188,7 +188,7 @@ class ModalBackend:
                 "mean_sha256": mean.sha256 if mean is not None else None,
                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
 
-    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Vectors:
+    def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
         if self._tokenizer is None:  # only to size the groups (the remote side tokenises): loaded once
             self._tokenizer = load_tokenizer(self.spec)
         tokenizer = self._tokenizer
@@ -201,7 +201,7 @@ class ModalBackend:
         # token_groups keeps the texts' order, so concatenating the replies restores it.
         raw = torch.cat([torch.from_numpy(r["raw"]) for r in results])  # [N, C*H]
         centered = None if mean is None else torch.cat([torch.from_numpy(r["centered"]) for r in results])
-        return Vectors(raw, centered, [n for r in results for n in r["n_tokens"]],
+        return Pooled(raw, centered, [n for r in results for n in r["n_tokens"]],
                        [t for r in results for t in r["truncated"]])
 
     # -- corpus mean ---------------------------------------------------------------------------
