@@ -57,15 +57,15 @@ def corpus_of(cfg):
     return Corpus(cfg.corpus, hash_cache(cfg.paths.artifacts))
 
 
-def stats_of(cfg, corpus=None) -> Stats:
+def stats_of(cfg, corpus=None, model_id: Optional[dict] = None) -> Stats:
     """The mean's sums of this config: model identity, the corpus's content and its shard size."""
     corpus = corpus or corpus_of(cfg)
-    return Stats(store_root(cfg.paths.artifacts), model_identity(cfg), corpus.id, cfg.corpus.shard_size)
+    return Stats(store_root(cfg.paths.artifacts), model_id or model_identity(cfg), corpus.id, cfg.corpus.shard_size)
 
 
-def configured_mean_path(cfg) -> Path:
+def configured_mean_path(cfg, model_id: Optional[dict] = None) -> Path:
     """Where the mean of this config lives: model identity, corpus content, min_count, tail_start."""
-    return stats_of(cfg).mean_path(cfg.centering.min_count, cfg.centering.tail_start)
+    return stats_of(cfg, model_id=model_id).mean_path(cfg.centering.min_count, cfg.centering.tail_start)
 
 
 def _made_from(meta: dict) -> str:
@@ -85,7 +85,7 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
         return None
     model_id = model_identity(cfg)
     if cfg.centering.mean_path == "auto":
-        path = configured = configured_mean_path(cfg)
+        path = configured = configured_mean_path(cfg, model_id)
         if not path.is_file():
             raise UserError(f"the corpus mean of this config ({path.parent.name}) is not in "
                             f"{path.parent.parent}: compute it with `{mean_command()}`")
@@ -95,7 +95,7 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
             raise UserError(f"centering.mean_path={path} {'is a folder' if path.is_dir() else 'does not exist'}: "
                             f"give a corpus_mean.safetensors, or compute a mean with `{mean_command()}`")
         try:  # only to say whether it is this config's own mean: a corpus that cannot be read is no error here
-            configured = configured_mean_path(cfg)
+            configured = configured_mean_path(cfg, model_id)
         except UserError:
             configured = None
     mean = load_mean(path)
