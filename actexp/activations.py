@@ -77,7 +77,7 @@ class LayerMean:
 def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], batch: Sequence[int]) -> torch.Tensor:
     """Right-padded input ids [B, T] of one batch (longest first), on the model's device."""
     width = len(ids[batch[0]])
-    pad = lm.bos_id if lm.bos_id is not None else 0  # any valid id: pad positions are never read
+    pad = lm.text.bos_id or 0  # any valid id: pad positions are never read
     input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, T]
     for row, i in enumerate(batch):
         input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)

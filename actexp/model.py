@@ -28,21 +28,45 @@ HELP_MODELS = "use model=tiny (offline), or model=hf model.name_or_path=/path/to
 
 
 @dataclass
+class TextEncoder:
+    """A model's tokenizer with its BOS and truncation rule: exactly the ids the forward pass gets."""
+
+    tokenizer: object
+    max_tokens: int
+    bos_id: Optional[int]  # prepended to every text; None: model.prepend_bos=false
+
+    def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
+        return encode(self.tokenizer, texts, self.max_tokens, self.bos_id)
+
+
+def text_encoder(spec: "ModelSpec", max_tokens: int, config, tokenizer=None) -> TextEncoder:
+    """The TextEncoder of a spec; the BOS id is the tokenizer's, else the model config's."""
+    tokenizer = tokenizer or load_tokenizer(spec)
+    if not spec.prepend_bos:
+        return TextEncoder(tokenizer, max_tokens, None)
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
+    if bos_id is None:
+        raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
+    return TextEncoder(tokenizer, max_tokens, bos_id)
+
+
+@dataclass
 class LoadedModel:
     model: torch.nn.Module  # the causal LM; its head is never run
     body: torch.nn.Module  # embeddings, decoder blocks, final norm
     blocks: Sequence[torch.nn.Module]
     layer_ids: List[int]  # selected blocks, non-negative, ascending
-    tokenizer: object
+    text: TextEncoder
     hidden_size: int
-    max_tokens: int
-    prepend_bos: bool
-    bos_id: Optional[int]
     device: torch.device
     metadata: dict  # what determines the vectors: model name, revision, layers, ...
 
+    @property
+    def tokenizer(self):
+        return self.text.tokenizer
+
     def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
-        return encode(self.tokenizer, texts, self.max_tokens, self.bos_id if self.prepend_bos else None)
+        return self.text.encode(texts)
 
 
 @dataclass
@@ -213,12 +237,8 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
     blocks = find_blocks(model, spec.blocks)
     meta = identity(spec, model.config, hash_cache)
     layer_ids = select_layers(spec.layers, len(blocks))
-    tokenizer = load_tokenizer(spec)
-    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(model.config, "bos_token_id", None)
-    if spec.prepend_bos and bos_id is None:
-        raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
-    return LoadedModel(model, model.base_model, blocks, layer_ids, tokenizer, meta["hidden_size"],
-                       meta["max_tokens"], spec.prepend_bos, bos_id, device, meta)
+    return LoadedModel(model, model.base_model, blocks, layer_ids, text_encoder(spec, meta["max_tokens"], model.config),
+                       meta["hidden_size"], device, meta)
 
 
 def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[torch.nn.Module]:

@@ -1,9 +1,11 @@
 """Centred vectors, the identity raw - centred = pooled_mean(T), finding a mean, and job=compare."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
@@ -13,7 +15,7 @@ from actexp.errors import UserError
 from actexp.io import write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
-from actexp.model import load_model
+from actexp.model import BUNDLED_TOKENIZER, load_model
 from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
                      run_cli, run_clis)
 
@@ -209,3 +211,21 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
                                                           "mean": {"path": "/old/mean.safetensors", "sha256": "0" * 64}}})
     with pytest.raises(UserError, match="set centering.mean_path=/old/mean.safetensors"):
         compare("centered.csv")
+
+
+def test_compare_counts_the_tokens_the_model_was_given(neox_dir, tmp_path):
+    """A tokenizer without a BOS token: model.prepend_bos takes the config's bos_token_id, and job=compare
+    (compare.use_samples, token counts recomputed) must count that BOS as the forward pass did."""
+    folder = shutil.copytree(neox_dir, tmp_path / "ckpt")
+    PreTrainedTokenizerFast(tokenizer_file=str(BUNDLED_TOKENIZER), eos_token="<|endoftext|>").save_pretrained(folder)
+    model = ["model=hf", f"model.name_or_path={folder}", "model.prepend_bos=true", f"paths.artifacts={tmp_path / 'a'}",
+             *MEAN]
+    jobs.run("mean", compose_cfg("job=mean", *model), tmp_path / "m")
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", *model)
+    samples = bundled_samples()
+    out = LocalBackend.from_config(cfg).vectors([s.text for s in samples], chunks_from_cfg(cfg.pooling), corpus_mean(cfg))
+    for name, vectors in (("raw", out.raw), ("centered", out.centered)):
+        write_matrix_csv(tmp_path / f"{name}.csv", vectors, [s.name for s in samples])
+    cfg = compose_cfg("job=compare", "pooling=long", *model, f"compare.raw_csv={tmp_path / 'raw.csv'}",
+                      f"compare.centered_csv={tmp_path / 'centered.csv'}", "compare.use_samples=true")
+    assert jobs.run("compare", cfg, tmp_path / "c")["worst_rel_error"] < 1e-5

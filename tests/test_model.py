@@ -21,7 +21,7 @@ def _backend(*overrides):
 @pytest.mark.parametrize("pooling,spec", [("short", SHORT), ("long", LONG)])
 def test_hf_checkpoint_loads_through_from_pretrained_and_matches_the_math(neox_dir, pooling, spec):
     backend, chunks = _backend("model=hf", f"model.name_or_path={neox_dir}", f"pooling={pooling}")
-    assert backend.lm.metadata["name_or_path"] == str(neox_dir) and backend.lm.max_tokens == 512
+    assert backend.lm.metadata["name_or_path"] == str(neox_dir) and backend.lm.text.max_tokens == 512
     out = backend.vectors(TEXTS, chunks)
     reference = reference_model(AutoModelForCausalLM.from_pretrained(neox_dir))  # loaded independently
     for i, text in enumerate(TEXTS):
@@ -82,7 +82,7 @@ def test_random_tiny_is_seeded_and_offline():  # needs random weights: model.ran
 def test_pythia_random_init_builds_the_architecture_offline():
     cfg = compose_cfg("model=pythia-70m", "model.random_init=true")
     lm = load_model(model_spec(cfg))
-    assert (lm.hidden_size, len(lm.blocks), lm.max_tokens) == (512, 6, 2048)
+    assert (lm.hidden_size, len(lm.blocks), lm.text.max_tokens) == (512, 6, 2048)
     assert lm.model.config.vocab_size == 50304 and lm.model.config.num_attention_heads == 8
     assert lm.tokenizer.vocab_size == 4096  # the bundled tokenizer
 

@@ -82,7 +82,7 @@ class LocalBackend:
         ids, truncated = self.lm.encode(texts)
         if any(truncated):
             log.warning("%d of %d texts were truncated to model.max_tokens=%d tokens",
-                        sum(truncated), len(texts), self.lm.max_tokens)
+                        sum(truncated), len(texts), self.lm.text.max_tokens)
         empty = [i for i, x in enumerate(ids) if not x]
         if empty:
             raise UserError(f"text {empty[0]} has no tokens: give non-empty texts")

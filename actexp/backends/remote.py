@@ -21,7 +21,7 @@ from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
 from ..fingerprint import hub_commit
-from ..model import ModelSpec, local_source, encode, identity, load_tokenizer
+from ..model import ModelSpec, identity, local_source, model_config, text_encoder
 from ..pooling import Chunk
 from ..report import progress
 from ..shards import check as check_shard
@@ -96,7 +96,7 @@ class ModalBackend:
         self.spec = spec = self._pinned(spec)
         self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True)}
         self.metadata = identity(spec, hash_cache=hash_cache)
-        self._extractor = self._tokenizer = None
+        self._extractor = self._text = None
         self._means_sent = set()  # (path on the volume, sha256) of the means checked there in this run
 
     @staticmethod
@@ -189,10 +189,9 @@ class ModalBackend:
                 "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
-        if self._tokenizer is None:  # only to size the groups (the remote side tokenises): loaded once
-            self._tokenizer = load_tokenizer(self.spec)
-        tokenizer = self._tokenizer
-        ids, _ = encode(tokenizer, texts, self.metadata["max_tokens"])
+        if self._text is None:  # only to size the groups (the remote side tokenises): loaded once
+            self._text = text_encoder(self.spec, self.metadata["max_tokens"], model_config(self.spec))
+        ids, _ = self._text.encode(texts)
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
         base = self._base_request(chunks, mean)
         requests = [base | {"texts": [texts[i] for i in g]} for g in groups]

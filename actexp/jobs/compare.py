@@ -14,7 +14,7 @@ import torch
 from ..corpus import bundled_samples
 from ..errors import CheckFailed, UserError
 from ..io import read_matrix_csv, write_text
-from ..model import encode, load_tokenizer
+from ..model import model_config, text_encoder
 from ..report import plural, wrote
 from . import common
 
@@ -47,9 +47,8 @@ def _from_csvs(cfg, model_id, dims, mean):
         missing = [n for n in names if n not in texts]
         if missing:
             raise UserError(f"compare.use_samples=true but {missing[0]!r} is not a bundled sample")
-        tokenizer = load_tokenizer(common.model_spec(cfg))
-        bos = tokenizer.bos_token_id if cfg.model.prepend_bos else None
-        ids, _ = encode(tokenizer, [texts[n] for n in names], model_id["max_tokens"], bos)
+        spec = common.model_spec(cfg)
+        ids, _ = text_encoder(spec, model_id["max_tokens"], model_config(spec)).encode([texts[n] for n in names])
         n_tokens = [len(x) for x in ids]
     else:
         sidecar = Path(cfg.compare.raw_csv).with_suffix(".json")
