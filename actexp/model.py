@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import UserError
 from .fingerprint import checkpoint_sha256, file_sha256, hub_commit
@@ -357,7 +358,7 @@ def _load(loader, source: str, local: bool, what: str, **kwargs):
                 raise UserError(f"cannot download {what} {source!r}: the Hugging Face hub is unreachable "
                                 f"and it is not cached; {HELP_MODELS}") from None
             return loader.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:  # SafetensorError: a damaged weight file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load {what} {source}: {reason}; {HELP_MODELS}") from None
 

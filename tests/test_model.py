@@ -1,13 +1,16 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from actexp.backends import open_backend
 from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
-from actexp.jobs.common import model_spec
+from actexp.jobs.common import model_identity, model_spec
 from actexp.corpus import python_docs
 from actexp.model import BUNDLED_WEIGHTS, find_blocks, load_model, select_layers
 from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
@@ -180,3 +183,17 @@ def test_vectors_that_overflow_are_refused_with_the_dtype_to_use(tmp_path):
         from actexp import jobs
         jobs.run("mean", compose_cfg("job=mean", "corpus=samples", f"model.weights={weights}", "model.dtype=float16",
                                      f"paths.artifacts={tmp_path / 'art'}"), tmp_path)
+
+
+def test_the_model_loads_at_the_first_forward_pass_not_when_its_identity_is_read(neox_dir, tmp_path):
+    """Weights that cannot be loaded: the identity (hashed from the files) is still there; the forward
+    pass is what fails. A run's backend builds nothing for its metadata."""
+    folder = shutil.copytree(neox_dir, tmp_path / "ckpt")
+    (folder / "model.safetensors").write_bytes(b"not safetensors")
+    cfg = compose_cfg("model=hf", f"model.name_or_path={folder}", f"paths.artifacts={tmp_path / 'a'}")
+    backend = LocalBackend.from_config(cfg)
+    assert backend.metadata == model_identity(cfg) and backend.metadata["checkpoint"]
+    with pytest.raises(UserError, match="cannot load checkpoint .*header"):
+        backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
+    with open_backend(compose_cfg("model=hf", "hardware=modal", f"model.name_or_path={folder}")) as lazy:
+        assert lazy.metadata["checkpoint"] == backend.metadata["checkpoint"]  # no Modal credentials needed

@@ -19,8 +19,11 @@ def make_backend(cfg):
 
 
 class LazyBackend:
-    """The backend of one run, built on first use: a job that needs no model (plot, a progress
-    report) loads none and needs no Modal credentials. Every stage of the run shares it."""
+    """The backend of one run, built by the first call below that needs it, so a job that computes
+    nothing (plot, analyze from CSVs) needs no Modal credentials; every stage of the run shares it.
+    `metadata` builds nothing. A local backend then loads its model at the first forward pass
+    (LocalBackend.lm), a Modal one connects at its first remote call. These methods are the
+    backend interface that jobs use; nothing else is forwarded."""
 
     def __init__(self, cfg):
         self._cfg, self._backend = cfg, None
@@ -32,8 +35,35 @@ class LazyBackend:
             self._backend = make_backend(self._cfg)
         return self._backend
 
-    def __getattr__(self, name):
-        return getattr(self.built, name)
+    @property
+    def metadata(self) -> dict:
+        """The model identity, from config (model.identity)."""
+        if self._backend is not None:
+            return self._backend.metadata
+        from ..jobs.common import model_identity
+
+        return model_identity(self._cfg)
+
+    def vectors(self, texts, chunks, mean=None):
+        return self.built.vectors(texts, chunks, mean)
+
+    def extract_shards(self, shards, stats):
+        return self.built.extract_shards(shards, stats)
+
+    def shard_headers(self, stats):
+        return self.built.shard_headers(stats)
+
+    def aggregate(self, stats, n_shards, min_count, tail_start, checkpoint_every):
+        return self.built.aggregate(stats, n_shards, min_count, tail_start, checkpoint_every)
+
+    def store_shards(self, shards, layout, chunks, mean):
+        return self.built.store_shards(shards, layout, chunks, mean)
+
+    def store_headers(self, layout):
+        return self.built.store_headers(layout)
+
+    def finish_store(self, layout, headers, download):
+        return self.built.finish_store(layout, headers, download)
 
     def close(self) -> None:
         if self._backend is not None:

@@ -16,7 +16,7 @@ from ..activations import stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
 from ..errors import UserError
-from ..model import LoadedModel, ModelSpec, load_model
+from ..model import LoadedModel, ModelSpec, identity, load_model
 from ..pooling import Chunk, pool
 from ..report import progress
 from ..shards import check as check_shard
@@ -60,6 +60,7 @@ class LocalBackend:
         self.spec, self.device, self.threads, self.hash_cache = spec, device, threads, hash_cache
         self.batch_tokens, self.max_padding = batch_tokens, max_padding
         self._lm: Optional[LoadedModel] = None
+        self._metadata: Optional[dict] = None
 
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
@@ -69,14 +70,17 @@ class LocalBackend:
 
     @property
     def lm(self) -> LoadedModel:
-        """The model, loaded on first use (aggregating and reporting progress need none)."""
+        """The model, loaded by the first forward pass (aggregating, progress and metadata need none)."""
         if self._lm is None:
             self._lm = load_model(self.spec, self.device, self.threads, self.hash_cache)
         return self._lm
 
     @property
     def metadata(self) -> dict:
-        return self.lm.metadata
+        """The model identity, from its config and files (model.identity): no weights are loaded."""
+        if self._metadata is None:
+            self._metadata = self._lm.metadata if self._lm is not None else identity(self.spec, hash_cache=self.hash_cache)
+        return self._metadata
 
     def _encode(self, texts: Sequence[str]):
         ids, truncated = self.lm.encode(texts)

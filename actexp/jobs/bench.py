@@ -60,7 +60,7 @@ class Workload:
 
     def __init__(self, cfg, docs: List[Document], backend):
         self.cfg, self.backend = cfg, backend
-        self.lm = backend.lm
+        self.lm = backend.built.lm  # the model in this process: the bench measures it (hardware=local)
         self.docs = [_cut(self.lm, d, cfg.bench.doc_tokens) for d in docs]
         self.texts = [d.text for d in self.docs]
         self.ids, _ = self.lm.encode(self.texts)
