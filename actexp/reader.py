@@ -14,7 +14,7 @@ only the rows asked for (shards are memory-mapped Arrow files, see vector_store.
 import functools
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,24 @@ from .errors import UserError
 from .vector_store import MANIFEST, open_shard
 
 
-class VectorStore:
+class Rows(Protocol):
+    """Rows of vectors with ids, as job=neighbors searches them: a VectorStore, or the bundled samples
+    held in memory (jobs/neighbors.Samples)."""
+
+    folder: Path
+    manifest: dict  # the metadata the rows were made with (model, pooling, centering)
+    ids: List[str]
+    names: List[str]
+    variants: List[str]
+
+    def __len__(self) -> int: ...
+
+    def rows_of(self, ids: Sequence[str]) -> np.ndarray: ...
+
+    def vectors(self, rows, variant: str = "raw") -> np.ndarray: ...
+
+
+class VectorStore(Rows):
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
         self._tables = {}  # shard index -> memory-mapped table, opened on first use

@@ -17,7 +17,7 @@ from ..corpus import bundled_samples
 from ..errors import UserError
 from ..io import write_json, write_text
 from ..neighbors import top_k
-from ..reader import VectorStore
+from ..reader import Rows, VectorStore
 from ..report import progress, wrote
 from . import common
 
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 COLUMNS = ["query", "variant", "rank", "row", "id", "name", "cosine"]
 
 
-class Samples:
-    """The bundled samples as a tiny in-memory store: the reader's interface, vectors from the model."""
+class Samples(Rows):
+    """The bundled samples as rows in memory (reader.Rows), their vectors from the model."""
 
     def __init__(self, cfg, backend, mean):
         docs = bundled_samples()
         self._vectors = backend.vectors([d.text for d in docs], common.chunks(cfg.pooling), mean).by_variant()
         self.ids = [d.name for d in docs]  # a sample's name is its id here
-        self.names, self.variants, self.folder = self.ids, list(self._vectors), "samples"
+        self.names, self.variants, self.folder = self.ids, list(self._vectors), Path("samples")
         self.manifest = common.metadata(cfg, backend.metadata, mean)
 
     def __len__(self):
@@ -45,7 +45,7 @@ class Samples:
         return np.array([self.ids.index(i) for i in ids])
 
     def vectors(self, rows, variant="raw"):
-        return self._vectors[variant][rows]
+        return self._vectors[variant][rows]  # [n, D] float32
 
 
 def _open_store(cfg, mean):
