@@ -79,12 +79,14 @@ class Similarity:
 
 @dataclass
 class Mean:
-    """A per-position corpus mean: mean[t] is the average residual stream at position t."""
+    """A per-position corpus mean: mean[t] is the average residual stream at position t, for the P
+    positions documents reached; every later position up to metadata["max_tokens"] has `tail`."""
 
     path: str
     sha256: str
-    mean: np.ndarray  # [P, H] float32, P = the model's max_tokens
+    mean: np.ndarray  # [P, H] float32
     metadata: dict
+    tail: Optional[np.ndarray] = None  # [H] float32; None when P is max_tokens
 
 
 class Session:
@@ -147,7 +149,8 @@ class Session:
                 raise
             self.run("mean")
             found = common.corpus_mean(self._cfg, required=True)
-        return Mean(str(found.path), found.sha256, found.mean.numpy(), dict(found.metadata))
+        return Mean(str(found.path), found.sha256, found.mean.numpy(), dict(found.metadata),
+                    None if found.tail is None else found.tail.numpy())
 
     def store(self, compute: bool = False) -> VectorStore:
         """The vector store of this config's corpus (job=store); with compute=True it is written first

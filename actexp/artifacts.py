@@ -1,4 +1,5 @@
-"""The artifact store of corpus means: where its files live, their ids, locks and checksums.
+"""The artifact store of corpus means: where its files live, their ids and checksums (the locks,
+ids and manifests both stores share are in storage.py).
 
     <root>/stats/<stats-id>/shards/00000.safetensors   per shard: float64 sum [p, H], count [p], doc ids
     <root>/stats/<stats-id>/manifest.json              written once every shard is on disk
@@ -12,58 +13,32 @@ re-finalising reuses the shards and never overwrites a mean that earlier outputs
 
 Several processes may share a store: a shard is written only by the holder of its lock, the
 checkpoint and the mean only by the holder of the merge lock, and a writer removes only the temp
-files of a file whose lock it holds. On a Modal volume (no locks) `locking=False`: there every
-shard has one writer at a time and equal inputs write equal bytes.
+files of a file whose lock it holds. Readers take no lock, so a finished store on read-only media
+is used as it is. On a Modal volume (no locks) `locking=False`: there every shard has one writer at
+a time and equal inputs write equal bytes.
 """
 
 import contextlib
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 import torch
-from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from . import shards
 from .centering import CorpusMean, MeanAccumulator
 from .errors import UserError
-from .fingerprint import COMMIT
-from .io import write_json, write_safetensors
+from .io import write_safetensors
 from .report import progress
+from . import storage
+from .storage import MANIFEST, digest, folder_lock, model_label, remove_temp_files
 
 MEAN_FILE = "corpus_mean.safetensors"
 CHECKPOINT_FILE = "aggregate.ckpt.safetensors"
-MANIFEST = "manifest.json"
-
-
-def root(artifacts) -> Path:
-    """The store's folder as an absolute path (paths.artifacts may be relative or start with ~)."""
-    return Path(artifacts).expanduser().resolve()
-
-
-def hash_cache(artifacts) -> Path:
-    """Where the hashes of model files are kept between runs (fingerprint.file_sha256)."""
-    return root(artifacts) / "hashes"
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def model_label(m: dict) -> str:
-    """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
-    revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
-        f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
-        f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
-    layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
-    bos = "bos" if m["prepend_bos"] else "nobos"
-    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
 
 
 def stats_id(model_identity: dict, corpus_id: str, shard_size: int) -> str:
@@ -119,28 +94,6 @@ class Stats:
         return None
 
 
-def folder_lock(folder: Path, name: str, locking: bool = True):
-    """A cross-process lock named `name` in folder/.locks (FileLock), or a no-op where files cannot be locked."""
-    if not locking:
-        return _NoLock()
-    (folder / ".locks").mkdir(parents=True, exist_ok=True)
-    return FileLock(folder / ".locks" / f"{name}.lock")
-
-
-class _NoLock(contextlib.nullcontext):
-    def acquire(self, blocking: bool = True) -> bool:
-        return True
-
-    def release(self) -> None:
-        pass
-
-
-def remove_temp_files(path: Path) -> None:
-    """Remove the temp files a killed write of `path` left behind; call it holding path's lock."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
 def _tensors_sha256(tensors: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
@@ -162,12 +115,12 @@ def _decode(metadata: Optional[dict]) -> dict:
     return {k: v if k == "sha256" else json.loads(v) for k, v in (metadata or {}).items()}
 
 
-def _read_checked(path: Path, names: Tuple[str, ...]) -> Optional[Tuple[dict, dict]]:
+def _read_checked(path: Path, names: Tuple[str, ...], optional: Tuple[str, ...] = ()) -> Optional[Tuple[dict, dict]]:
     """(tensors, header) of a file written by _write_checked, or None if missing, truncated or corrupt."""
     try:
         with safe_open(str(path), "pt") as f:
             header = _decode(f.metadata())
-            tensors = {k: f.get_tensor(k) for k in names}
+            tensors = {k: f.get_tensor(k) for k in names + tuple(k for k in optional if k in f.keys())}
         return (tensors, header) if header.get("sha256") == _tensors_sha256(tensors) else None
     except (SafetensorError, OSError, KeyError, ValueError):
         return None
@@ -187,7 +140,7 @@ def read_stats(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor, dict]]:
 
 def save_mean(mean: CorpusMean, path: Path) -> CorpusMean:
     """Write a mean atomically; its metadata gains the checksum of its tensors."""
-    tensors = {"mean": mean.mean, "sum": mean.sum, "count": mean.count}
+    tensors = {"mean": mean.mean, "sum": mean.sum, "count": mean.count} | ({} if mean.tail is None else {"tail": mean.tail})
     meta = {k: v for k, v in mean.metadata.items() if k != "sha256"}
     mean.metadata = meta | {"sha256": _write_checked(path, tensors, meta)}
     mean.path = Path(path)
@@ -196,12 +149,15 @@ def save_mean(mean: CorpusMean, path: Path) -> CorpusMean:
 
 def load_mean(path: Path) -> CorpusMean:
     """A mean written by save_mean, its checksum verified."""
-    read = _read_checked(Path(path), ("mean", "sum", "count"))
+    read = _read_checked(Path(path), ("mean", "sum", "count"), optional=("tail",))
     if read is None:
         raise UserError(f"{path} is not a readable corpus mean (missing, truncated or corrupt): "
                         "recompute it with job=mean")
     t, meta = read
-    return CorpusMean(t["mean"], t["sum"], t["count"], meta, Path(path))
+    if t["mean"].shape[0] < meta.get("max_tokens", 0) and "tail" not in t:
+        raise UserError(f"{path} covers {t['mean'].shape[0]} of {meta['max_tokens']} positions and has no tail value: "
+                        "recompute it with job=mean")
+    return CorpusMean(t["mean"], t["sum"], t["count"], t.get("tail"), meta, Path(path))
 
 
 def read_header(path: Path) -> Optional[dict]:
@@ -239,10 +195,8 @@ def shard_headers(stats: Stats) -> List[dict]:
 
 
 def write_manifest(stats: Stats, n_shards: int, docs: int, tokens: int) -> None:
-    with stats.lock("merge"):
-        path = stats.folder / MANIFEST
-        remove_temp_files(path)
-        write_json(path, {"n_shards": n_shards, "docs": docs, "tokens": tokens, "stats_id": stats.id})
+    storage.write_manifest(stats.folder, {"n_shards": n_shards, "docs": docs, "tokens": tokens, "stats_id": stats.id},
+                           lambda: stats.lock("merge"))
 
 
 def read_manifest(stats: Stats) -> Optional[dict]:
@@ -258,6 +212,7 @@ def _merge_one(stats: Stats, acc: MeanAccumulator, k: int) -> None:
             checked = shards.check(stats, k)
             if checked.problem:
                 stats.shard(k).unlink(missing_ok=True)
+                (stats.folder / MANIFEST).unlink(missing_ok=True)  # not all extracted any more (we hold the merge lock)
                 raise UserError(f"shard {k} of {stats.id} {checked.problem} and was removed: "
                                 "run the same job=mean command again to recompute it")
     acc.merge(*checked.content, checked.header["docs"], checked.header["tokens"])
@@ -270,6 +225,8 @@ def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, c
     shared. Under the merge lock, so a second writer finds the finished mean and reuses it.
     """
     final = stats.mean_path(min_count, tail_start)
+    with contextlib.suppress(UserError):
+        return load_mean(final)  # finished (a mean id fixes its content): read without a lock, as read-only stores are
     with stats.lock("merge"):
         with contextlib.suppress(UserError):
             return load_mean(final)  # finished by another process (a mean id fixes its content)

@@ -6,7 +6,7 @@ Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents lo
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -48,37 +48,61 @@ class MeanAccumulator:
         self.tokens += tokens
 
 
+def tail_mean(sum_: torch.Tensor, count: torch.Tensor, min_count: int, tail_start: int) -> torch.Tensor:
+    """The fallback [H] float64: the count-weighted mean of the positions >= tail_start that have at
+    least min_count documents."""
+    tail = (count >= max(min_count, 1)) & (torch.arange(count.numel()) >= tail_start)  # [P]
+    if not tail.any():
+        raise ValueError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
+                         "documents")
+    return sum_[tail].sum(0) / count[tail].sum()
+
+
 def finalise(sum_: torch.Tensor, count: torch.Tensor, min_count: int, tail_start: int) -> torch.Tensor:
-    """mu_t = S_t / n_t [P, H] float32; positions with n_t < min_count take the count-weighted mean
-    of the positions >= tail_start that have enough documents."""
+    """mu_t = S_t / n_t [P, H] float32; positions with n_t < min_count take tail_mean."""
     enough = count >= max(min_count, 1)  # [P]
     mean = torch.zeros_like(sum_)  # [P, H] float64
     mean[enough] = sum_[enough] / count[enough, None]
     if not enough.all():
-        tail = enough & (torch.arange(count.numel()) >= tail_start)
-        if not tail.any():
-            raise ValueError(f"no position >= centering.tail_start={tail_start} has centering.min_count={min_count} "
-                             "documents")
-        mean[~enough] = sum_[tail].sum(0) / count[tail].sum()
+        mean[~enough] = tail_mean(sum_, count, min_count, tail_start)
     return mean.to(torch.float32)
 
 
 @dataclass
 class CorpusMean:
+    """mu_t for t < max_tokens: stored for the P positions some document reached, and as one tail
+    value for every position from P on (a 128k-context model's mean is not padded to 128k rows)."""
+
     mean: torch.Tensor  # [P, H] float32, after the min_count/tail_start fallback
     sum: torch.Tensor  # [P, H] float64
     count: torch.Tensor  # [P] int64
+    tail: Optional[torch.Tensor] = None  # [H] float32: mu_t for t >= P; None when P is max_tokens
     metadata: dict = field(default_factory=dict)
     path: Optional[Path] = None
 
     @classmethod
     def from_stats(cls, sum_, count, max_tokens: int, min_count: int, tail_start: int, metadata: dict):
-        """Pad the statistics to P = max_tokens positions and finalise them."""
-        pad = max_tokens - count.numel()
-        sum_ = torch.cat([sum_.cpu(), sum_.new_zeros(pad, sum_.shape[1]).cpu()])
-        count = torch.cat([count.cpu(), count.new_zeros(pad).cpu()])
+        """Finalise the statistics of the positions documents reached; the rest up to max_tokens take the tail."""
+        sum_, count = sum_.cpu(), count.cpu()
+        tail = tail_mean(sum_, count, min_count, tail_start).to(torch.float32) if count.numel() < max_tokens else None
         meta = metadata | {"min_count": min_count, "tail_start": tail_start}
-        return cls(finalise(sum_, count, min_count, tail_start), sum_, count, meta)
+        return cls(finalise(sum_, count, min_count, tail_start), sum_, count, tail, meta)
+
+    @property
+    def positions(self) -> int:
+        """How many positions the mean covers (the model's max_tokens)."""
+        return self.metadata.get("max_tokens", self.mean.shape[0])
+
+    def rows(self, n: int) -> torch.Tensor:
+        """mu_t for t < n: [n, H] float32."""
+        if n > self.positions:
+            raise ValueError(f"a text of {n} tokens is longer than the corpus mean ({self.positions} positions)")
+        P = self.mean.shape[0]
+        return self.mean[:n] if n <= P else torch.cat([self.mean, self.tail.expand(n - P, -1)])
+
+    def to(self, device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(mean [P, H], tail [H] or None) on a device: what pooling.pool centres with."""
+        return self.mean.to(device), None if self.tail is None else self.tail.to(device)
 
     @property
     def sha256(self) -> Optional[str]:
@@ -87,9 +111,7 @@ class CorpusMean:
 
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
-        if n_tokens > self.mean.shape[0]:
-            raise ValueError(f"a text of {n_tokens} tokens is longer than the corpus mean ({self.mean.shape[0]} positions)")
-        return (weights(tuple(chunks), n_tokens) @ self.mean[:n_tokens].to(torch.float64)).reshape(-1)
+        return (weights(tuple(chunks), n_tokens) @ self.rows(n_tokens).to(torch.float64)).reshape(-1)
 
     def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
         """Centred vectors from raw ones [N, C*H] and their token counts, without the model."""

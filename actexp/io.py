@@ -41,9 +41,10 @@ def write_bytes(path: Path, data) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise UserError(f"cannot write {path}: {e.strerror}: free some space, or write elsewhere "
-                            "(paths.artifacts=DIR, hydra.run.dir=DIR)") from None
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            space = e.errno not in (errno.EROFS, errno.EACCES)
+            raise UserError(f"cannot write {path}: {e.strerror}: {'free some space, or ' if space else ''}write "
+                            "elsewhere (paths.artifacts=DIR, hydra.run.dir=DIR)") from None
         raise
     return path
 

@@ -5,7 +5,7 @@ Pure torch: knows nothing of models, configs or files. Weights are float64.
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -66,12 +66,22 @@ def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, d
     return torch.stack(rows, 1)  # [B, C, T]
 
 
+def pooled_mean(w: torch.Tensor, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
+    """sum_t w_t mu_t [..., C, H] float64 for weights w [..., C, T], where mu_t is mean[t] [P, H] for
+    t < P and tail [H] from P on."""
+    T, P = w.shape[-1], mean.shape[0]
+    out = torch.matmul(w[..., : min(T, P)], mean[:T].to(torch.float64))  # [..., C, H]
+    if T > P:
+        out = out + w[..., P:].sum(-1, keepdim=True) * tail.to(torch.float64)
+    return out
+
+
 def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
-         means: Sequence[Optional[torch.Tensor]] = (None,)) -> List[torch.Tensor]:
+         means: Sequence[Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]] = (None,)) -> List[torch.Tensor]:
     """Pooled vectors of a right-padded batch h [B, T, H]: one [B, C*H] float32 tensor per entry of means.
 
-    An entry None pools h_t (raw); a per-position corpus mean [P, H] pools h_t - mean_t (centred,
-    subtracted before pooling). The whole batch is pooled at once on its device in float64, pads
+    An entry None pools h_t (raw); a per-position corpus mean, (mean [P, H], tail [H] for t >= P)
+    as CorpusMean.to gives it, pools h_t - mu_t (centred, subtracted before pooling). The whole batch is pooled at once on its device in float64, pads
     zeroed and weighted 0, so a text's vector does not depend on the batch it shares (to float32).
 
     Pooling is linear, so W(h - mean) = Wh - W mean: the centred vectors cost a [B, C, T] x [T, H]
@@ -86,6 +96,6 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     del x
     outs = []
     for mean in means:
-        pooled = raw if mean is None else raw - torch.matmul(w, mean[:T].to(torch.float64))  # [B, C, H]
+        pooled = raw if mean is None else raw - pooled_mean(w, *mean)  # [B, C, H]
         outs.append(pooled.reshape(B, -1).to(torch.float32))  # [B, C*H]
     return outs

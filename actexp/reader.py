@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import UserError
-from .vector_store import MANIFEST, open_shard
+from .storage import MANIFEST
+from .vector_store import open_shard
 
 
 class Rows(Protocol):

@@ -26,10 +26,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
-from .artifacts import MANIFEST, digest, folder_lock, model_label, remove_temp_files
+from . import storage
+from .storage import digest, folder_lock, model_label
 from .corpus import Document
 from .errors import UserError
-from .io import write_bytes, write_json
+from .io import write_bytes
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 VARIANTS = ("raw", "centered")
@@ -163,15 +164,12 @@ def shard_headers(layout: StoreLayout) -> List[dict]:
 
 def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, location: str = "local") -> Path:
     """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums, where they are."""
-    with layout.lock("manifest"):
-        path = layout.folder / MANIFEST
-        remove_temp_files(path)
-        variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
-        return write_json(path, metadata | {
-            "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
-            "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
-            "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}
-                       for h in headers]})
+    variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
+    return storage.write_manifest(layout.folder, metadata | {
+        "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
+        "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
+        "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}
+                   for h in headers]}, lambda: layout.lock("manifest"))
 
 
 def check_storage_dtype(name: str) -> str:

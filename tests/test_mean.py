@@ -68,14 +68,17 @@ def test_mean_equals_per_document_reference(tmp_path, docs_dir):
         ids = lm.tokenizer(path.read_text(), add_special_tokens=False)["input_ids"]
         ref_sum[: len(ids)] += reference_stream(ref, ids).mean(0)
         ref_count[: len(ids)] += 1
-    assert saved["sum"].dtype == torch.float64 and saved["count"].dtype == torch.int64
-    assert saved["mean"].dtype == torch.float32 and saved["mean"].shape == (P, H)
-    assert torch.equal(saved["count"], ref_count)
-    assert rel_err(saved["sum"], ref_sum) < 1e-6
     seen = ref_count > 0
-    assert rel_err(saved["mean"][seen], ref_sum[seen] / ref_count[seen, None]) < 1e-6
+    reached = int(seen.sum())  # the longest document's tokens: only these positions are stored
+    assert reached < P and saved["sum"].dtype == torch.float64 and saved["count"].dtype == torch.int64
+    assert saved["mean"].dtype == torch.float32 and saved["mean"].shape == (reached, H)
+    assert torch.equal(saved["count"], ref_count[:reached])
+    assert rel_err(saved["sum"], ref_sum[:reached]) < 1e-6
+    assert rel_err(saved["mean"], ref_sum[seen] / ref_count[seen, None]) < 1e-6
     # Positions no document reached take the count-weighted mean of all positions (tail_start 0).
-    assert rel_err(saved["mean"][~seen][0], ref_sum.sum(0) / ref_count.sum()) < 1e-6
+    assert saved["tail"].shape == (H,) and rel_err(saved["tail"], ref_sum.sum(0) / ref_count.sum()) < 1e-6
+    mean = store.load_mean(mean_file(tmp_path / "art"))
+    assert torch.equal(mean.rows(P)[reached:], saved["tail"].expand(P - reached, H))
     header = store.load_mean(mean_file(tmp_path / "art")).metadata
     assert header["docs"] == 7 and header["tokens"] == int(ref_count.sum())
     for key in ("model", "revision", "layers", "prepend_bos", "max_tokens", "corpus", "min_count", "tail_start"):

@@ -71,6 +71,11 @@ def test_pool_with_a_mean_pools_the_difference_in_the_same_pass():
     torch.manual_seed(1)
     h, mu = torch.randn(2, 6, 4), torch.randn(10, 4)  # [B, T, H], [P, H]
     chunks = [Chunk("last"), Chunk("exp", 0.2)]
-    raw, centered = pool(h, [6, 3], chunks, (None, mu))
+    raw, centered = pool(h, [6, 3], chunks, (None, (mu, None)))
     [expected] = pool(h - mu[:6], [6, 3], chunks)
     assert torch.allclose(centered, expected, atol=1e-6) and torch.equal(raw, pool(h, [6, 3], chunks)[0])
+    # A mean stored for 4 positions and one tail value for the rest: positions 4 and 5 take the tail.
+    tail = torch.randn(4)  # [H]
+    [centered] = pool(h, [6, 3], chunks, ((mu[:4], tail),))
+    [expected] = pool(h - torch.cat([mu[:4], tail.expand(2, 4)]), [6, 3], chunks)
+    assert torch.allclose(centered, expected, atol=1e-6)

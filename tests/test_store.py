@@ -2,6 +2,7 @@
 third-party reading, storage dtypes, resume, corrupt and foreign shards, kills, concurrent
 writers, bad input, and the Modal variant."""
 
+import contextlib
 import json
 import logging
 import os
@@ -125,7 +126,7 @@ def test_a_corrupt_or_foreign_shard_is_recomputed_and_the_rest_kept(art, tmp_pat
     _, _, other = run_store(art, tmp_path, "centering=corpus_mean")
     shard.write_bytes((other.folder / "shards" / "00001.arrow").read_bytes())
     run_store(art, tmp_path, "store.verify=true")
-    assert f"store shard 1 belongs to another store ({other.folder.name})" in caplog.text
+    assert f"shard 1 ({shard}) belongs to another store ({other.folder.name})" in caplog.text
     assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
 
 
@@ -218,3 +219,50 @@ def test_a_reader_and_its_memory_maps_are_freed_with_it(centred):
     del reader
     gc.collect()
     assert gone() is None
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` read-only in place, as a shared mount is. Root ignores permission bits, so as root it
+    is bind-mounted read-only onto itself (writes then fail with EROFS, as on read-only media)."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount {folder} read-only as root here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_store_is_used_as_it_is_and_a_new_file_there_is_one_line(tmp_path):
+    art = tmp_path / "art"
+    base = ["corpus=samples", "centering.min_count=4", f"paths.artifacts={art}"]
+    jobs.run("mean", compose_cfg("job=mean", *base), tmp_path / "o")
+    made = jobs.run("store", compose_cfg("job=store", "centering=corpus_mean", *base), tmp_path / "o")
+    before = sorted((p.relative_to(art), p.stat().st_mtime_ns) for p in art.rglob("*"))
+    with read_only(art):
+        with pytest.raises(OSError):
+            (art / "probe").write_text("")  # the folder really is read-only
+        assert jobs.run("mean", compose_cfg("job=mean", *base), tmp_path / "o1")["sha256"]
+        assert jobs.run("mean", compose_cfg("job=mean", *base, "mean.stage=aggregate"), tmp_path / "o2")["sha256"]
+        for verify in ("false", "true"):  # true: every shard is checked again, and the manifest is the same
+            again = jobs.run("store", compose_cfg("job=store", "centering=corpus_mean", f"store.verify={verify}", *base),
+                             tmp_path / f"o3{verify}")
+            assert again["store_id"] == made["store_id"] and again["tokens_computed"] == 0
+        assert jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", *base), tmp_path / "o4")
+        # A file that is not there yet must be written there: one line naming the folder.
+        for job, extra in (("mean", "centering.min_count=3"), ("store", "store.storage_dtype=float16")):
+            with pytest.raises(UserError, match=f"cannot write to {art}/.* write new ones elsewhere with paths.artifacts"):
+                jobs.run(job, compose_cfg(f"job={job}", *base, "centering=corpus_mean", extra), tmp_path / "o5")
+    assert sorted((p.relative_to(art), p.stat().st_mtime_ns) for p in art.rglob("*")) == before

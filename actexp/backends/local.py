@@ -20,6 +20,7 @@ from ..model import LoadedModel, ModelSpec, identity, load_model
 from ..pooling import Chunk, pool
 from ..report import progress
 from ..shards import check as check_shard
+from ..storage import hash_cache, remove_temp_files
 from ..vector_store import StoreLayout
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,13 @@ class LocalBackend:
         self.batch_tokens, self.max_padding = batch_tokens, max_padding
         self._lm: Optional[LoadedModel] = None
         self._metadata: Optional[dict] = None
+        self._device_mean = (None, None)  # (key of the mean, its tensors on the device)
 
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
         hw = cfg.hardware
         return cls(ModelSpec.from_config(cfg.model, hw), hw.device, hw.batch_tokens, hw.max_padding, hw.threads,
-                   store.hash_cache(cfg.paths.artifacts))
+                   hash_cache(cfg.paths.artifacts))
 
     @property
     def lm(self) -> LoadedModel:
@@ -101,7 +103,7 @@ class LocalBackend:
         dims = len(chunks) * self.lm.hidden_size
         raw = torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
         centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
-        mu = None if mean is None else mean.mean.to(self.lm.device)  # [P, H]
+        mu = None if mean is None else self._on_device(mean)
         with progress(total=sum(len(x) for x in ids), desc="vectors", unit="token") as bar:
             for batch, h, lengths in self._batches(ids):
                 pooled = pool(h, lengths, chunks, (None,) if mu is None else (None, mu))
@@ -111,6 +113,13 @@ class LocalBackend:
                 bar.update(sum(lengths))
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
         return Pooled(raw, centered, [len(x) for x in ids], truncated)
+
+    def _on_device(self, mean: CorpusMean):
+        """The mean on the model's device, copied once per run (a run centres with one mean)."""
+        key = (id(mean), mean.sha256)
+        if self._device_mean[0] != key:
+            self._device_mean = (key, mean.to(self.lm.device))
+        return self._device_mean[1]
 
     def _refuse_non_finite(self, texts: Sequence[str], x: torch.Tensor) -> None:
         """An overflow (float16 is allowed, and Pythia overflows in it) stops here, not in the metrics."""
@@ -145,59 +154,57 @@ class LocalBackend:
         store.write_stats(stats.shard(index), acc.sum, acc.count, meta)
         return meta | {"seconds": time.perf_counter() - start}
 
-    def _shard(self, stats: store.Stats, index: int, docs: Sequence[Document]) -> dict:
-        """The header of shard `index`, computed unless a valid one is on disk; call it holding its lock."""
-        path = stats.shard(index)
-        checked = check_shard(stats, index, [d.id for d in docs])
-        if checked.problem is None:
-            return checked.header
-        if path.exists():
-            log.warning("shard %d (%s) %s: recomputing it", index, path, checked.problem)
-        store.remove_temp_files(path)  # ours: no one else writes this shard while we hold its lock
-        return self.write_shard(docs, stats, index) | {"computed": True}
-
     @staticmethod
-    def _each_shard(shards: Iterable[Tuple[int, List[Document]]], lock_of, one) -> Iterator[dict]:
-        """one(k, docs) for each shard under its lock. A shard whose lock another process holds is
-        left to it and done at the end (after waiting for that lock, it is usually on disk), so two
-        runs of the same work share it instead of colliding."""
+    def _each_shard(shards: Iterable[Tuple[int, List[Document]]], layout, compute) -> Iterator[dict]:
+        """The header of each (index, documents) shard of `layout` (store.Stats or StoreLayout). A valid
+        shard on disk is read without a lock (shards are written whole), so finished files stay usable on
+        read-only media; a missing or damaged one is compute(k, docs)'d under its lock. A shard whose
+        lock another process holds is left to it and done at the end (after waiting for that lock, it
+        is usually on disk), so two runs of the same work share it instead of colliding."""
+        def under_lock(k, docs):
+            checked = check_shard(layout, k, [d.id for d in docs])  # again: another writer may have finished it
+            if checked.problem is None:
+                return checked.header
+            if layout.shard(k).exists():
+                log.warning("shard %d (%s) %s: recomputing it", k, layout.shard(k), checked.problem)
+            remove_temp_files(layout.shard(k))  # ours: no one else writes this shard while we hold its lock
+            return compute(k, docs) | {"computed": True}
+
         busy = []
         for k, docs in shards:
-            lock = lock_of(k)
+            checked = check_shard(layout, k, [d.id for d in docs])
+            if checked.problem is None:
+                yield checked.header
+                continue
+            lock = layout.lock(f"shard-{k:05d}")
             try:
                 lock.acquire(blocking=False)
             except Timeout:
                 busy.append((k, docs, lock))
                 continue
             try:
-                yield one(k, docs)
+                yield under_lock(k, docs)
             finally:
                 lock.release()
         for k, docs, lock in busy:
             with lock:
-                yield one(k, docs)
+                yield under_lock(k, docs)
 
     def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
         """For each (index, documents): the header of its valid mean shard, computing it if needed."""
-        return self._each_shard(shards, lambda k: stats.lock(f"shard-{k:05d}"), lambda k, d: self._shard(stats, k, d))
+        return self._each_shard(shards, stats, lambda k, docs: self.write_shard(docs, stats, k))
 
     def store_shards(self, shards: Iterable[Tuple[int, List[Document]]], layout: StoreLayout,
                      chunks: Sequence[Chunk], mean: Optional[CorpusMean]) -> Iterator[dict]:
         """For each (index, documents): the header of its valid vector-store shard, computing it if needed."""
-        def one(k, docs):
-            checked = check_shard(layout, k, [d.id for d in docs])
-            if checked.problem is None:
-                return checked.header
-            if layout.shard(k).exists():
-                log.warning("store shard %d %s: recomputing it", k, checked.problem)
-            store.remove_temp_files(layout.shard(k))  # ours: no one else writes this shard while we hold its lock
+        def compute(k, docs):
             start = time.perf_counter()
             header = vector_store.write_shard(layout, k, docs, self.vectors([d.text for d in docs], chunks, mean))
             if TRIM_HEAP is not None and self.lm.device.type == "cpu":
                 TRIM_HEAP(0)  # as the mean job does: a long CPU run's resident set stays flat
-            return header | {"computed": True, "seconds": time.perf_counter() - start}
+            return header | {"seconds": time.perf_counter() - start}
 
-        return self._each_shard(shards, lambda k: layout.lock(f"shard-{k:05d}"), one)
+        return self._each_shard(shards, layout, compute)
 
     def store_headers(self, layout: StoreLayout) -> List[dict]:
         return vector_store.shard_headers(layout)

@@ -25,6 +25,7 @@ from ..model import ModelSpec, identity, local_source, model_config, text_encode
 from ..pooling import Chunk
 from ..report import progress
 from ..shards import check as check_shard
+from ..storage import hash_cache
 from ..vector_store import StoreLayout
 from .local import Pooled
 
@@ -117,7 +118,7 @@ class ModalBackend:
     def from_config(cls, cfg) -> "ModalBackend":
         return cls(ModelSpec.from_config(cfg.model, cfg.hardware),
                    SimpleNamespace(**OmegaConf.to_container(cfg.hardware, resolve=True)),
-                   store.hash_cache(cfg.paths.artifacts))
+                   hash_cache(cfg.paths.artifacts))
 
     # -- connection ----------------------------------------------------------------------------
     def _options(self, target):

@@ -215,7 +215,7 @@ def pool_short(work: Workload, n_texts: int = 2000) -> dict:
     rng = random.Random(0)
     vocab = min(len(work.lm.tokenizer), work.lm.model.config.vocab_size)
     ids = [[rng.randrange(vocab) for _ in range(rng.randint(8, 32))] for _ in range(n_texts)]
-    mu = work.mean.mean.to(work.lm.device)  # [P, H]
+    mu = work.mean.to(work.lm.device)  # ([P, H], [H])
     forward = pooling = 0.0
     batches = stream(work.lm, ids, work.cfg.hardware.batch_tokens, work.cfg.hardware.max_padding)
     while True:

@@ -9,8 +9,9 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from .. import __version__
-from ..artifacts import Stats, hash_cache, load_mean, mismatch
-from ..artifacts import root as store_root
+from ..artifacts import Stats, load_mean, mismatch
+from ..storage import hash_cache
+from ..storage import root as store_root
 from ..centering import CorpusMean
 from ..errors import UserError
 from ..io import read_vectors_csv, vectors_csv_path
@@ -100,8 +101,9 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
             configured = None
     mean = load_mean(path)
     diff = mismatch(mean.metadata, model_id)
-    if diff is None and tuple(mean.mean.shape) != (model_id["max_tokens"], model_id["hidden_size"]):
-        diff = f"shape {tuple(mean.mean.shape)} (this model needs {(model_id['max_tokens'], model_id['hidden_size'])})"
+    if diff is None and (mean.positions, mean.mean.shape[1]) != (model_id["max_tokens"], model_id["hidden_size"]):
+        diff = (f"{mean.positions} positions of {mean.mean.shape[1]} dims (this model needs "
+                f"{model_id['max_tokens']} of {model_id['hidden_size']})")
     if diff:
         raise UserError(f"corpus mean {path} does not fit this model: it has {diff}; compute one with `{mean_command()}`")
     if configured is None or mean.metadata.get("mean_id") != configured.parent.name:

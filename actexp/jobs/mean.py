@@ -50,12 +50,8 @@ def aggregate(backend, cfg, stats: store.Stats) -> dict:
     manifest = store.read_manifest(stats)
     if manifest is None:
         raise UserError(f"the shards of {stats.id} are not all extracted: run job=mean mean.stage=extract first")
-    try:
-        mean = backend.aggregate(stats, manifest["n_shards"], cfg.centering.min_count, cfg.centering.tail_start,
-                                 cfg.mean.checkpoint_every)
-    except UserError:
-        (stats.folder / store.MANIFEST).unlink(missing_ok=True)  # a shard was missing or corrupt: extract again
-        raise
+    mean = backend.aggregate(stats, manifest["n_shards"], cfg.centering.min_count, cfg.centering.tail_start,
+                             cfg.mean.checkpoint_every)
     return {"docs": mean.metadata["docs"], "tokens": mean.metadata["tokens"], "mean": str(mean.path),
             "sha256": mean.sha256}
 

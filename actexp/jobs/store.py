@@ -11,7 +11,8 @@ import json
 import logging
 
 from .. import vector_store as vs
-from ..artifacts import root as store_root
+from ..storage import MANIFEST
+from ..storage import root as store_root
 from ..corpus import Corpus
 from ..errors import Interrupted, UserError
 from ..report import plural, progress, wrote
@@ -32,7 +33,7 @@ def _finished(layout: vs.StoreLayout, cfg):
     """The metrics of a store already finished where it was asked for (its manifest names this store
     and every shard file is there): a re-run costs a manifest read, not a re-read of every shard.
     None when it must be checked or written (store.verify=true re-checks every shard's checksum)."""
-    path = layout.folder / vs.MANIFEST
+    path = layout.folder / MANIFEST
     if cfg.store.verify or not path.is_file():
         return None
     manifest = json.loads(path.read_text())
