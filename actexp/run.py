@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from . import jobs, ranges  # noqa: E402
+from . import jobs  # noqa: E402
 from .errors import Interrupted, UserError, message, one_line, user_fault  # noqa: E402
 from .io import write_json  # noqa: E402
 from .schema import CONF, register  # noqa: E402
@@ -56,8 +56,7 @@ def _main(cfg: DictConfig) -> dict:
     multirun = hc.mode == RunMode.MULTIRUN
     tracker = NULL
     try:
-        jobs.get(cfg.job.name)  # an unknown job or a number out of range fails before a W&B run starts
-        ranges.check(cfg)
+        jobs.check(cfg.job.name, cfg)  # an unknown job or a number out of range fails before a W&B run starts
         name, group = _run_names(cfg, hc)
         tracker = Tracker.start(cfg.logger, OmegaConf.to_container(cfg, resolve=True), out_dir, name, group,
                                 cfg.job.name)

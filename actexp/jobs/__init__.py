@@ -3,6 +3,7 @@
 import importlib
 from pathlib import Path
 
+from .. import ranges
 from ..backends import open_backend
 from ..errors import UserError
 from ..tracking import NULL
@@ -17,9 +18,16 @@ def get(name: str):
     return importlib.import_module(f"{__name__}.{name}").run
 
 
+def check(name: str, cfg):
+    """The job, once its name and every number of the config are known to be valid (ranges.py)."""
+    job = get(name)
+    ranges.check(cfg)
+    return job
+
+
 def run(name: str, cfg, out_dir, tracker=NULL, backend=None) -> dict:
     """Run a job; without a backend it opens one for the run and closes it at the end."""
-    job = get(name)
+    job = check(name, cfg)
     if backend is not None:
         return job(cfg, Path(out_dir), tracker, backend)
     with open_backend(cfg) as opened:

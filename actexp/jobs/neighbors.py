@@ -72,8 +72,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     nb = cfg.neighbors
     if not nb.queries and not nb.ids:
         raise UserError('job=neighbors needs queries: neighbors.queries=["some text"] or neighbors.ids=[...]')
-    if nb.k < 1 or nb.block_rows < 1:
-        raise UserError(f"neighbors.k and neighbors.block_rows must be at least 1, got {nb.k} and {nb.block_rows}")
     mean = common.corpus_mean(cfg)
     store = Samples(cfg, backend, mean) if nb.store is None else _open_store(cfg, mean)
     # Text queries have a centred vector only with a mean; queries by id take every variant stored.

@@ -53,8 +53,6 @@ def _finished(layout: vs.StoreLayout, cfg):
 def run(cfg, out_dir, tracker, backend) -> dict:
     if cfg.store.stage not in STAGES:
         raise UserError(f"unknown store.stage {cfg.store.stage!r}: use one of {', '.join(STAGES)}")
-    if cfg.store.shard_size < 1:
-        raise UserError(f"store.shard_size must be at least 1, got {cfg.store.shard_size}")
     corpus = common.corpus_of(cfg)
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg)
