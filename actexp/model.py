@@ -154,6 +154,11 @@ def weights_file(spec: ModelSpec) -> Optional[Path]:
     return path
 
 
+def from_hub(spec: ModelSpec) -> bool:
+    """Whether the spec's weights come from the Hugging Face hub (not random, a file or a local folder)."""
+    return not (spec.random_init or spec.weights) and bool(spec.name_or_path) and not local_source(spec.name_or_path)
+
+
 def hub_revision(source: Optional[str], revision: Optional[str], key: str = "model.name_or_path") -> Optional[str]:
     """The commit to load a hub model or tokenizer from: its revision resolved (None = main, which
     moves), so that what is loaded is what the identity names; `revision` as given for local

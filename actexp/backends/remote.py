@@ -21,7 +21,7 @@ from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
 from ..fingerprint import hub_commit
-from ..model import ModelSpec, identity, local_source, model_config, text_encoder
+from ..model import ModelSpec, from_hub, identity, model_config, text_encoder
 from ..pooling import Chunk
 from ..report import progress
 from ..shards import check as check_shard
@@ -105,7 +105,7 @@ class ModalBackend:
         """A hub model with its revision pinned to the commit this machine resolves it to (its Hugging
         Face cache, else the hub), as model.identity does: the containers load exactly that commit,
         so the identity the client records, and the mean and store ids, name the model that ran."""
-        if spec.random_init or spec.weights or not spec.name_or_path or local_source(spec.name_or_path):
+        if not from_hub(spec):
             return spec
         commit = hub_commit(spec.name_or_path, spec.revision)
         if commit is None:

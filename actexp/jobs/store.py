@@ -81,7 +81,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         except KeyboardInterrupt:
             raise Interrupted(f"{len(headers)} of {total_shards or '?'} shards of the vector store saved") from None
     headers.sort(key=lambda h: h["shard"])
-    model = common.model_identity(cfg)
+    model = layout.identity
     dims = len(chunk_list) * model["hidden_size"]
     metadata = common.metadata(cfg, model, mean) | {"dims": dims, "corpus": corpus.id}
     location = backend.finish_store(layout, headers, cfg.store.download)
