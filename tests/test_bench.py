@@ -19,9 +19,12 @@ KEYS = {
 
 @pytest.mark.slow
 def test_bench_writes_bench_json(tmp_path):
+    (tmp_path / "tmp").mkdir()
     r = run_cli("job=bench", "bench.docs=6", "bench.mean_docs=3", "bench.repeats=1", "bench.warmup=0",
-                "corpus.shard_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+                "corpus.shard_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"TMPDIR": str(tmp_path / "tmp")})
     assert r.returncode == 0, r.stderr
+    # Scratch files (means, stores, the children's) live in the run folder and go with the run.
+    assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "run").glob(".scratch-*"))
     result = json.loads((tmp_path / "run" / "bench.json").read_text())
     assert {"model", "hardware", "tokens", "padding_waste", "mfu"} <= set(result)
     assert result["model"] == "tiny" and result["hardware"] == "cpu" and result["mfu"] is None

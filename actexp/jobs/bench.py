@@ -58,7 +58,7 @@ TIMED = ("bare_forward", "extract_short", "extract_long_centered", "seed_style",
 class Workload:
     """The model, the documents cut to bench.doc_tokens, and scratch space for the mean files."""
 
-    def __init__(self, cfg, docs: List[Document], backend):
+    def __init__(self, cfg, docs: List[Document], backend, scratch_in: Path):
         self.cfg, self.backend = cfg, backend
         self.lm = backend.built.lm  # the model in this process: the bench measures it (hardware=local)
         self.docs = [_cut(self.lm, d, cfg.bench.doc_tokens) for d in docs]
@@ -67,7 +67,7 @@ class Workload:
         self.tokens = sum(len(x) for x in self.ids)
         self.batches = token_budget_batches([len(x) for x in self.ids], cfg.hardware.batch_tokens,
                                             cfg.hardware.max_padding)
-        self.scratch = Path(tempfile.mkdtemp(prefix="actexp-bench-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=scratch_in))  # removed with scratch_in
         self.mean = None
 
     def sync(self):
@@ -172,7 +172,7 @@ def _child_peak(cfg_dict: dict, name: str, docs_file: str, mean_path) -> float:
     cfg = OmegaConf.create(cfg_dict)
     docs = [Document(**d) for d in json.loads(Path(docs_file).read_text())]
     with open_backend(cfg) as backend:  # a process of its own, so a backend of its own
-        work = Workload(cfg, docs, backend)
+        work = Workload(cfg, docs, backend, Path(docs_file).parent)
         if mean_path:
             work.mean = load_mean(mean_path)
         _reset_peak_rss()  # the model's construction has its own transient peak: not part of the measurement
@@ -189,7 +189,7 @@ def peak_memory(cfg, work: Workload) -> dict:
     if work.lm.device.type == "cuda":
         peaks = {}
         for key, (name, docs) in plan.items():
-            target = work if docs is work.docs else Workload(cfg, docs, work.backend)
+            target = work if docs is work.docs else Workload(cfg, docs, work.backend, work.scratch)
             target.mean = work.mean
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -275,7 +275,15 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     if cfg.hardware.backend != "local":
         raise UserError(f"job=bench times the forward pass in this process and cannot time hardware={cfg.hardware.name}: "
                         "run it on the machine with the GPU, with hardware=cuda")
-    work = Workload(cfg, list(islice(Corpus(cfg.corpus).documents(), cfg.bench.docs)), backend)
+    scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=out_dir))  # mean files, stores: in the run folder
+    try:
+        return _measure(cfg, out_dir, tracker, Workload(cfg, list(islice(Corpus(cfg.corpus).documents(), cfg.bench.docs)),
+                                                        backend, scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _measure(cfg, out_dir, tracker, work: Workload) -> dict:
     work.corpus_mean()  # extract_long_centered centres with it
     seconds = median_seconds(work, TIMED, cfg.bench.repeats, cfg.bench.warmup)
     rates = {name: work.tokens / seconds[name] for name in TIMED}
@@ -306,7 +314,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     result["targets"] = {name: {"value": values[name], "target": f"{op} {bound}", "pass": OPS[op](values[name], bound)}
                          for name, (op, bound) in TARGETS.items()}
     path = write_json(Path(out_dir) / "bench.json", result)
-    shutil.rmtree(work.scratch, ignore_errors=True)
     log.info(table(result))
     wrote(log, [path])
     tracker.metrics({f"tokens_per_s/{k}": v for k, v in rates.items()} | {f"peak_mem_mb/{k}": v for k, v in peaks.items()}
