@@ -21,6 +21,7 @@ def chunk_key(label: str) -> str:
 class Analysis:
     records: List[dict] = field(default_factory=list)  # one per number: metric, variant, chunk, value, texts ...
     coords: Dict[str, np.ndarray] = field(default_factory=dict)  # variant -> [N, 2] on the first two PCs (all chunks)
+    explained: Dict[str, List[float]] = field(default_factory=dict)  # variant -> the two PCs' shares of the variance
 
     def metrics(self) -> Dict[str, float]:
         """Flat names for W&B summaries: eval/<metric>/<variant>/<chunk>, geometry/<metric>/<variant>/<chunk>."""
@@ -70,5 +71,5 @@ def analyze(vectors: Dict[str, np.ndarray], chunk_labels: Sequence[str], groups:
             add("pc1_share", pcs["pc1_share"])
             add("pcs_for_90", pcs["pcs_for_90"])
             if chunk == "all":
-                out.coords[variant] = pcs["coords"]
+                out.coords[variant], out.explained[variant] = pcs["coords"], pcs["shares"]
     return out

@@ -41,7 +41,8 @@ def anisotropy(x: np.ndarray, pairs: np.ndarray, top: int = 3) -> Dict[str, obje
 
 def principal_components(x: np.ndarray) -> Dict[str, object]:
     """Variance along the principal components of x (its own mean removed): the share of the
-    first, how many reach 90 % of the total, and every text's coordinates on the first two."""
+    first, how many reach 90 % of the total, and every text's coordinates on the first two with
+    those two's shares."""
     xc = np.asarray(x, dtype=np.float64)
     xc = xc - xc.mean(0)  # [N, D]
     gram = xc @ xc.T  # [N, N]: N << D, so its eigenvectors are cheaper than an SVD of x
@@ -49,9 +50,9 @@ def principal_components(x: np.ndarray) -> Dict[str, object]:
     values, vectors = np.clip(values[::-1], 0.0, None), vectors[:, ::-1]  # largest first
     total = values.sum()
     if total <= 0:
-        return {"pc1_share": 0.0, "pcs_for_90": 0, "coords": np.zeros((len(xc), 2))}
+        return {"pc1_share": 0.0, "pcs_for_90": 0, "coords": np.zeros((len(xc), 2)), "shares": [0.0, 0.0]}
     shares = values / total
     coords = vectors[:, :2] * np.sqrt(values[:2])  # [N, 2] (fewer columns for one text)
     coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
     return {"pc1_share": float(shares[0]), "pcs_for_90": int(np.searchsorted(np.cumsum(shares), 0.9 - 1e-12) + 1),
-            "coords": coords}
+            "coords": coords, "shares": [float(v) for v in np.pad(shares[:2], (0, max(0, 2 - len(shares))))]}

@@ -3,14 +3,14 @@ config; every PNG is written atomically. All text is black."""
 
 import io
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
 
 from .io import write_bytes  # noqa: E402
 
@@ -31,34 +31,44 @@ def off_diagonal(sim: np.ndarray) -> np.ndarray:
     return sim[~np.eye(len(sim), dtype=bool)] if len(sim) > 1 else sim.ravel()
 
 
-def color_scale(matrices: Sequence[np.ndarray], vmin=None, vmax=None, center=None) -> Tuple[float, float, float]:
-    """(vmin, vmax, center) of one colour scale for several similarity matrices.
+class ColorScale(NamedTuple):
+    vmin: float
+    vmax: float
+    center: float  # the white middle, halfway between vmin and vmax
+    rule: str  # how the middle was chosen, for the colour bar's label
 
-    By default the range of their off-diagonal values (the diagonal is 1 and saturates), with the
-    middle colour at 0 when the range spans 0 and at its midpoint otherwise, so an all-positive
-    raw matrix still uses every colour. A center outside the range widens it symmetrically.
+
+def color_scale(matrices: Sequence[np.ndarray], vmin=None, vmax=None, center=None) -> ColorScale:
+    """One colour scale for several similarity matrices, linear and symmetric about its middle, so
+    equal distances from the middle get equal colours.
+
+    By default the range of their off-diagonal values (the diagonal is 1 and saturates). The middle
+    is 0 when that range spans 0 (a cosine of -0.09 is then as pale as +0.09, not as dark as +0.91),
+    and the range's midpoint otherwise, so an all-positive raw matrix still uses every colour. The
+    range is widened to be symmetric about the middle.
     """
     values = np.concatenate([off_diagonal(m) for m in matrices])
     lo = float(values.min()) if vmin is None else float(vmin)
     hi = float(values.max()) if vmax is None else float(vmax)
     if hi - lo < 0.02:  # one value: give it a visible range
         lo, hi = lo - 0.01, hi + 0.01
-    if center is None:
-        center = 0.0 if lo < 0 < hi else (lo + hi) / 2
+    if center is not None:
+        rule = f"white at {float(center):g} (plot.center)"
+    elif lo < 0 < hi:
+        center, rule = 0.0, "white at 0, symmetric"
+    else:
+        center = (lo + hi) / 2
+        rule = f"white at the range's midpoint {center:.2f}"
     half = max(center - lo, hi - center)
-    if not lo < center < hi:
-        lo, hi = center - half, center + half
-    return lo, hi, float(center)
+    return ColorScale(center - half, center + half, float(center), rule)
 
 
-def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path,
-            scale: Tuple[float, float, float]) -> Path:
-    """Annotated heatmap of a similarity matrix on a given colour scale (color_scale)."""
+def heatmap_figure(sim: np.ndarray, names: Sequence[str], title: str, scale: ColorScale):
+    """The annotated heatmap of a similarity matrix on a given colour scale, as a figure."""
     n = len(names)
     side = max(6.0, 0.55 * n + 2.5)
     fig, ax = plt.subplots(figsize=(side + 1.8, side))
-    vmin, vmax, center = scale
-    image = ax.imshow(sim, cmap=DIVERGING, norm=TwoSlopeNorm(vcenter=center, vmin=vmin, vmax=vmax))
+    image = ax.imshow(sim, cmap=DIVERGING, norm=Normalize(vmin=scale.vmin, vmax=scale.vmax))
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     size = 7 if n <= 12 else 6 if n <= 24 else 4
@@ -66,28 +76,38 @@ def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path,
         for j in range(n):
             ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=size, color="black")
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label("cosine similarity")
+    bar.set_label(f"cosine similarity ({scale.rule})")
     ax.set_title(title, fontsize=12)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def _panels(labels: Sequence[str], title: str, width: float = 6.5, height: float = 4.5):
-    fig, axes = plt.subplots(1, len(labels), figsize=(width * len(labels), height), squeeze=False)
+def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path, scale: ColorScale) -> Path:
+    return _save(heatmap_figure(sim, names, title, scale), path)
+
+
+def _panels(labels: Sequence[str], title: str, width: float = 6.5, height: float = 4.5, sharex: bool = False):
+    fig, axes = plt.subplots(1, len(labels), figsize=(width * len(labels), height), squeeze=False, sharex=sharex)
     fig.suptitle(title, fontsize=12)
     return fig, axes[0]
 
 
-def norms(sets: List[np.ndarray], labels: Sequence[str], names: Sequence[str], path: Path) -> Path:
-    fig, axes = _panels(labels, "L2 norm per sample", height=max(4.5, 0.25 * len(names) + 1.5))
+def norms_figure(sets: List[np.ndarray], labels: Sequence[str], names: Sequence[str]):
+    """One bar per sample and panel; the panels share their norm axis, so their bars compare."""
+    fig, axes = _panels(labels, "L2 norm per sample", height=max(4.5, 0.25 * len(names) + 1.5), sharex=True)
     for ax, x, label in zip(axes, sets, labels):
         ax.barh(range(len(names)), np.linalg.norm(x.astype(np.float64), axis=1), color="#6a8fbf")
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.invert_yaxis()
         ax.set_title(label)
         ax.set_xlabel("norm")
+        ax.xaxis.set_tick_params(labelbottom=True)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def norms(sets: List[np.ndarray], labels: Sequence[str], names: Sequence[str], path: Path) -> Path:
+    return _save(norms_figure(sets, labels, names), path)
 
 
 def value_histograms(sets: List[np.ndarray], labels: Sequence[str], path: Path) -> Path:
@@ -139,25 +159,39 @@ def outlier_dims(sets: List[np.ndarray], labels: Sequence[str], k: int, chunk_la
     return _save(fig, path)
 
 
-def projection(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[str], groups, path: Path,
-               title: str) -> Path:
+def projection_figure(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[str], groups, title: str,
+                      explained: Optional[List[Sequence[float]]] = None):
     """2-D scatter of each set's first two principal components ([N, 2] each), one panel per set,
-    coloured by group (when there are groups); texts are named when there are at most 40."""
+    coloured by group (when there are groups), each axis with its share of the variance
+    (`explained`: per set, PC1's and PC2's). Up to 40 texts are numbered beside their points and
+    named in a key on the right, so long names cannot overlap."""
+    numbered = len(names) <= 40
     fig, axes = _panels(labels, title, width=6.5, height=6.0)
     palette = plt.get_cmap("tab10" if groups is None or len(set(groups)) <= 10 else "tab20")
     kinds = sorted(set(groups)) if groups is not None else [None]
-    for ax, xy, label in zip(axes, coords, labels):
+    for p, (ax, xy, label) in enumerate(zip(axes, coords, labels)):
         for k, group in enumerate(kinds):
             here = [i for i in range(len(xy)) if groups is None or groups[i] == group]
             ax.scatter(xy[here, 0], xy[here, 1], s=28 if len(xy) <= 200 else 6, color=palette(k % palette.N),
                        label=group, alpha=0.9 if len(xy) <= 200 else 0.5)
-        if len(names) <= 40:
-            for (x, y), name in zip(xy, names):
-                ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if numbered:
+            for i, (x, y) in enumerate(xy):
+                ax.annotate(str(i + 1), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_title(label)
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
+        shares = explained[p] if explained else None
+        for axis, set_label, k in ((ax.xaxis, ax.set_xlabel, 0), (ax.yaxis, ax.set_ylabel, 1)):
+            set_label(f"PC {k + 1}" + (f" ({100 * shares[k]:.0f} % of the variance)" if shares else ""))
         if groups is not None:
             ax.legend(fontsize=8, title="group", loc="best")
-    fig.tight_layout()
-    return _save(fig, path)
+    if numbered:
+        key = "\n".join(f"{i + 1:>2}  {name[:40]}" for i, name in enumerate(names))
+        fig.text(0.995, 0.5, key, fontsize=7, family="monospace", va="center", ha="right")
+        fig.tight_layout(rect=(0, 0, 1 - min(0.35, 2.6 / fig.get_figwidth()), 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def projection(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[str], groups, path: Path,
+               title: str, explained: Optional[List[Sequence[float]]] = None) -> Path:
+    return _save(projection_figure(coords, labels, names, groups, title, explained), path)

@@ -94,7 +94,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     variants = list(data["vectors"])
     figure = plots.projection([result.coords[v] for v in variants], variants, names, groups,
                               Path(out_dir) / "analysis_projection.png",
-                              f"First two principal components of {plural(len(names), 'text')} (all chunks)")
+                              f"First two principal components of {plural(len(names), 'text')} (all chunks)",
+                              [result.explained[v] for v in variants])
     tracker.images([figure])
     tracker.table("analysis", ["metric", "variant", "chunk", "value", "texts"],
                   [[r["metric"], r["variant"], r["chunk"], float(r["value"]), r["texts"]] for r in result.records])

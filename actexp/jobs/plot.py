@@ -42,8 +42,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     metrics = {"cosine_offdiag_mean": float(plots.off_diagonal(sims[0]).mean())}
     metrics |= {f"cosine_offdiag_mean/{label}": float(plots.off_diagonal(sim).mean())
                 for label, sim in zip(labels, sims[1:])}
-    metrics |= {"color_vmin": scale[0], "color_vmax": scale[1], "color_center": scale[2]}
-    log.info(f"{plural(len(written), 'heatmap')} of {path.name}, colours from {scale[0]:.3g} to {scale[1]:.3g} "
-             f"(middle {scale[2]:.3g})")
+    metrics |= {"color_vmin": scale.vmin, "color_vmax": scale.vmax, "color_center": scale.center}
+    log.info(f"{plural(len(written), 'heatmap')} of {path.name}, colours from {scale.vmin:.3g} to {scale.vmax:.3g} "
+             f"({scale.rule})")
     wrote(log, written)
     return metrics
