@@ -1,29 +1,49 @@
-"""The end of a -m sweep: one table of its jobs (number, overrides, status, result, folder).
+"""The end of a -m sweep: one table of its jobs (number, overrides, status, results, folder).
 
 A Hydra callback (conf/config.yaml, hydra.callbacks). It reads each job's metrics.json, which
 run.py writes however the job ends, because with hydra/launcher=joblib the jobs ran in other
-processes.
+processes. For pipeline and analyze jobs the table answers the research question: recall@1, MRR
+and anisotropy of all chunks together, raw -> centred, with the best row of each marked *.
 """
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from hydra.experimental.callback import Callback
 
 # The number a sweep over a job is usually about.
 HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "store": "docs", "csv": "tokens",
             "compare": "worst_rel_error", "plot": "cosine_offdiag_mean", "visualize": None,
-            "pipeline": "plot/cosine_offdiag_mean", "bench": "extract_vs_bare"}
+            "bench": "extract_vs_bare", "neighbors": "queries"}
+# (column, metric key after the job's prefix, whether higher is better); anisotropy: nearer 0 is better.
+QUESTION = [("recall@1", "eval/recall@1", True), ("MRR", "eval/mrr", True), ("anisotropy", "geometry/anisotropy", False)]
+PREFIX = {"pipeline": "analyze/", "analyze": ""}
 
 
 def headline(record: dict) -> str:
     metrics = record.get("metrics") or {}
     key = HEADLINE.get(record.get("job")) or next((k for k, v in metrics.items() if isinstance(v, float)), None)
     if key is None or key not in metrics:
-        return record.get("error", "")
+        return record.get("error") or ""
     value = metrics[key]
     return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
+def _variants(record: dict, metric: str) -> List[float]:
+    """The metric of all chunks, raw then centred (those the job computed)."""
+    prefix = PREFIX.get(record.get("job"))
+    metrics = record.get("metrics") or {}
+    if prefix is None:
+        return []
+    return [metrics[k] for k in (f"{prefix}{metric}/{v}/all" for v in ("raw", "centered")) if k in metrics]
+
+
+def _score(values: List[float], higher: bool) -> Optional[float]:
+    """What ranks a row: its last variant (centred when there is one); larger is better."""
+    if not values:
+        return None
+    return values[-1] if higher else -abs(values[-1])
 
 
 def summary_table(sweep_dir: Path) -> str:
@@ -33,13 +53,33 @@ def summary_table(sweep_dir: Path) -> str:
     records = [json.loads((f / "metrics.json").read_text()) if (f / "metrics.json").is_file()
                else {"status": "no record"} for f in folders]
     shared = set.intersection(*(set(r.get("overrides", [])) for r in records)) if records else set()
-    rows = [("#", "overrides", "status", "result", "folder")]
-    for folder, record in zip(folders, records):
+    answers = any(_variants(r, QUESTION[0][1]) or _variants(r, QUESTION[2][1]) for r in records)
+    columns = [f"{name} raw -> centred" for name, _, _ in QUESTION] if answers else ["result"]
+    rows = [["#", "overrides", "status", *columns]]
+    best = {}
+    if answers:
+        for name, metric, higher in QUESTION:
+            scores = [_score(_variants(r, metric), higher) for r in records]
+            top = max((x for x in scores if x is not None), default=None)
+            best[name] = [top is not None and x is not None and abs(x - top) < 1e-12 and len(records) > 1 for x in scores]
+    for n, (folder, record) in enumerate(zip(folders, records)):
         own = [o for o in record.get("overrides", []) if o not in shared]
-        rows.append((folder.name.split("_")[0], " ".join(own) or "(as the command)", record["status"],
-                     headline(record)[:60], folder.name))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+        cells = [folder.name.split("_")[0], " ".join(own) or "(as the command)", record["status"]]
+        if answers:
+            for name, metric, _ in QUESTION:
+                values = _variants(record, metric)
+                text = " -> ".join(f"{v:.3f}" for v in values) if values else "-"
+                cells.append(text + (" *" if best[name][n] else ""))
+        else:
+            cells.append(headline(record)[:60])
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + (f.name if i else "folder")
+             for i, (r, f) in enumerate(zip(rows, [None, *folders]))]
+    if answers:
+        lines.append("(all chunks; * the best row of a column by its last value: highest recall@1 and MRR, "
+                     "anisotropy nearest 0)")
+    return "\n".join(lines)
 
 
 _running: List[Path] = []  # the sweep under way in this process, if any

@@ -9,8 +9,9 @@ from PIL import Image
 from actexp import jobs
 from actexp.artifacts import load_mean
 from actexp.backends import local
-from actexp.io import read_matrix_csv, write_matrix_csv
+from actexp.io import read_matrix_csv, write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.sweep import summary_table
 from helpers import compose_cfg, rel_err, run_cli, wandb_summary
 
 CONTRACT = ["vectors_long_mode_raw.csv", "vectors_long_mode_raw.json", "vectors_long_mode_centered.csv",
@@ -109,12 +110,16 @@ def test_sweep_gives_one_folder_and_one_run_per_job_and_a_summary(experiment):
     assert runs[0][0].run_id != runs[1][0].run_id
     assert runs[0][0].run_group == runs[1][0].run_group == f"long_centered-{sweep.name}"
     assert [r[1]["pooling"]["name"] for r in runs] == ["short", "long"]
-    # The sweep ends with one table: a row per job with its overrides, status and result.
+    # The sweep ends with one table: a row per job with its overrides, status and the question's numbers.
     table = r.stdout[r.stdout.index(f"sweep {sweep}:"):].splitlines()
-    assert table[1].split() == ["#", "overrides", "status", "result", "folder"]
+    assert table[1].split() == ["#", "overrides", "status", "recall@1", "raw", "->", "centred", "MRR", "raw", "->",
+                                "centred", "anisotropy", "raw", "->", "centred", "folder"]
     for row, job, pooling in zip(table[2:], jobs, ("short", "long")):
         assert row.split()[:2] == ["0" if pooling == "short" else "1", f"pooling={pooling}"]
-        assert " ok " in row and "plot/cosine_offdiag_mean" in row and row.endswith(job.name)
+        assert " ok " in row and row.count(" -> ") == 3 and row.endswith(job.name)
+        values = json.loads((job / "metrics.json").read_text())["metrics"]
+        assert f"{values['analyze/eval/mrr/raw/all']:.3f} -> {values['analyze/eval/mrr/centered/all']:.3f}" in row
+    assert sum(row.count("*") for row in table[2:4]) == 3  # one best row per column
 
 
 def test_the_pipeline_loads_the_model_once_and_records_each_variant(tmp_path, monkeypatch):
@@ -129,6 +134,34 @@ def test_the_pipeline_loads_the_model_once_and_records_each_variant(tmp_path, mo
     centered = json.loads((tmp_path / "run" / "vectors_long_mode_centered.json").read_text())
     assert raw["centering"] == {"name": "none", "mean": None}
     assert centered["centering"]["mean"]["sha256"] == load_mean(centered["centering"]["mean"]["path"]).sha256
+
+
+def test_a_pipeline_without_centring_computes_the_raw_variant_alone(tmp_path):
+    cfg = compose_cfg("+experiment=short_raw", "logger=none", f"paths.artifacts={tmp_path / 'artifacts'}")
+    metrics = jobs.run("pipeline", cfg, tmp_path / "run")
+    assert not (tmp_path / "artifacts" / "means").exists() and not any(k.startswith(("mean/", "compare/")) for k in metrics)
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.csv")) == ["vectors_short_mode_raw.csv"]
+    assert "analyze/eval/mrr/raw/all" in metrics and not any("/centered/" in k for k in metrics)
+
+
+def test_the_sweep_table_marks_the_best_row_of_each_question_metric(tmp_path):
+    def record(n, overrides, raw, centred=None):
+        metrics = {f"analyze/{m}/raw/all": v for m, v in zip(("eval/recall@1", "eval/mrr", "geometry/anisotropy"), raw)}
+        if centred:
+            metrics |= {f"analyze/{m}/centered/all": v
+                        for m, v in zip(("eval/recall@1", "eval/mrr", "geometry/anisotropy"), centred)}
+        folder = tmp_path / f"{n}_{'+'.join(overrides)}"
+        write_json(folder / "metrics.json", {"job": "pipeline", "status": "ok", "overrides": ["+experiment=x", *overrides],
+                                             "metrics": metrics, "error": None})
+
+    record(0, ["centering=none"], (0.5, 0.6, 0.4))
+    record(1, ["centering=corpus_mean"], (0.5, 0.6, 0.4), (0.8, 0.7, -0.05))
+    record(2, ["centering=corpus_mean", "pooling=short"], (0.4, 0.5, 0.3), (0.9, 0.65, 0.2))
+    rows = summary_table(tmp_path).splitlines()
+    assert rows[1].split()[:3] == ["0", "centering=none", "ok"] and rows[1].count("->") == 0
+    assert "0.800 -> 0.800" not in rows[2] and "0.500 -> 0.800  " in rows[2] and "0.600 -> 0.700 *" in rows[2]
+    assert "0.400 -> -0.050 *" in rows[2]  # anisotropy: nearest 0 is best
+    assert "0.400 -> 0.900 *" in rows[3] and rows[3].count("*") == 1
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
-"""job=pipeline: one whole experiment in one run folder and one W&B run:
-mean (reused when it exists) -> csv raw + centred -> compare -> plot -> visualize -> analyze,
-ending with a short summary: where the outputs are, the identity check, raw vs centred numbers."""
+"""job=pipeline: one whole experiment in one run folder and one W&B run. With a centring
+(centering=corpus_mean): mean (reused when it exists) -> csv raw + centred -> compare -> plot ->
+visualize -> analyze, raw beside centred. With centering=none the raw variant alone: csv -> plot ->
+visualize -> analyze, so a sweep over `centering` computes what its name says. It ends with a short
+summary: where the outputs are, the identity check, the numbers of each variant."""
 
 import copy
 import logging
@@ -28,42 +30,48 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     def stage(name, **updates):
         return {f"{name}/{k}": v for k, v in run_job(name, _with(cfg, **updates), out_dir, tracker, backend).items()}
 
+    centred = cfg.centering.name != "none"
+    variants = ["raw", "centered"] if centred else ["raw"]
     metrics = {}
-    if cfg.centering.mean_path == "auto":  # else the stages use the mean the user named
+    if centred and cfg.centering.mean_path == "auto":  # else the stages use the mean the user named
         metrics = stage("mean", mean__stage="all")
         cfg = _with(cfg, centering__mean_path=metrics["mean/mean"])  # the later stages centre with this very file
-    metrics |= stage("csv", csv__variants=["raw", "centered"])
-    raw, centered = (str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in ("raw", "centered"))
+    metrics |= stage("csv", csv__variants=variants)
+    csvs = [str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in variants]
     failed = None
-    try:
-        metrics |= stage("compare", compare__raw_csv=raw, compare__centered_csv=centered)
-    except CheckFailed as e:  # still draw the plots, then report the failure
-        failed = e
+    if centred:
+        try:
+            metrics |= stage("compare", compare__raw_csv=csvs[0], compare__centered_csv=csvs[1])
+        except CheckFailed as e:  # still draw the plots, then report the failure
+            failed = e
     metrics |= stage("plot", plot__csv=None)
-    metrics |= stage("visualize", visualize__csvs=[raw, centered])
-    metrics |= stage("analyze", analyze__source="csv", analyze__csvs=[raw, centered])
-    log.info(summary(cfg, out_dir, metrics, failed))
+    metrics |= stage("visualize", visualize__csvs=csvs)
+    metrics |= stage("analyze", analyze__source="csv", analyze__csvs=csvs)
+    log.info(summary(cfg, out_dir, metrics, failed, variants))
     if failed:
         raise failed
     return metrics
 
 
-def summary(cfg, out_dir, metrics: dict, failed) -> str:
+def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
     """The answer of the experiment in five lines (all chunks together)."""
     def pair(metric):
-        raw, centred = (metrics.get(f"analyze/{metric}/{v}/all") for v in ("raw", "centered"))
-        return f"raw {raw:.3f} -> centred {centred:.3f}"
+        values = [metrics.get(f"analyze/{metric}/{v}/all") for v in variants]
+        return " -> ".join(f"{'centred' if v == 'centered' else v} {x:.3f}" for v, x in zip(variants, values))
 
     # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
     retrieval = [f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; "
                  f"MRR {pair('eval/mrr')}"] if metrics.get("analyze/eval/mrr/raw/all") is not None else []
-
-    check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
-             f"over {metrics['compare/samples']} samples)")
+    if "compare/worst_rel_error" in metrics or failed:
+        check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
+                 f"over {metrics['compare/samples']} samples)")
+        checks = [f"  identity raw - centred = pooled corpus mean: {check}"]
+    else:
+        checks = ["  raw vectors only (centering=none): no mean, no identity check"]
     return "\n".join([
         f"summary of {cfg.name} (model {cfg.model.name}, pooling={cfg.pooling.name}):",
         f"  outputs: {out_dir}",
-        f"  identity raw - centred = pooled corpus mean: {check}",
+        *checks,
         *retrieval,
         f"  anisotropy (mean cosine {'across topics' if retrieval else 'of all pairs'}): {pair('geometry/anisotropy')}",
     ])
