@@ -70,6 +70,16 @@ class Tracker:
                          settings=wandb.Settings(silent=True, console="off"))
         return cls(run, logger_cfg.log_artifacts)
 
+    def centering(self, used: dict) -> None:
+        """The centring a job did (jobs.common.centering_metadata) in the run's config, in place of
+        what was configured (`mean_path: auto` names no file): the mean's path, sha256, corpus,
+        documents, min_count and tail_start."""
+        if self.run is None or not used.get("mean"):
+            return
+        configured = dict(self.run.config.get("centering") or {})
+        self.run.config.update({"centering": configured | {"mean_path": used["mean"]["path"], "mean": used["mean"]}},
+                               allow_val_change=True)
+
     def metrics(self, values: dict, prefix: str = "") -> None:
         """Log the numbers among values as metrics and keep all of them in the run summary."""
         if self.run is None:

@@ -88,6 +88,10 @@ def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experim
     assert run.project == "actexp" and run.run_group == "long_centered"
     assert config["model"]["name"] == "tiny" and config["centering"]["name"] == "corpus_mean"
     assert config["job"]["name"] == "pipeline"
+    # The config names the mean the run centred with, not `auto`: the file the sidecars name.
+    used = json.loads((run_dir / "vectors_long_mode_centered.json").read_text())["centering"]["mean"]
+    assert config["centering"]["mean_path"] == used["path"] and config["centering"]["mean"] == used
+    assert {"corpus", "docs", "min_count", "tail_start", "sha256"} <= set(used) and used["docs"] == 64
     assert {"compare/worst_rel_error", "csv/tokens", "plot/cosine_offdiag_mean", "mean/docs"} <= keys
     images = {k.split("/")[1] for k in keys if k.startswith("images/")}
     assert len(images) >= 9 and "similarity_long_all" in images

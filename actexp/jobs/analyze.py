@@ -79,6 +79,7 @@ def load(cfg, out_dir, backend) -> dict:
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     data = load(cfg, Path(out_dir), backend)
+    tracker.centering(data["metadata"]["centering"] or {})  # from the CSVs' sidecars or the store's manifest too
     names, groups = data["names"], data["groups"]
     if len(names) < 2:
         raise UserError(f"analyze.source={cfg.analyze.source} gave {plural(len(names), 'text')}: the analysis needs two")

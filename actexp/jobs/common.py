@@ -74,9 +74,9 @@ def _made_from(meta: dict) -> str:
             f"tail_start {meta.get('tail_start')}")
 
 
-def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
+def corpus_mean(cfg, required: bool = False, tracker=None) -> Optional[CorpusMean]:
     """The mean named by the centering group (None for centering=none unless required), checked
-    against the model before any weights are loaded.
+    against the model before any weights are loaded; the tracker's run config then names it.
 
     `auto` is the mean of this config and nothing else: a missing one is refused with the job=mean
     command that makes it. A path is used as given; if it was made from another corpus or other
@@ -112,6 +112,8 @@ def corpus_mean(cfg, required: bool = False) -> Optional[CorpusMean]:
                             f"remove it and compute it with `{mean_command()}`")
         log.warning(f"centring with the mean at {path} ({_made_from(mean.metadata)}) as centering.mean_path says; "
                     f"this config's own mean would be {configured.parent.name if configured else 'unknown'}")
+    if tracker is not None:
+        tracker.centering(centering_metadata(mean))
     return mean
 
 

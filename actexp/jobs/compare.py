@@ -61,7 +61,7 @@ def _from_csvs(cfg, model_id, dims, mean):
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg, required=True)
+    mean = common.corpus_mean(cfg, required=True, tracker=tracker)
     model_id = common.model_identity(cfg)
     dims = len(chunk_list) * model_id["hidden_size"]
     if cfg.compare.raw_csv or cfg.compare.centered_csv:

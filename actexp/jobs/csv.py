@@ -49,7 +49,7 @@ def unique_names(names):
 def run(cfg, out_dir, tracker, backend) -> dict:
     chosen = variants(cfg)
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg, required=True) if "centered" in chosen else None
+    mean = common.corpus_mean(cfg, required=True, tracker=tracker) if "centered" in chosen else None
     docs = documents(cfg)
     result = backend.vectors([d.text for d in docs], chunk_list, mean)
     names = unique_names([d.name for d in docs])

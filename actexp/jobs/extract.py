@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def run(cfg, out_dir, tracker, backend) -> dict:
     text, record = read_text(cfg.text, cfg.file)
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg)
+    mean = common.corpus_mean(cfg, tracker=tracker)
     result = backend.vectors([text], chunk_list, mean)
     vector = (result.raw if mean is None else result.centered)[0]  # [C*H]
     norm = vector.double().norm().item()

@@ -72,7 +72,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     nb = cfg.neighbors
     if not nb.queries and not nb.ids:
         raise UserError('job=neighbors needs queries: neighbors.queries=["some text"] or neighbors.ids=[...]')
-    mean = common.corpus_mean(cfg)
+    mean = common.corpus_mean(cfg, tracker=tracker)
     store = Samples(cfg, backend, mean) if nb.store is None else _open_store(cfg, mean)
     # Text queries have a centred vector only with a mean; queries by id take every variant stored.
     variants = [v for v in store.variants if v == "raw" or mean is not None or not nb.queries]

@@ -26,7 +26,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     text_a, record_a = read_text(cfg.text_a, cfg.file_a, "text_a", "file_a")
     text_b, record_b = read_text(cfg.text_b, cfg.file_b, "text_b", "file_b")
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg)
+    mean = common.corpus_mean(cfg, tracker=tracker)
     result = backend.vectors([text_a, text_b], chunk_list, mean)
     overall, per_chunk = cosines(result.raw if mean is None else result.centered, chunk_list)
     write_json(out_dir / "similarity.json", common.metadata(cfg, backend.metadata, mean) | {

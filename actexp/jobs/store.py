@@ -55,7 +55,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         raise UserError(f"unknown store.stage {cfg.store.stage!r}: use one of {', '.join(STAGES)}")
     corpus = common.corpus_of(cfg)
     chunk_list = common.chunks(cfg.pooling)
-    mean = common.corpus_mean(cfg)
+    mean = common.corpus_mean(cfg, tracker=tracker)
     layout = layout_of(cfg, corpus, mean)
     total = corpus.count()
     total_shards = None if total is None else -(-total // layout.shard_size)
