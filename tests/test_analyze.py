@@ -3,6 +3,7 @@ a brute-force reference on the vectors the csv job writes, W&B summaries and tab
 offline runs (a sweep included), a vector store, and bad input."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_the_report_names_what_each_number_was_computed_on(analysed):
     assert (run_dir / "analysis_projection.png").stat().st_size > 10_000
 
 
-def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed, tmp_path):
+def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed, tmp_path, caplog):
     root, _ = art
     run_dir, _ = analysed
     jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", "csv.variants=[raw,centered]",
@@ -91,6 +92,16 @@ def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed
              tmp_path)
     again = json.loads((tmp_path / "analysis.json").read_text())["results"]
     assert [r["value"] for r in again] == pytest.approx([r["value"] for r in results], abs=1e-9)
+    # CSVs of another model (here: block 0 alone) beside these are refused by analyze, named by the
+    # field that differs; visualize draws them side by side, each panel naming its model, and warns.
+    other = tmp_path / "other"
+    jobs.run("csv", compose_cfg("job=csv", "model.layers=[0]", f"paths.artifacts={root}", MEAN), other)
+    mixed = f"[{other}/vectors_long_mode_raw.csv,{tmp_path}/vectors_long_mode_centered.csv]"
+    with pytest.raises(UserError, match=r"were made differently: model.layers \(\[0\] vs \"all\"\)"):
+        jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=csv", f"analyze.csvs={mixed}"), tmp_path / "a")
+    with caplog.at_level(logging.WARNING):
+        jobs.run("visualize", compose_cfg("job=visualize", f"visualize.csvs={mixed}"), tmp_path / "v")
+    assert "were made differently: model.layers" in caplog.text
 
 
 def test_wandb_gets_numeric_summaries_tables_and_no_raw_text(analysed):

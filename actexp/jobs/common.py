@@ -1,6 +1,7 @@
 """What several jobs share: pooling chunks from config, the corpus mean to centre with, and the
 metadata every output carries."""
 
+import json
 import logging
 import shlex
 from pathlib import Path
@@ -136,9 +137,24 @@ def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
     }
 
 
-def vector_csvs(paths, out_dir, pooling_name: str, key: str) -> list:
+def sidecar_difference(a: dict, b: dict) -> Optional[str]:
+    """The first thing two vectors CSVs' sidecars say differently of how their vectors were made
+    (model identity, pooling, then the mean of two centred CSVs), described; None if nothing does."""
+    for key, value in (a.get("model") or {}).items():
+        if (b.get("model") or {}).get(key) != value:
+            return f"model.{key} ({json.dumps(value)} vs {json.dumps((b.get('model') or {}).get(key))})"
+    if (a.get("pooling") or {}).get("chunks") != (b.get("pooling") or {}).get("chunks"):
+        return f"pooling ({(a.get('pooling') or {}).get('name')} vs {(b.get('pooling') or {}).get('name')})"
+    means = [((x.get("centering") or {}).get("mean") or {}).get("sha256") for x in (a, b)]
+    if all(means) and means[0] != means[1]:
+        return f"the centring mean (sha256 {means[0][:12]} vs {means[1][:12]})"
+    return None
+
+
+def vector_csvs(paths, out_dir, pooling_name: str, key: str, same_model: bool = True) -> list:
     """One or two vectors CSVs (raw, centred) of the same texts: those given, else this run's, each
-    read as (vectors [N, D], names, sidecar)."""
+    read as (vectors [N, D], names, sidecar). CSVs made by different models, poolings or means are
+    refused (same_model) or, for figures side by side, warned about."""
     paths = [Path(p) for p in paths] or [
         p for p in (vectors_csv_path(out_dir, pooling_name, v) for v in ("raw", "centered")) if p.is_file()]
     if not paths or len(paths) > 2:
@@ -146,4 +162,10 @@ def vector_csvs(paths, out_dir, pooling_name: str, key: str) -> list:
     loaded = [read_vectors_csv(p) for p in paths]
     if any(x[1] != loaded[0][1] for x in loaded):
         raise UserError(f"{paths[0]} and {paths[-1]} hold different texts")
+    differs = sidecar_difference(loaded[0][2], loaded[-1][2]) if len(loaded) == 2 else None
+    if differs and same_model:
+        raise UserError(f"{paths[0].name} and {paths[1].name} were made differently: {differs}; give two CSVs of "
+                        f"one csv or pipeline run")
+    if differs:
+        log.warning(f"{paths[0].name} and {paths[1].name} were made differently: {differs}")
     return list(zip(paths, loaded))

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from .. import plots
+from ..storage import model_label
 from ..report import plural, wrote
 from . import common
 
@@ -12,17 +13,20 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg, out_dir, tracker, backend) -> dict:
-    paths, loaded = zip(*common.vector_csvs(cfg.visualize.csvs, out_dir, cfg.pooling.name, "visualize.csvs"))
+    paths, loaded = zip(*common.vector_csvs(cfg.visualize.csvs, out_dir, cfg.pooling.name, "visualize.csvs",
+                                            same_model=False))  # two models side by side is a fair question
     names = loaded[0][1]
     sets = [x[0] for x in loaded]
     labels = [x[2].get("variant", p.stem) for x, p in zip(loaded, paths)]
+    titles = [f"{label}, {model_label(x[2]['model']) if x[2].get('model') else 'model unknown'}"
+              for label, x in zip(labels, loaded)]
     chunk_labels = loaded[0][2].get("pooling", {}).get("labels") or [c.label for c in common.chunks(cfg.pooling)]
     out = Path(out_dir)
     written = [
-        plots.norms(sets, labels, names, out / "vectors_norms.png"),
-        plots.value_histograms(sets, labels, out / "vectors_values.png"),
-        plots.dim_stats(sets, labels, sets[0].shape[1] // len(chunk_labels), out / "vectors_dim_stats.png"),
-        plots.outlier_dims(sets, labels, cfg.visualize.top_dims, chunk_labels, out / "vectors_outlier_dims.png"),
+        plots.norms(sets, titles, names, out / "vectors_norms.png"),
+        plots.value_histograms(sets, titles, out / "vectors_values.png"),
+        plots.dim_stats(sets, titles, sets[0].shape[1] // len(chunk_labels), out / "vectors_dim_stats.png"),
+        plots.outlier_dims(sets, titles, cfg.visualize.top_dims, chunk_labels, out / "vectors_outlier_dims.png"),
     ]
     tracker.images(written)
     metrics = {}
