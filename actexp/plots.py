@@ -184,9 +184,10 @@ def projection_figure(coords: List[np.ndarray], labels: Sequence[str], names: Se
         if groups is not None:
             ax.legend(fontsize=8, title="group", loc="best")
     if numbered:
-        key = "\n".join(f"{i + 1:>2}  {name[:40]}" for i, name in enumerate(names))
-        fig.text(0.995, 0.5, key, fontsize=7, family="monospace", va="center", ha="right")
-        fig.tight_layout(rect=(0, 0, 1 - min(0.35, 2.6 / fig.get_figwidth()), 1))
+        lines = [f"{i + 1:>2}  {name[:40]}" for i, name in enumerate(names)]
+        width = (max(map(len, lines)) * 7 * 0.6 / 72 + 0.3) / fig.get_figwidth()  # 7 pt monospace, in figure widths
+        fig.text(1 - width, 0.5, "\n".join(lines), fontsize=7, family="monospace", va="center", ha="left")
+        fig.tight_layout(rect=(0, 0, 1 - width, 1))
     else:
         fig.tight_layout()
     return fig
