@@ -14,6 +14,7 @@ from actexp.corpus import bundled_samples
 from actexp.errors import UserError
 from actexp.io import read_vectors_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs import neighbors as neighbors_job
 from actexp.jobs.common import corpus_mean
 from actexp.reader import VectorStore
 from helpers import compose_cfg, run_cli, wandb_records, wandb_summary
@@ -180,10 +181,11 @@ def test_a_store_gives_geometry_of_a_sample_of_its_rows(art, tmp_path):
         assert got["pcs_for_90"] == expected["pcs_for_90"]
 
 
-def test_neighbours_of_store_rows_equal_a_full_sort(art, tmp_path):
+def test_neighbours_of_store_rows_equal_a_full_sort(art, tmp_path, caplog):
     root, store_dir = art
     store = VectorStore.open(store_dir)
     ids = store.ids[:2]
+    caplog.set_level(logging.INFO)
     jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.store={store_dir}", f"neighbors.ids=[{ids[0]},{ids[1]}]",
                                       "neighbors.k=4", "neighbors.block_rows=3", "logger=none"), tmp_path)
     found = json.loads((tmp_path / "neighbors.json").read_text())["neighbors"]
@@ -196,6 +198,12 @@ def test_neighbours_of_store_rows_equal_a_full_sort(art, tmp_path):
             assert [r["row"] for r in mine] == expected and [r["rank"] for r in mine] == [1, 2, 3, 4]
             assert mine[0]["cosine"] == pytest.approx(float(x[expected[0]] @ x[q]), abs=1e-6)
     assert (tmp_path / "neighbors.csv").read_text().count("\n") == 1 + 2 * 2 * 4
+    # The table on stdout names a query by id by its document's name, and shows names whole.
+    assert f"query '{store.names[0]} (id {ids[0]})'" in caplog.text
+    long = [{"query": "q", "variant": v, "name": "a document name much longer than thirty-four characters",
+             "cosine": 0.5} for v in ("raw", "centered")]
+    assert "a document name much longer than thirty-four characters" in neighbors_job._side_by_side(
+        long, ["q"], ["q"], ["raw", "centered"])
 
 
 def test_text_queries_find_the_sample_they_paraphrase(art, tmp_path):

@@ -100,7 +100,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                write_json(out / "neighbors.json", {k: store.manifest.get(k) for k in ("actexp_version", "model", "pooling", "centering")} | {
                    "among": str(store.folder), "rows": len(store), "k": nb.k, "neighbors": records})]
     tracker.table("neighbors", COLUMNS, [[r[c] for c in COLUMNS] for r in records])
-    log.info(_side_by_side(records, labels, variants))
+    shown = list(nb.queries) + [f"{store.names[r]} (id {i})" if store.names[r] != i else i
+                                for r, i in zip(rows_of_ids, nb.ids)]  # a query by id shows its document's name
+    log.info(_side_by_side(records, labels, shown, variants))
     wrote(log, written)
     return {"queries": len(labels), "rows": len(store)}
 
@@ -110,14 +112,15 @@ def _cell(value) -> str:
     return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
 
 
-def _side_by_side(records, labels, variants) -> str:
-    """Per query: rank, then name and cosine of each variant in columns."""
+def _side_by_side(records, labels, shown, variants) -> str:
+    """Per query: rank, then name and cosine of each variant in columns as wide as the names."""
+    width = min(60, max([len(r["name"]) for r in records] + [4])) + 2
     lines = []
-    for label in labels:
+    for label, title in zip(labels, shown):
         mine = {v: [r for r in records if r["query"] == label and r["variant"] == v] for v in variants}
-        lines.append(f"query {label[:70]!r}:")
-        lines.append("  rank  " + "".join(f"{v:<44}" for v in variants))
+        lines.append(f"query {title[:70]!r}:")
+        lines.append("  rank  " + "".join(f"{v:<{width + 9}}" for v in variants))
         for k in range(len(mine[variants[0]])):
-            cells = "".join(f"{mine[v][k]['name'][:34]:<35}{mine[v][k]['cosine']:>7.4f}  " for v in variants)
+            cells = "".join(f"{mine[v][k]['name'][:width - 2]:<{width}}{mine[v][k]['cosine']:>7.4f}  " for v in variants)
             lines.append(f"  {k + 1:>4}  {cells}")
     return "\n".join(lines)
