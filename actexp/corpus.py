@@ -79,12 +79,17 @@ def _parse_python_docs(min_chars: int) -> Iterator[Document]:
                     yield Document(doc_id(doc), name, doc)
 
 
+_skipped = set()  # files already warned about: a run reads a corpus twice (its scan, then its extraction)
+
+
 def _read_file(path: Path) -> Optional[str]:
-    """A text file's content, or None (with a warning naming it) if it is not UTF-8 text."""
+    """A text file's content, or None (with a warning naming it, once per process) if it is not UTF-8 text."""
     try:
         return decode_text(path.read_bytes())
     except ValueError as e:
-        log.warning("skipping %s: %s", path, e)
+        if str(path) not in _skipped:
+            _skipped.add(str(path))
+            log.warning("skipping %s: %s", path, e)
         return None
 
 
