@@ -78,3 +78,11 @@ def test_a_number_out_of_range_is_one_line_from_the_cli(tmp_path):
     assert r.returncode == 2 and r.stderr == ("error: model.max_tokens=-3 is out of range: give a whole number of at "
                                               "least 1, or null = the model's context\n")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # no run folder left behind
+
+
+def test_an_unquoted_text_with_a_comma_says_how_to_quote_it(tmp_path):
+    from helpers import run_cli
+
+    r = run_cli("job=extract", "text=Hello,", "world", cwd=tmp_path)  # what a shell passes for text=Hello, world
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: cannot parse an override (mismatched input") and """'text="Hello, world"'""" in r.stderr
