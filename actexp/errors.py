@@ -1,5 +1,11 @@
 """The exceptions run.py turns into one line: bad input (exit 2) and an interrupted run (exit 130)."""
 
+import errno
+import os
+
+# A folder the user cannot write to (a read-only mount, another user's folder): fixable by choosing another.
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
 
 class UserError(Exception):
     """Something the user can fix; the message says what is wrong and how to fix it."""
@@ -26,13 +32,21 @@ def one_line(e: BaseException) -> str:
     return " ".join(parts) or type(e).__name__
 
 
+def _unwritable(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in UNWRITABLE and e.filename is not None
+
+
 def user_fault(e: BaseException) -> bool:
-    """Bad input the user can fix: ours, or a config Hydra or OmegaConf refused."""
-    return isinstance(e, UserError) or type(e).__module__.startswith(("hydra.", "omegaconf."))
+    """Bad input the user can fix: ours, a config Hydra or OmegaConf refused, or a folder this user
+    cannot write to (Hydra makes the run folder before anything of ours runs)."""
+    return isinstance(e, UserError) or type(e).__module__.startswith(("hydra.", "omegaconf.")) or _unwritable(e)
 
 
 def message(e: BaseException) -> str:
     """What the CLI prints after `error: ` for bad input (and the API raises as a UserError)."""
     from .suggest import explain
 
+    if _unwritable(e):
+        return (f"cannot write {os.path.abspath(e.filename)}: {e.strerror}: run where you can write, or move the run folder with "
+                "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m) and the store with paths.artifacts=DIR")
     return explain(e) or one_line(e)

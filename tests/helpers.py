@@ -2,6 +2,7 @@
 reference implementation of docs/math.md (no hooks: output_hidden_states of a copy of the model
 whose final norm is the identity, and the pooling weights in closed form)."""
 
+import contextlib
 import copy
 import functools
 import os
@@ -165,3 +166,27 @@ def wandb_summary(run_dir):
         elif kind == "history":
             keys |= {i.key or "/".join(i.nested_key) for i in r.history.item}
     return run, config, keys
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """`folder` read-only in place, as a shared mount is. Root ignores permission bits, so as root it
+    is bind-mounted read-only onto itself (writes then fail with EROFS, as on read-only media)."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for p, mode in modes.items():
+            p.chmod(mode & ~0o222)
+        try:
+            yield
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount {folder} read-only as root here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

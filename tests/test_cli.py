@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from actexp.jobs.common import model_spec
 from actexp.model import load_model
 from actexp.schema import CONF
-from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, run_clis
+from helpers import (LONG, SHORT, TEXTS, compose_cfg, read_only, reference_model, reference_vector, rel_err, run_cli,
+                     run_clis)
 
 
 def test_extract_long_writes_a_4h_vector_matching_in_process(tmp_path):
@@ -156,3 +157,11 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "actexp"
     r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "actexp: activation vectors of causal language models" in r.stdout
+
+
+def test_a_read_only_run_folder_is_one_line_naming_the_settings_that_move_it(tmp_path):
+    (tmp_path / "ro").mkdir()
+    with read_only(tmp_path / "ro"):
+        r = run_cli("job=extract", "text=hi", f"hydra.run.dir={tmp_path / 'ro' / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: cannot write {tmp_path / 'ro' / 'run'}: ") and "hydra.run.dir=DIR" in r.stderr

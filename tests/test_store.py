@@ -2,7 +2,6 @@
 third-party reading, storage dtypes, resume, corrupt and foreign shards, kills, concurrent
 writers, bad input, and the Modal variant."""
 
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean
 from actexp.reader import VectorStore
-from helpers import REPO, compose_cfg, rel_err
+from helpers import REPO, compose_cfg, read_only, rel_err
 
 CORPUS = ["corpus.max_docs=40", "store.shard_size=16"]  # 3 shards: 16, 16, 8
 
@@ -219,30 +218,6 @@ def test_a_reader_and_its_memory_maps_are_freed_with_it(centred):
     del reader
     gc.collect()
     assert gone() is None
-
-
-@contextlib.contextmanager
-def read_only(folder):
-    """`folder` read-only in place, as a shared mount is. Root ignores permission bits, so as root it
-    is bind-mounted read-only onto itself (writes then fail with EROFS, as on read-only media)."""
-    if os.geteuid() != 0:
-        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
-        for p, mode in modes.items():
-            p.chmod(mode & ~0o222)
-        try:
-            yield
-        finally:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        return
-    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount {folder} read-only as root here: {mounted.stderr.decode().strip()}")
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_a_read_only_store_is_used_as_it_is_and_a_new_file_there_is_one_line(tmp_path):
