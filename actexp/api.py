@@ -176,9 +176,16 @@ class Session:
         if common.model_spec(cfg) != common.model_spec(self._cfg) or cfg.hardware != self._cfg.hardware:
             raise UserError(f"{' '.join(overrides)} changes the model or hardware: open another Session for it")
         out = Path(out_dir) if out_dir else Path("experiments") / job / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+        made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
         out.mkdir(parents=True, exist_ok=True)
-        with _log_to_stdout():
-            return jobs.run(job, cfg, out, backend=self._backend)
+        try:
+            with _log_to_stdout():
+                return jobs.run(job, cfg, out, backend=self._backend)
+        finally:
+            for folder in made:  # job=store writes only into the store: no empty run folders left behind
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
 
 
 def analyze(vectors: Union[Vectors, Dict[str, np.ndarray]], chunks: Optional[Sequence[str]] = None,

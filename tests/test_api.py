@@ -81,6 +81,8 @@ def test_the_example_notebook_runs_offline(tmp_path, monkeypatch):
     for source in code_cells():
         exec(compile(source, str(NOTEBOOK), "exec"), namespace)
     assert namespace["v"].centered.shape == (1, 512) and (tmp_path / "analysis-run" / "analysis.json").is_file()
+    assert namespace["mean"].metadata["docs"] == 64  # the cell's mean is the one it asked for
+    assert not (tmp_path / "experiments" / "store").exists()  # store(compute=True) leaves no empty run folder
 
 
 def test_the_readme_example_is_the_notebooks_first_cells():
