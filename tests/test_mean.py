@@ -213,9 +213,11 @@ def test_ctrl_c_says_what_was_kept_in_one_line_and_the_same_command_resumes(tmp_
     art = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "actexp.run", *overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline and len(list(art.glob("stats/*/shards/*"))) < 2:
+    deadline = time.time() + 300
+    # Two finished shards (pathlib's * also matches a shard's hidden temp file, which is not yet saved).
+    while proc.poll() is None and time.time() < deadline and len(list(art.glob("stats/*/shards/*.safetensors"))) < 2:
         time.sleep(0.02)
+    assert proc.poll() is None, "the job ended before two shards were saved"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
