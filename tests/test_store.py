@@ -177,7 +177,7 @@ def test_sigkill_then_resume_gives_a_bit_identical_store(tmp_path):
     art = tmp_path / "killed"
     proc = subprocess.Popen(_cli_store(art, tmp_path / "k"), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline and len(list(art.glob("vectors/*/shards/*.arrow"))) < 3:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
