@@ -1,6 +1,7 @@
 """The corpus mean job: exact sums and counts, resume after a crash, corrupt shards, finalise."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -292,3 +293,13 @@ def test_progress_and_cli_errors(tmp_path, docs_dir):
     assert "shards 4 / 4, documents 7 / 7" in r.stdout and "not yet aggregated" in r.stdout
     for r, (_, expected) in zip(errors, bad):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
+
+
+def test_a_reused_mean_is_said_to_be_reused_not_written(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    first, _ = run_mean(tmp_path / "art", "corpus=samples", "centering.min_count=4")
+    assert f"wrote {first['mean']}" in caplog.text
+    caplog.clear()
+    again, _ = run_mean(tmp_path / "art", "corpus=samples", "centering.min_count=4")
+    assert again["sha256"] == first["sha256"] and f"wrote {first['mean']}" not in caplog.text
+    assert f"corpus mean up to date (20 documents, {first['tokens']} tokens): {first['mean']}" in caplog.text

@@ -88,8 +88,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     if done is not None:
         metrics |= {"docs": done.metadata["docs"], "tokens": done.metadata["tokens"], "mean": str(final),
                     "sha256": done.sha256}
-        log.info(f"corpus mean up to date ({metrics['docs']} documents, {metrics['tokens']} tokens)")
-        written = [final]
+        log.info(f"corpus mean up to date ({metrics['docs']} documents, {metrics['tokens']} tokens): {final}")
+        written = []  # reused, not written
     else:
         if cfg.mean.stage in ("all", "extract"):
             metrics |= extract(backend, cfg, corpus, stats)
