@@ -182,10 +182,11 @@ class Session:
             with _log_to_stdout():
                 return jobs.run(job, cfg, out, backend=self._backend)
         finally:
-            for folder in made:  # job=store writes only into the store: no empty run folders left behind
-                if any(folder.iterdir()):
-                    break
-                folder.rmdir()
+            with contextlib.suppress(OSError):  # another session may be writing beside us: never hide the result
+                for folder in made:  # job=store writes only into the store: no empty run folders left behind
+                    if any(folder.iterdir()):
+                        break
+                    folder.rmdir()
 
 
 def analyze(vectors: Union[Vectors, Dict[str, np.ndarray]], chunks: Optional[Sequence[str]] = None,

@@ -46,7 +46,10 @@ def message(e: BaseException) -> str:
     """What the CLI prints after `error: ` for bad input (and the API raises as a UserError)."""
     from .suggest import explain
 
-    if _unwritable(e):
+    if _unwritable(e) and e.errno == errno.EROFS:
         return (f"cannot write {os.path.abspath(e.filename)}: {e.strerror}: run where you can write, or move the run folder with "
                 "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m) and the store with paths.artifacts=DIR")
+    if _unwritable(e):  # EACCES/EPERM: reading or writing, Python cannot tell which
+        return (f"cannot use {os.path.abspath(e.filename)}: {e.strerror}: give a path this user may read (inputs) "
+                "or write (hydra.run.dir=DIR, paths.artifacts=DIR)")
     return explain(e) or one_line(e)

@@ -78,11 +78,12 @@ def remove_temp_files(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_manifest(folder: Path, content: dict, lock) -> Path:
-    """folder/manifest.json holding `content`, written under lock() unless it already holds it."""
+def write_manifest(folder: Path, content: dict, lock, same=lambda old, new: old == new) -> Path:
+    """folder/manifest.json holding `content`, written under lock() unless the one there is the
+    same(old, new) already (by default: equal)."""
     path = folder / MANIFEST
     with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text()) == json.loads(json.dumps(content)):
+        if same(json.loads(path.read_text()), json.loads(json.dumps(content))):
             return path
     with lock():
         remove_temp_files(path)

@@ -43,7 +43,7 @@ def explain(error: BaseException) -> Optional[str]:
         close = _closest(name, options)
         hint = f": did you mean {close}?" if close else ""
         return f"{group} has no option {name!r}{hint} (options: {', '.join(options)})"
-    grammar = re.search(r"(mismatched input|extraneous input|no viable alternative|token recognition error)[^\n]*", text)
+    grammar = re.search(r"(mismatched input|extraneous input|no viable alternative|token recognition error|LexerNoViableAltException)[^\n]*", text)
     if grammar:
         said = grammar.group(0).split(" See https")[0].strip()
         return (f"cannot parse an override ({said[:60]}{'...' if len(said) > 60 else ''}): a value with commas, spaces, quotes or "

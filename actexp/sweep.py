@@ -7,6 +7,7 @@ and anisotropy of all chunks together, raw -> centred, with the best row of each
 """
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,7 +37,8 @@ def _variants(record: dict, metric: str) -> List[float]:
     metrics = record.get("metrics") or {}
     if prefix is None:
         return []
-    return [metrics[k] for k in (f"{prefix}{metric}/{v}/all" for v in ("raw", "centered")) if k in metrics]
+    values = [metrics.get(f"{prefix}{metric}/{v}/all") for v in ("raw", "centered")]
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
 def _score(values: List[float], higher: bool) -> Optional[float]:
@@ -54,7 +56,8 @@ def summary_table(sweep_dir: Path) -> str:
                else {"status": "no record"} for f in folders]
     shared = set.intersection(*(set(r.get("overrides", [])) for r in records)) if records else set()
     answers = any(_variants(r, QUESTION[0][1]) or _variants(r, QUESTION[2][1]) for r in records)
-    columns = [f"{name} raw -> centred" for name, _, _ in QUESTION] if answers else ["result"]
+    # The question's columns, and `result` for the rows that lack them (other jobs, failures).
+    columns = [f"{name} raw -> centred" for name, _, _ in QUESTION] + ["result"] if answers else ["result"]
     rows = [["#", "overrides", "status", *columns]]
     best = {}
     if answers:
@@ -65,13 +68,14 @@ def summary_table(sweep_dir: Path) -> str:
     for n, (folder, record) in enumerate(zip(folders, records)):
         own = [o for o in record.get("overrides", []) if o not in shared]
         cells = [folder.name.split("_")[0], " ".join(own) or "(as the command)", record["status"]]
+        shown = False
         if answers:
             for name, metric, _ in QUESTION:
                 values = _variants(record, metric)
+                shown = shown or bool(values)
                 text = " -> ".join(f"{v:.3f}" for v in values) if values else "-"
                 cells.append(text + (" *" if best[name][n] else ""))
-        else:
-            cells.append(headline(record)[:60])
+        cells.append("" if shown else headline(record)[:60])
         rows.append(cells)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + (f.name if i else "folder")

@@ -86,3 +86,19 @@ def test_an_unquoted_text_with_a_comma_says_how_to_quote_it(tmp_path):
     r = run_cli("job=extract", "text=Hello,", "world", cwd=tmp_path)  # what a shell passes for text=Hello, world
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("error: cannot parse an override (mismatched input") and """'text="Hello, world"'""" in r.stderr
+    from actexp.api import compose_config
+    from actexp.errors import UserError
+
+    with pytest.raises(UserError, match="cannot parse an override .* needs inner quotes"):
+        compose_config('text="a')  # an unbalanced quote: Hydra's lexer, not its parser, refuses it
+
+
+def test_a_file_this_user_may_not_open_is_not_called_unwritable():
+    import errno
+
+    from actexp.errors import message, user_fault
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/data/a.txt")
+    assert user_fault(denied) and message(denied).startswith("cannot use /data/a.txt: Permission denied: give a path")
+    read_only = OSError(errno.EROFS, "Read-only file system", "/mnt/run")
+    assert message(read_only).startswith("cannot write /mnt/run: Read-only file system") and "hydra.run.dir" in message(read_only)

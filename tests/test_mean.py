@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from actexp import artifacts as store
 from actexp import jobs
-from actexp.centering import finalise
+from actexp.centering import CorpusMean, finalise
+from actexp.pooling import Chunk
 from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
@@ -303,3 +304,17 @@ def test_a_reused_mean_is_said_to_be_reused_not_written(tmp_path, caplog):
     again, _ = run_mean(tmp_path / "art", "corpus=samples", "centering.min_count=4")
     assert again["sha256"] == first["sha256"] and f"wrote {first['mean']}" not in caplog.text
     assert f"corpus mean up to date (20 documents, {first['tokens']} tokens): {first['mean']}" in caplog.text
+
+
+def test_a_mean_padded_to_max_tokens_by_an_earlier_version_still_loads(tmp_path):
+    metrics, _ = run_mean(tmp_path / "art", "corpus=samples", "centering.min_count=4")
+    new = store.load_mean(metrics["mean"])
+    P, reached = new.positions, new.mean.shape[0]
+    assert reached < P and new.tail is not None
+    pad = P - reached
+    old = CorpusMean(new.rows(P), torch.cat([new.sum, new.sum.new_zeros(pad, new.sum.shape[1])]),
+                     torch.cat([new.count, new.count.new_zeros(pad)]), None, dict(new.metadata))
+    loaded = store.load_mean(store.save_mean(old, tmp_path / "old.safetensors").path)
+    assert loaded.tail is None and torch.equal(loaded.rows(P), new.rows(P))
+    chunks = [Chunk("last"), Chunk("exp", 0.067)]
+    assert torch.equal(loaded.pooled_mean(chunks, reached + 100), new.pooled_mean(chunks, reached + 100))

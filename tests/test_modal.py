@@ -385,3 +385,15 @@ def test_a_container_reads_the_corpus_mean_once_per_run(stand_in, tmp_path):
         garbage.write_bytes(b"not read again")
         garbage.replace(on_volume)  # replaced as writers replace files; the second request uses the container's copy
         assert torch.equal(backend.vectors(TEXTS, chunks, mean).centered, first.centered)
+
+
+def test_a_bad_shard_found_by_the_modal_merge_sends_the_next_run_back_to_extraction(stand_in, tmp_path):
+    overrides = ["job=mean", "corpus=samples", "corpus.shard_size=4", *MODAL, f"paths.artifacts={tmp_path / 'a'}"]
+    jobs.run("mean", compose_cfg(*overrides, "centering.min_count=4"), tmp_path)
+    [shard] = (tmp_path / "volume").glob("stats/*/shards/00002.safetensors")
+    shard.write_bytes(shard.read_bytes()[:-7])  # truncated on the volume after extraction
+    with pytest.raises(UserError, match="shard 2 .* was removed"):
+        jobs.run("mean", compose_cfg(*overrides, "centering.min_count=3", "mean.stage=aggregate"), tmp_path)
+    with pytest.raises(UserError, match="not all extracted: run job=mean mean.stage=extract"):
+        jobs.run("mean", compose_cfg(*overrides, "centering.min_count=3", "mean.stage=aggregate"), tmp_path)
+    assert jobs.run("mean", compose_cfg(*overrides, "centering.min_count=3"), tmp_path)["shards_computed"] == 1

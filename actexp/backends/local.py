@@ -62,7 +62,7 @@ class LocalBackend:
         self.batch_tokens, self.max_padding = batch_tokens, max_padding
         self._lm: Optional[LoadedModel] = None
         self._metadata: Optional[dict] = None
-        self._device_mean = (None, None)  # (key of the mean, its tensors on the device)
+        self._device_mean = (None, None)  # (sha256 of the mean, its tensors on the device)
 
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
@@ -116,9 +116,10 @@ class LocalBackend:
 
     def _on_device(self, mean: CorpusMean):
         """The mean on the model's device, copied once per run (a run centres with one mean)."""
-        key = (id(mean), mean.sha256)
-        if self._device_mean[0] != key:
-            self._device_mean = (key, mean.to(self.lm.device))
+        if mean.sha256 is None:  # not saved, so nothing names it: copied each call
+            return mean.to(self.lm.device)
+        if self._device_mean[0] != mean.sha256:
+            self._device_mean = (mean.sha256, mean.to(self.lm.device))
         return self._device_mean[1]
 
     def _refuse_non_finite(self, texts: Sequence[str], x: torch.Tensor) -> None:
@@ -223,6 +224,6 @@ class LocalBackend:
     def close(self) -> None:
         """Release the model (a run opens one backend and closes it when it ends)."""
         on_gpu = self._lm is not None and self._lm.device.type == "cuda"
-        self._lm = None
+        self._lm, self._device_mean = None, (None, None)
         if on_gpu:
             torch.cuda.empty_cache()

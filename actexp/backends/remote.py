@@ -226,9 +226,13 @@ class ModalBackend:
     def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
         """Merge on Modal (next to the shards), then download the mean into the local store."""
-        reply = self._function("aggregate").remote({
-            "stats": stats.spec(), "n_shards": n_shards, "min_count": min_count, "tail_start": tail_start,
-            "checkpoint_every": checkpoint_every})
+        try:
+            reply = self._function("aggregate").remote({
+                "stats": stats.spec(), "n_shards": n_shards, "min_count": min_count, "tail_start": tail_start,
+                "checkpoint_every": checkpoint_every})
+        except UserError:  # a shard on the volume was bad and removed there: extract must run again here too
+            (stats.folder / store.MANIFEST).unlink(missing_ok=True)
+            raise
         data = b"".join(self.app_module.artifacts_volume.read_file(reply["path"]))
         write_bytes(stats.mean_path(min_count, tail_start), data)
         return store.load_mean(stats.mean_path(min_count, tail_start))
