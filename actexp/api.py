@@ -25,7 +25,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from . import analysis, jobs, ranges
+from . import analysis, jobs
 from .backends import open_backend
 from .errors import UserError, message, user_fault
 from .jobs import common
@@ -41,7 +41,7 @@ def compose_config(*overrides: str):
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF), job_name="actexp"):
             cfg = compose("config", overrides=list(overrides))
-        ranges.check(cfg)
+        jobs.check(cfg.job.name, cfg)
         return cfg
     except Exception as e:
         if user_fault(e):

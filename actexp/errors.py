@@ -32,8 +32,16 @@ def one_line(e: BaseException) -> str:
     return " ".join(parts) or type(e).__name__
 
 
+def _os_error(e: BaseException):
+    """The OSError with a path this user cannot use behind e (logging wraps one in a ValueError), or None."""
+    for err in (e, e.__cause__, e.__context__):
+        if isinstance(err, OSError) and err.errno in UNWRITABLE and err.filename is not None:
+            return err
+    return None
+
+
 def _unwritable(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in UNWRITABLE and e.filename is not None
+    return _os_error(e) is not None
 
 
 def user_fault(e: BaseException) -> bool:
@@ -46,6 +54,7 @@ def message(e: BaseException) -> str:
     """What the CLI prints after `error: ` for bad input (and the API raises as a UserError)."""
     from .suggest import explain
 
+    e = _os_error(e) or e
     if _unwritable(e) and e.errno == errno.EROFS:
         return (f"cannot write {os.path.abspath(e.filename)}: {e.strerror}: run where you can write, or move the run folder with "
                 "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m) and the store with paths.artifacts=DIR")

@@ -6,11 +6,13 @@ Files are written whole (io.write_bytes), so a reader needs no lock: only a writ
 """
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
+from typing import Optional
 
 from filelock import FileLock
 
@@ -55,7 +57,7 @@ def folder_lock(folder: Path, name: str, locking: bool = True):
     try:
         locks.mkdir(parents=True, exist_ok=True)
         writable = os.access(locks, os.W_OK)
-        reason = "read-only"
+        reason = os.strerror(errno.EROFS if os.statvfs(locks).f_flag & os.ST_RDONLY else errno.EACCES)
     except OSError as e:
         writable, reason = False, e.strerror
     if not writable:
@@ -78,13 +80,13 @@ def remove_temp_files(path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_manifest(folder: Path, content: dict, lock, same=lambda old, new: old == new) -> Path:
+def write_manifest(folder: Path, content: dict, lock, same=lambda old, new: old == new) -> Optional[Path]:
     """folder/manifest.json holding `content`, written under lock() unless the one there is the
-    same(old, new) already (by default: equal)."""
+    same(old, new) already (by default: equal); the path if it was written, else None."""
     path = folder / MANIFEST
     with contextlib.suppress(OSError, ValueError):
         if same(json.loads(path.read_text()), json.loads(json.dumps(content))):
-            return path
+            return None
     with lock():
         remove_temp_files(path)
         return write_json(path, content)

@@ -7,6 +7,9 @@ import re
 import typing
 from typing import List, Optional
 
+from omegaconf import OmegaConf
+
+from .errors import UserError
 from .schema import CONF, Config
 
 
@@ -21,6 +24,29 @@ def config_keys(node=Config, prefix: str = "") -> List[str]:
         if kind is not None:
             keys += config_keys(kind, key + ".")
     return keys
+
+
+def check_keys(cfg) -> None:
+    """Refuse a key the schema does not have (an override with `+` can add one): one line, with the
+    closest known key."""
+    known = config_keys()
+    parents = {k.rsplit(".", 1)[0] for k in known if "." in k}
+
+    def unknown(node: dict, prefix: str) -> Optional[str]:
+        for name, value in node.items():
+            key = f"{prefix}{name}"
+            if key not in known:
+                return key
+            if isinstance(value, dict) and key in parents:
+                found = unknown(value, key + ".")
+                if found:
+                    return found
+        return None
+
+    key = unknown(OmegaConf.to_container(cfg, resolve=False), "")
+    if key:
+        close = _closest(key, known)
+        raise UserError(f"unknown key {key!r}: {f'did you mean {close}?' if close else '`--cfg job` lists the keys'}")
 
 
 def _closest(word: str, choices: List[str]) -> Optional[str]:
@@ -43,9 +69,19 @@ def explain(error: BaseException) -> Optional[str]:
         close = _closest(name, options)
         hint = f": did you mean {close}?" if close else ""
         return f"{group} has no option {name!r}{hint} (options: {', '.join(options)})"
+    typed = re.search(r"Error merging override ([\w.]+)=(\S*).*?Value '.*?' (?:of type '\w+' could not be converted to "
+                      r"(\w+)|is not a valid (bool))", f"{text} {error.__cause__ or ''}", re.S)
+    if typed:
+        from .ranges import AT_LEAST_1
+
+        key, value, kind = typed.group(1), typed.group(2), typed.group(3) or "Boolean"
+        allowed = {"Integer": "a whole number", "Float": "a number", "Boolean": "true or false"}.get(kind, kind)
+        if key in AT_LEAST_1:
+            allowed = "a whole number of at least 1" + (f", or {AT_LEAST_1[key]}" if AT_LEAST_1[key] else "")
+        return f"{key}={value} is not {allowed.split(',')[0]}: give {allowed}"
     grammar = re.search(r"(mismatched input|extraneous input|no viable alternative|token recognition error|LexerNoViableAltException)[^\n]*", text)
     if grammar:
-        said = grammar.group(0).split(" See https")[0].strip()
-        return (f"cannot parse an override ({said[:60]}{'...' if len(said) > 60 else ''}): a value with commas, spaces, quotes or "
+        at = re.search(r"at input '([^']*)'", grammar.group(0))
+        return (f"cannot parse an override{f' at {at.group(1)!r}' if at else ''}: a value with commas, spaces, quotes or "
                 "brackets needs inner quotes, e.g. 'text=\"Hello, world\"'")
     return None

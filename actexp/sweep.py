@@ -93,7 +93,7 @@ def print_summary() -> None:
     """Print the table of the sweep under way (at its end, or when a failed job ends it early)."""
     while _running:
         sweep_dir = _running.pop()
-        if sweep_dir.is_dir():
+        if sweep_dir.is_dir() and any(p.is_dir() and p.name.split("_")[0].isdigit() for p in sweep_dir.iterdir()):
             print(f"sweep {sweep_dir.resolve()}:\n{summary_table(sweep_dir)}", flush=True)
 
 

@@ -162,8 +162,9 @@ def shard_headers(layout: StoreLayout) -> List[dict]:
     return [shard_header(p) or {} for p in sorted((layout.folder / "shards").glob("*.arrow"))]
 
 
-def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, location: str = "local") -> Path:
-    """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums, where they are."""
+def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, location: str = "local") -> Optional[Path]:
+    """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums, where they
+    are; its path, or None when the manifest there already describes these files."""
     variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
     return storage.write_manifest(layout.folder, metadata | {
         "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,

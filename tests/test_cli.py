@@ -163,5 +163,8 @@ def test_a_read_only_run_folder_is_one_line_naming_the_settings_that_move_it(tmp
     (tmp_path / "ro").mkdir()
     with read_only(tmp_path / "ro"):
         r = run_cli("job=extract", "text=hi", f"hydra.run.dir={tmp_path / 'ro' / 'run'}", cwd=tmp_path)
+        there = run_cli("job=extract", "text=hi", f"hydra.run.dir={tmp_path / 'ro'}", cwd=tmp_path)  # the folder exists
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: cannot write {tmp_path / 'ro' / 'run'}: ") and "hydra.run.dir=DIR" in r.stderr
+    assert there.returncode == 2 and there.stderr.count("\n") == 1, there.stderr
+    assert there.stderr.startswith(f"error: cannot write {tmp_path / 'ro'}/") and "hydra.run.dir=DIR" in there.stderr

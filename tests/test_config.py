@@ -85,11 +85,11 @@ def test_an_unquoted_text_with_a_comma_says_how_to_quote_it(tmp_path):
 
     r = run_cli("job=extract", "text=Hello,", "world", cwd=tmp_path)  # what a shell passes for text=Hello, world
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith("error: cannot parse an override (mismatched input") and """'text="Hello, world"'""" in r.stderr
+    assert r.stderr.startswith("error: cannot parse an override: a value with commas") and """'text="Hello, world"'""" in r.stderr
     from actexp.api import compose_config
     from actexp.errors import UserError
 
-    with pytest.raises(UserError, match="cannot parse an override .* needs inner quotes"):
+    with pytest.raises(UserError, match="cannot parse an override: .* needs inner quotes"):
         compose_config('text="a')  # an unbalanced quote: Hydra's lexer, not its parser, refuses it
 
 
@@ -102,3 +102,19 @@ def test_a_file_this_user_may_not_open_is_not_called_unwritable():
     assert user_fault(denied) and message(denied).startswith("cannot use /data/a.txt: Permission denied: give a path")
     read_only = OSError(errno.EROFS, "Read-only file system", "/mnt/run")
     assert message(read_only).startswith("cannot write /mnt/run: Read-only file system") and "hydra.run.dir" in message(read_only)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("+model.max_tokenz=5", "unknown key 'model.max_tokenz': did you mean model.max_tokens?"),
+    ("+txt=Hello", "unknown key 'txt': did you mean text?"),
+    ("model.max_tokens=abc", "model.max_tokens=abc is not a whole number of at least 1: give a whole number of at "
+                             "least 1, or null = the model's context"),
+    ("model.prepend_bos=maybe", "model.prepend_bos=maybe is not true or false: give true or false"),
+])
+def test_keys_added_with_plus_and_values_of_the_wrong_type_are_one_clear_line(override, expected):
+    from actexp.api import compose_config
+    from actexp.errors import UserError
+
+    with pytest.raises(UserError) as raised:
+        compose_config("job=extract", "text=hi", override)
+    assert str(raised.value) == expected

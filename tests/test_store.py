@@ -220,7 +220,7 @@ def test_a_reader_and_its_memory_maps_are_freed_with_it(centred):
     assert gone() is None
 
 
-def test_a_read_only_store_is_used_as_it_is_and_a_new_file_there_is_one_line(tmp_path):
+def test_a_read_only_store_is_used_as_it_is_and_a_new_file_there_is_one_line(tmp_path, caplog):
     art = tmp_path / "art"
     base = ["corpus=samples", "centering.min_count=4", f"paths.artifacts={art}"]
     jobs.run("mean", compose_cfg("job=mean", *base), tmp_path / "o")
@@ -233,10 +233,12 @@ def test_a_read_only_store_is_used_as_it_is_and_a_new_file_there_is_one_line(tmp
             (art / "probe").write_text("")  # the folder really is read-only
         assert jobs.run("mean", compose_cfg("job=mean", *base), tmp_path / "o1")["sha256"]
         assert jobs.run("mean", compose_cfg("job=mean", *base, "mean.stage=aggregate"), tmp_path / "o2")["sha256"]
+        caplog.set_level(logging.INFO)
         for verify in ("false", "true"):  # true: every shard is checked again, and the manifest is the same
             again = jobs.run("store", compose_cfg("job=store", "centering=corpus_mean", f"store.verify={verify}", *base),
                              tmp_path / f"o3{verify}")
             assert again["store_id"] == made["store_id"] and again["tokens_computed"] == 0
+        assert "every shard checked, nothing to write" in caplog.text and "wrote " not in caplog.text
         assert jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", *base), tmp_path / "o4")
         # A file that is not there yet must be written there: one line naming the folder.
         for job, extra in (("mean", "centering.min_count=3"), ("store", "store.storage_dtype=float16")):

@@ -6,6 +6,7 @@ from pathlib import Path
 from .. import ranges
 from ..backends import open_backend
 from ..errors import UserError
+from ..suggest import check_keys
 from ..tracking import NULL
 
 NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",
@@ -19,8 +20,9 @@ def get(name: str):
 
 
 def check(name: str, cfg):
-    """The job, once its name and every number of the config are known to be valid (ranges.py)."""
+    """The job, once its name, every key and every number of the config are known to be valid."""
     job = get(name)
+    check_keys(cfg)
     ranges.check(cfg)
     return job
 

@@ -164,8 +164,8 @@ def vector_csvs(paths, out_dir, pooling_name: str, key: str, same_model: bool = 
         raise UserError(f"{paths[0]} and {paths[-1]} hold different texts")
     differs = sidecar_difference(loaded[0][2], loaded[-1][2]) if len(loaded) == 2 else None
     if differs and same_model:
-        raise UserError(f"{paths[0].name} and {paths[1].name} were made differently: {differs}; give two CSVs of "
+        raise UserError(f"{paths[0]} and {paths[1]} were made differently: {differs}; give two CSVs of "
                         f"one csv or pipeline run")
     if differs:
-        log.warning(f"{paths[0].name} and {paths[1].name} were made differently: {differs}")
+        log.warning(f"{paths[0]} and {paths[1]} were made differently: {differs}")
     return list(zip(paths, loaded))

@@ -41,7 +41,8 @@ def _from_csvs(cfg, model_id, dims, mean):
             raise UserError(f"{path} has {vectors.shape[1]} rows but pooling={cfg.pooling.name} on model "
                             f"{model_id['model']} gives {dims} dims: use the CSV of this model and pooling")
     if names != names_c:
-        raise UserError(f"{cfg.compare.raw_csv} and {cfg.compare.centered_csv} hold different samples")
+        raise UserError(f"{cfg.compare.raw_csv} ({len(names)} samples) and {cfg.compare.centered_csv} ({len(names_c)}) "
+                        "hold different samples: give the raw and centred CSVs of one csv or pipeline run")
     if cfg.compare.use_samples:
         texts = {d.name: d.text for d in bundled_samples()}
         missing = [n for n in names if n not in texts]

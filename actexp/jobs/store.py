@@ -89,8 +89,12 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     metrics = {"store_id": layout.id, "shards": len(headers), "docs": sum(h["rows"] for h in headers),
                "tokens": sum(h["tokens"] for h in headers), "tokens_computed": computed,
                "tokens_per_s": computed / seconds if seconds else None, "location": location}
+    computed_shards = sum(1 for h in headers if h.get("computed"))
+    written = [layout.folder / "shards"] if computed_shards and location == "local" else []  # one line, not one per shard
     log.info(f"vector store of {plural(metrics['docs'], 'document')} ({dims} dims, "
              f"{', '.join(vs.VARIANTS[:1 + (mean is not None)])}, {layout.storage_dtype}) in "
-             f"{plural(len(headers), 'shard')}" + ("" if location == "local" else f", kept on {location}"))
-    wrote(log, [layout.folder, manifest])
+             f"{plural(len(headers), 'shard')} at {layout.folder}" + ("" if location == "local" else f", kept on {location}")
+             + (f"; {computed_shards} computed" if computed_shards else "")
+             + ("" if written or manifest else ": every shard checked, nothing to write"))
+    wrote(log, written + ([manifest] if manifest else []))
     return metrics
