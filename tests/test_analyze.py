@@ -123,6 +123,7 @@ def test_wandb_gets_numeric_summaries_tables_and_no_raw_text(analysed):
     assert config["text"]["chars"] == len("a private note") and "private" not in json.dumps(config)
 
 
+@pytest.mark.slow  # over 7 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_the_text_goes_into_the_run_config_only_when_asked(tmp_path):
     r = run_cli("job=extract", "text=a private note", "logger.log_texts=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

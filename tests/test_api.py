@@ -20,6 +20,7 @@ def code_cells():
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_vectors_equal_the_clis_vector_and_csv_columns_bit_for_bit(tmp_path):
     art = f"paths.artifacts={tmp_path / 'art'}"
     with actexp.Session("pooling=short", "centering=corpus_mean", "corpus.max_docs=64", art) as s:

@@ -122,6 +122,7 @@ def test_a_mean_of_another_dtype_is_refused(artifacts):
             corpus_mean(cfg)
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
     ok, other_dtype, r = run_clis([
         ["centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN, "text=Hello world",
@@ -169,6 +170,7 @@ def test_the_default_store_is_found_from_any_working_directory(tmp_path, monkeyp
     assert list((tmp_path / "elsewhere" / "rel" / "means").iterdir())
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     r = run_cli("job=compare", "pooling=short", f"paths.artifacts={artifacts}", *MEAN, f"hydra.run.dir={tmp_path / 'c1'}",
                 cwd=tmp_path)

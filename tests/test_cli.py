@@ -52,6 +52,7 @@ def test_extract_from_file_short_and_default_output_dir(tmp_path):
     assert "truncated" in r.stderr + r.stdout + (run_dir / "run.log").read_text()
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_similarity_per_chunk(tmp_path):
     out, out2 = tmp_path / "sim", tmp_path / "sim2"
     (tmp_path / "b.txt").write_text(TEXTS[1], encoding="utf-8")
@@ -136,6 +137,7 @@ def test_full_error_shows_the_traceback(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr and "text is empty" in r.stderr
 
 
+@pytest.mark.slow  # over 7 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_text_with_commas_can_be_quoted(tmp_path):
     r = run_cli("text='Hello, world'", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -279,6 +279,7 @@ def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
     assert corpus_mean(compose_cfg(*centring)).path == means[0]
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_progress_and_cli_errors(tmp_path, docs_dir):
     art = tmp_path / "art"
     run_mean(art, *files_corpus(docs_dir), "mean.stage=extract")

@@ -249,6 +249,7 @@ def test_the_mean_on_the_volume_is_reused_only_with_the_local_checksum(stand_in,
         assert rel_err(first.raw[i].double() - first.centered[i].double(), mean.pooled_mean(chunks, n)) < 1e-5
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_pipeline_on_modal_enters_the_app_once_and_loads_the_model_once(stand_in, tmp_path):
     cfg = compose_cfg("+experiment=long_centered", *MODAL, "corpus.max_docs=24", "corpus.shard_size=8",
                       "logger=none", f"paths.artifacts={tmp_path / 'artifacts'}")

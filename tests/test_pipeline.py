@@ -128,6 +128,7 @@ def test_sweep_gives_one_folder_and_one_run_per_job_and_a_summary(experiment):
     assert f"{max(mrr):.3f} *" in table[2 + mrr.index(max(mrr))] and sum(row.count("*") for row in table[2:4]) >= 3
 
 
+@pytest.mark.slow  # over 7 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_the_pipeline_loads_the_model_once_and_records_each_variant(tmp_path, monkeypatch):
     loads = []
     real_load = local.load_model
@@ -195,6 +196,7 @@ def test_a_parallel_sweep_on_a_fresh_store_succeeds(tmp_path):
     assert not list((tmp_path / "artifacts").rglob("*.tmp"))
 
 
+@pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_a_failing_job_does_not_lose_the_others(tmp_path):
     r = run_cli("-m", "job=extract", "text=hello,''", cwd=tmp_path)
     assert r.returncode != 0 and "text is empty" in r.stderr

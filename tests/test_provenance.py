@@ -212,6 +212,7 @@ def test_a_mean_made_with_bos_is_refused_for_vectors_without_it(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # over 7 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_a_pipeline_of_corpus_documents_ends_with_its_summary_and_names_its_mean(tmp_path, caplog):
     cfg = compose_cfg("+experiment=long_centered", "csv.source=corpus", "corpus=samples", "corpus.max_docs=12",
                       "centering.min_count=4", "logger=none", f"paths.artifacts={tmp_path / 'art'}")
