@@ -18,11 +18,16 @@ from .errors import UserError
 
 
 @functools.lru_cache(maxsize=1)
+def umask() -> int:
+    """The process's umask (reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _file_mode() -> int:
-    """The mode open() gives a new file: 0o666 less the umask (reading the umask means setting it)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+    """The mode open() gives a new file: 0o666 less the umask."""
+    return 0o666 & ~umask()
 
 
 def write_bytes(path: Path, data) -> Path:

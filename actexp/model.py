@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 import torch
 from safetensors import SafetensorError
 
+from . import gguf_model
 from .errors import UserError
 from .fingerprint import checkpoint_sha256, file_sha256, hub_commit
 
@@ -40,9 +41,10 @@ class TextEncoder:
         return encode(self.tokenizer, texts, self.max_tokens, self.bos_id)
 
 
-def text_encoder(spec: "ModelSpec", max_tokens: int, config, tokenizer=None) -> TextEncoder:
+def text_encoder(spec: "ModelSpec", max_tokens: int, config, tokenizer=None,
+                 hash_cache: Optional[Path] = None) -> TextEncoder:
     """The TextEncoder of a spec; the BOS id is the tokenizer's, else the model config's."""
-    tokenizer = tokenizer or load_tokenizer(spec)
+    tokenizer = tokenizer or load_tokenizer(spec, hash_cache)
     if not spec.prepend_bos:
         return TextEncoder(tokenizer, max_tokens, None)
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
@@ -90,6 +92,7 @@ class ModelSpec:
     tokenizer: Optional[str] = None
     arch: Optional[dict] = None  # GPT-NeoX numbers (schema.ArchConfig's fields), to build the model
     weights: Optional[str] = None  # a safetensors file of the whole model for `arch`; "bundled": model=tiny's
+    gguf: Optional[str] = None  # a GGUF file (model and tokenizer), or package:file inside an installed package
 
     @classmethod
     def from_config(cls, model_cfg, hardware_cfg) -> "ModelSpec":
@@ -121,9 +124,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def model_config(spec: ModelSpec):
-    """The transformers config of the model, without its weights: from `arch`, or a checkpoint's config."""
+def model_config(spec: ModelSpec, hash_cache: Optional[Path] = None):
+    """The transformers config of the model, without its weights: from `arch`, a checkpoint's config,
+    or a GGUF file's (converted once, gguf_model.py)."""
     from transformers import AutoConfig, GPTNeoXConfig
+
+    if spec.gguf:
+        return AutoConfig.from_pretrained(gguf_model.converted(spec.gguf, hash_cache))
 
     if spec.arch is not None:
         a = spec.arch
@@ -177,14 +184,17 @@ def tokenizer_sha256(spec: ModelSpec, cache: Optional[Path] = None) -> Optional[
                 else hub_revision(spec.tokenizer, None, "model.tokenizer"))
     if spec.random_init or spec.weights:
         return file_sha256(BUNDLED_TOKENIZER, cache)[:16]
-    return None
+    return None  # a checkpoint's or GGUF file's own tokenizer
 
 
 def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) -> dict:
     """Everything that determines a model's activations, from config alone (no weights loaded):
     a corpus mean fits a model only if every field is equal. Files count by content (fingerprint.py;
     their hashes cached in `hash_cache`), hub models by the commit their revision points to."""
-    config = config or model_config(spec)
+    if spec.gguf and (spec.name_or_path or spec.weights or spec.random_init or spec.arch):
+        raise UserError(f"model.gguf={spec.gguf} holds the whole model: leave model.name_or_path, model.weights, "
+                        "model.arch and model.random_init unset")
+    config = config or model_config(spec, hash_cache)
     local = local_source(spec.name_or_path) if spec.name_or_path and not spec.random_init else None
     weights = weights_file(spec)
     n_blocks = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
@@ -213,7 +223,14 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
         "prepend_bos": spec.prepend_bos,
         "max_tokens": max_tokens,
         "hidden_size": config.hidden_size,
-    }
+    } | (_gguf_identity(spec, hash_cache) if spec.gguf else {})
+
+
+def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:
+    """The GGUF file by content, and its quantisation: the activations are the quantised model's."""
+    made_from = gguf_model.info(gguf_model.converted(spec.gguf, hash_cache))
+    return {"gguf": gguf_model.source_name(spec.gguf), "gguf_sha256": made_from["gguf_sha256"],
+            "quantization": made_from["quantization"]}
 
 
 def _config_sha256(config) -> str:
@@ -238,13 +255,13 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
     elif spec.weights:
         model = _model_from_weights(spec, dtype, device)
     else:
-        model = _pretrained_model(spec, dtype, device)
+        model = _pretrained_model(spec, dtype, device, hash_cache)
     model.eval().requires_grad_(False)
     blocks = find_blocks(model, spec.blocks)
     meta = identity(spec, model.config, hash_cache)
     layer_ids = select_layers(spec.layers, len(blocks))
-    return LoadedModel(model, model.base_model, blocks, layer_ids, text_encoder(spec, meta["max_tokens"], model.config),
-                       meta["hidden_size"], device, meta)
+    text = text_encoder(spec, meta["max_tokens"], model.config, hash_cache=hash_cache)
+    return LoadedModel(model, model.base_model, blocks, layer_ids, text, meta["hidden_size"], device, meta)
 
 
 def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[torch.nn.Module]:
@@ -368,9 +385,14 @@ def _load(loader, source: str, local: bool, what: str, **kwargs):
         raise UserError(f"cannot load {what} {source}: {reason}; {HELP_MODELS}") from None
 
 
-def _pretrained_model(spec: ModelSpec, dtype, device):
+def _pretrained_model(spec: ModelSpec, dtype, device, hash_cache: Optional[Path] = None):
     from transformers import AutoModelForCausalLM
 
+    if spec.gguf:
+        folder = gguf_model.converted(spec.gguf, hash_cache)
+        gguf_model.check(folder, hash_cache)
+        return _load(AutoModelForCausalLM, str(folder), True, "converted GGUF model", dtype=dtype,
+                     attn_implementation=spec.attn_implementation).to(device)
     if not spec.name_or_path:
         raise UserError(f"model.name_or_path is empty: {HELP_MODELS}")
     local = local_source(spec.name_or_path)
@@ -380,11 +402,13 @@ def _pretrained_model(spec: ModelSpec, dtype, device):
     return model.to(device)
 
 
-def load_tokenizer(spec: ModelSpec):
+def load_tokenizer(spec: ModelSpec, hash_cache: Optional[Path] = None):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if spec.tokenizer:
         source, key, revision = spec.tokenizer, "model.tokenizer", None
+    elif spec.gguf:  # the GGUF file's own tokenizer, converted with its weights
+        return _load(AutoTokenizer, str(gguf_model.converted(spec.gguf, hash_cache)), True, "converted GGUF tokenizer")
     elif not (spec.random_init or spec.weights):
         source, key, revision = spec.name_or_path, "model.name_or_path", spec.revision
     else:  # random or bundled weights: the bundled tokenizer, so the vectors depend on nothing downloaded

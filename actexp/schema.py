@@ -57,6 +57,7 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     arch: Optional[ArchConfig] = None
     weights: Optional[str] = None
+    gguf: Optional[str] = None
 
 
 @dataclass

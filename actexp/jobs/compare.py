@@ -16,6 +16,7 @@ from ..errors import CheckFailed, UserError
 from ..io import read_matrix_csv, write_text
 from ..model import model_config, text_encoder
 from ..report import plural, wrote
+from ..storage import hash_cache
 from . import common
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ def _from_csvs(cfg, model_id, dims, mean):
         missing = [n for n in names if n not in texts]
         if missing:
             raise UserError(f"compare.use_samples=true but {missing[0]!r} is not a bundled sample")
-        spec = common.model_spec(cfg)
-        ids, _ = text_encoder(spec, model_id["max_tokens"], model_config(spec)).encode([texts[n] for n in names])
+        spec, cache = common.model_spec(cfg), hash_cache(cfg.paths.artifacts)
+        text = text_encoder(spec, model_id["max_tokens"], model_config(spec, cache), hash_cache=cache)
+        ids, _ = text.encode([texts[n] for n in names])
         n_tokens = [len(x) for x in ids]
     else:
         sidecar = Path(cfg.compare.raw_csv).with_suffix(".json")
