@@ -102,7 +102,7 @@ def _tensors_sha256(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def _write_checked(path: Path, tensors: dict, meta: dict) -> str:
+def write_checked(path: Path, tensors: dict, meta: dict) -> str:
     """Write tensors atomically with their checksum in the header; the checksum."""
     tensors = {k: v.cpu() for k, v in tensors.items()}
     digest = _tensors_sha256(tensors)
@@ -111,12 +111,12 @@ def _write_checked(path: Path, tensors: dict, meta: dict) -> str:
 
 
 def _decode(metadata: Optional[dict]) -> dict:
-    """A header as written by _write_checked: JSON values, and the checksum as a plain string."""
+    """A header as written by write_checked: JSON values, and the checksum as a plain string."""
     return {k: v if k == "sha256" else json.loads(v) for k, v in (metadata or {}).items()}
 
 
-def _read_checked(path: Path, names: Tuple[str, ...], optional: Tuple[str, ...] = ()) -> Optional[Tuple[dict, dict]]:
-    """(tensors, header) of a file written by _write_checked, or None if missing, truncated or corrupt."""
+def read_checked(path: Path, names: Tuple[str, ...], optional: Tuple[str, ...] = ()) -> Optional[Tuple[dict, dict]]:
+    """(tensors, header) of a file written by write_checked, or None if missing, truncated or corrupt."""
     try:
         with safe_open(str(path), "pt") as f:
             header = _decode(f.metadata())
@@ -128,13 +128,13 @@ def _read_checked(path: Path, names: Tuple[str, ...], optional: Tuple[str, ...] 
 
 def write_stats(path: Path, sum_: torch.Tensor, count: torch.Tensor, meta: dict) -> Path:
     """A shard or checkpoint: float64 sum and int64 count, with a checksum over both."""
-    _write_checked(path, {"sum": sum_, "count": count}, meta)
+    write_checked(path, {"sum": sum_, "count": count}, meta)
     return path
 
 
 def read_stats(path: Path) -> Optional[Tuple[torch.Tensor, torch.Tensor, dict]]:
     """(sum, count, header) of a shard or checkpoint, or None if it is missing, truncated or corrupt."""
-    read = _read_checked(path, ("sum", "count"))
+    read = read_checked(path, ("sum", "count"))
     return None if read is None else (read[0]["sum"], read[0]["count"], read[1])
 
 
@@ -142,14 +142,14 @@ def save_mean(mean: CorpusMean, path: Path) -> CorpusMean:
     """Write a mean atomically; its metadata gains the checksum of its tensors."""
     tensors = {"mean": mean.mean, "sum": mean.sum, "count": mean.count} | ({} if mean.tail is None else {"tail": mean.tail})
     meta = {k: v for k, v in mean.metadata.items() if k != "sha256"}
-    mean.metadata = meta | {"sha256": _write_checked(path, tensors, meta)}
+    mean.metadata = meta | {"sha256": write_checked(path, tensors, meta)}
     mean.path = Path(path)
     return mean
 
 
 def load_mean(path: Path) -> CorpusMean:
     """A mean written by save_mean, its checksum verified."""
-    read = _read_checked(Path(path), ("mean", "sum", "count"), optional=("tail",))
+    read = read_checked(Path(path), ("mean", "sum", "count"), optional=("tail",))
     if read is None:
         raise UserError(f"{path} is not a readable corpus mean (missing, truncated or corrupt): "
                         "recompute it with job=mean")

@@ -196,3 +196,21 @@ def projection_figure(coords: List[np.ndarray], labels: Sequence[str], names: Se
 def projection(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[str], groups, path: Path,
                title: str, explained: Optional[List[Sequence[float]]] = None) -> Path:
     return _save(projection_figure(coords, labels, names, groups, title, explained), path)
+
+
+def sts_scatter(cosines: dict, gold: np.ndarray, spearman: dict, path: Path, title: str) -> Path:
+    """One panel per variant: each pair's cosine against its gold score, with Spearman in the title."""
+    names = list(cosines)
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False, sharex=True)
+    fig.suptitle(title, fontsize=11)
+    for ax, name in zip(axes.flat, names):
+        ax.scatter(gold, cosines[name], s=3, alpha=0.35, color="#2a6fb0", linewidths=0)
+        ax.set_title(f"{name}: Spearman {100 * spearman[name]:.1f}", fontsize=10)
+        ax.set_xlabel("gold score")
+        ax.set_ylabel("cosine")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)

