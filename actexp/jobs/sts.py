@@ -58,6 +58,18 @@ def fit_set(cfg, pairs: pairs_io.Pairs):
     raise UserError(f"sts.fit={cfg.sts.fit}: use stsb (STS-B train sentences) or corpus (the corpus group's documents)")
 
 
+def _mean(cfg, out_dir, tracker, backend):
+    """The per-position corpus mean of the corpus group: computed (or reused) by the mean job when
+    centering.mean_path is auto, as the pipeline does, so a sweep over model.layers gets each its own."""
+    from .pipeline import _with
+    from . import run as run_job
+
+    if cfg.centering.mean_path == "auto":
+        made = run_job("mean", _with(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
+        cfg = _with(cfg, centering__mean_path=made["mean"])
+    return common.corpus_mean(cfg, required=True, tracker=tracker)
+
+
 def cosines(x: np.ndarray, pair_a: np.ndarray, pair_b: np.ndarray) -> np.ndarray:
     a, b = x[pair_a], x[pair_b]  # [P, D]
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -71,8 +83,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     pairs = load_pairs(cfg)
     chunks = common.chunks(cfg.pooling)
     labels = [c.label for c in chunks]
-    needs_mean = any(base == "centered" for base, _ in parsed.values())
-    mean = common.corpus_mean(cfg, required=needs_mean, tracker=tracker) if needs_mean else None
+    mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     texts = pairs.texts()
     index = {t: i for i, t in enumerate(texts)}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
