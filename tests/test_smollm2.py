@@ -3,6 +3,7 @@ the same load_model, hooks, batching and pooling as every model, against the hoo
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from actexp.errors import UserError
 from actexp.gguf_model import converted, resolve
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import model_spec
 from actexp.model import ModelSpec, load_model
 from actexp.storage import model_label
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
@@ -62,36 +64,33 @@ def test_a_text_longer_than_the_context_is_truncated_to_8192_tokens(smollm2):
 
 
 @pytest.mark.slow
-def test_the_converted_folder_is_the_gguf_file_exactly(tmp_path):
-    """A fresh conversion against transformers' own GGUF loader: the same weights bit for bit, the
-    same token ids, files with the umask's permissions, nothing temporary left."""
+def test_the_converted_folder_is_the_gguf_file_exactly(smollm2, tmp_path):
+    """The session's conversion (a fresh one in CI) against transformers' own GGUF loader: the same
+    weights bit for bit, the same token ids, files with the umask's permissions, nothing temporary left."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    hashes = tmp_path / "store" / "hashes"
+    cfg, backend = smollm2
+    hashes = Path(cfg.paths.artifacts) / "hashes"
     folder = converted(GGUF, hashes)
-    assert folder.parent == tmp_path / "store" / "models" and converted(GGUF, hashes) == folder
+    assert folder.parent == Path(cfg.paths.artifacts) / "models"
     assert sorted(p.name for p in folder.parent.iterdir()) == [".locks", folder.name]  # no temporary folder
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in folder.iterdir())  # umask 022: readable by all
     path = resolve(GGUF)
     direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
-    lm = load_model(converted_spec(tmp_path), hash_cache=hashes)
-    ours = lm.model.state_dict()
+    ours = backend.lm.model.state_dict()
     assert set(ours) == set(direct) and all(torch.equal(ours[k], direct[k]) for k in direct)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     texts = TEXTS + ["def f(x):\n    return x  # émigré 東京 🙂"]
-    assert lm.encode(texts)[0] == tokenizer(texts, add_special_tokens=False)["input_ids"]
-    # A converted file that is not what the conversion wrote is refused, not loaded.
-    with open(folder / "model.safetensors", "r+b") as f:
+    assert backend.lm.encode(texts)[0] == tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # A converted file that is not what the conversion wrote is refused, not loaded (on a copy).
+    copy = tmp_path / "store" / "models" / folder.name
+    shutil.copytree(folder, copy)
+    with open(copy / "model.safetensors", "r+b") as f:
         f.seek(-4, 2)
         f.write(b"\0\0\0\1")
+    spec = model_spec(compose_cfg("model=smollm2-135m-q4", f"paths.artifacts={tmp_path / 'store'}"))
     with pytest.raises(UserError, match="not the file its conversion wrote"):
-        load_model(converted_spec(tmp_path), hash_cache=hashes)
-
-
-def converted_spec(tmp_path):
-    from actexp.jobs.common import model_spec
-
-    return model_spec(compose_cfg("model=smollm2-135m-q4", f"paths.artifacts={tmp_path / 'store'}"))
+        load_model(spec, hash_cache=tmp_path / "store" / "hashes")
 
 
 def _bad_arch_gguf(path):
@@ -109,6 +108,7 @@ def _bad_arch_gguf(path):
     return path
 
 
+@pytest.mark.slow
 def test_bad_gguf_files_and_a_missing_package_are_one_line_each(tmp_path):
     real = resolve(GGUF)
     truncated = tmp_path / "truncated.gguf"
@@ -135,3 +135,20 @@ def test_bad_gguf_files_and_a_missing_package_are_one_line_each(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot load") and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_smollm2_preset_runs_the_main_experiment_and_its_outputs_say_q4_1(smollm2, tmp_path):
+    import json
+
+    cfg, _ = smollm2
+    result = run_cli("+experiment=smollm2", "corpus.max_docs=16", f"paths.artifacts={cfg.paths.artifacts}",
+                     "logger=none", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "identity raw - centred = pooled corpus mean: PASS" in result.stdout
+    [run] = (tmp_path / "experiments" / "smollm2").iterdir()
+    sha = hashlib.sha256(resolve(GGUF).read_bytes()).hexdigest()
+    for name in ("analysis.json", "vectors_long_mode_centered.json"):
+        made = json.loads((run / name).read_text())
+        assert (made["model"]["quantization"], made["model"]["gguf_sha256"]) == ("Q4_1", sha), name
+    assert json.loads((run / "vectors_long_mode_centered.json").read_text())["centering"]["mean"]["docs"] == 16
