@@ -199,7 +199,8 @@ def projection(coords: List[np.ndarray], labels: Sequence[str], names: Sequence[
 
 
 def sts_scatter(cosines: dict, gold: np.ndarray, spearman: dict, path: Path, title: str) -> Path:
-    """One panel per variant: each pair's cosine against its gold score, with Spearman in the title."""
+    """One panel per variant: each pair's cosine against its gold score, the median per tenth of the
+    score range as a black line, and Spearman in the title."""
     names = list(cosines)
     cols = min(4, len(names))
     rows = -(-len(names) // cols)
@@ -207,6 +208,11 @@ def sts_scatter(cosines: dict, gold: np.ndarray, spearman: dict, path: Path, tit
     fig.suptitle(title, fontsize=11)
     for ax, name in zip(axes.flat, names):
         ax.scatter(gold, cosines[name], s=3, alpha=0.35, color="#2a6fb0", linewidths=0)
+        edges = np.linspace(gold.min(), gold.max(), 11)  # the median cosine of each tenth of the score range
+        which = np.clip(np.digitize(gold, edges[1:-1]), 0, 9)
+        filled = [b for b in range(10) if (which == b).any()]
+        ax.plot([(edges[b] + edges[b + 1]) / 2 for b in filled],
+                [np.median(cosines[name][which == b]) for b in filled], color="black", linewidth=1.5)
         ax.set_title(f"{name}: Spearman {100 * spearman[name]:.1f}", fontsize=10)
         ax.set_xlabel("gold score")
         ax.set_ylabel("cosine")

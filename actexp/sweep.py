@@ -77,6 +77,11 @@ def summary_table(sweep_dir: Path) -> str:
                 cells.append(text + (" *" if best[name][n] else ""))
         cells.append("" if shown else headline(record)[:60])
         rows.append(cells)
+    sts = [r.get("metrics", {}).get("best_spearman") if r.get("job") == "sts" else None for r in records]
+    if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over model.layers): * on its best row
+        top = max(x for x in sts if x is not None)
+        for cells, x in zip(rows[1:], sts):
+            cells[-1] += " *" if x == top else ""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + (f.name if i else "folder")
              for i, (r, f) in enumerate(zip(rows, [None, *folders]))]

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from .. import fits as fit_store
 from .. import pairs as pairs_io
 from .. import plots, postprocess
+from ..analysis import chunk_key
 from ..correlation import pearson, spearman
 from ..errors import UserError
 from ..io import write_json
@@ -27,6 +28,7 @@ from . import common
 
 log = logging.getLogger(__name__)
 BASES = ("raw", "centered")
+FIT_SETS = ("stsb", "corpus")
 
 
 def _parse(variant: str):
@@ -47,15 +49,13 @@ def load_pairs(cfg) -> pairs_io.Pairs:
     return pairs_io.from_file(s.pairs, list(s.columns))
 
 
-def fit_set(cfg, pairs: pairs_io.Pairs):
+def fit_set(cfg):
     """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's documents."""
     if cfg.sts.fit == "stsb":
         train = pairs_io.stsb("train")
         return train.texts(), {"name": "stsb-train", "path": str(train.path), "sha256": train.sha256}
-    if cfg.sts.fit == "corpus":
-        corpus = common.corpus_of(cfg)
-        return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
-    raise UserError(f"sts.fit={cfg.sts.fit}: use stsb (STS-B train sentences) or corpus (the corpus group's documents)")
+    corpus = common.corpus_of(cfg)
+    return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
 
 
 def _mean(cfg, out_dir, tracker, backend):
@@ -80,9 +80,11 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     parsed = {v: _parse(v) for v in s.variants}
     if not parsed:
         raise UserError("sts.variants is empty: give at least one variant, e.g. [raw,centered]")
+    if s.fit not in FIT_SETS:
+        raise UserError(f"sts.fit={s.fit}: use stsb (STS-B train sentences) or corpus (the corpus group's documents)")
     pairs = load_pairs(cfg)
     chunks = common.chunks(cfg.pooling)
-    labels = [c.label for c in chunks]
+    labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
     mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     texts = pairs.texts()
     index = {t: i for i, t in enumerate(texts)}
@@ -94,14 +96,21 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fitted, fit_records = {}, {}
     methods_of = {base: [m for b, m in parsed.values() if b == base and m] for base in BASES}
     if any(methods_of.values()):
-        fit_texts, described = fit_set(cfg, pairs)
+        fit_texts, described = fit_set(cfg)
+        computed = {}  # the fit set's vectors, raw and centred from one pass, only if a fit is not stored
+
+        def fit_vectors(base):
+            if not computed:
+                log.info("sts: vectors of the fit set %s (%d texts)", described["name"], len(fit_texts))
+                computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
+            return computed[base]
+
         for base in (b for b in BASES if methods_of[b]):
             identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
                         "fit_set": described | {"texts": len(fit_texts)}, "base": base,
                         "mean_sha256": mean.sha256 if base == "centered" else None}
-            fitted[base], path, sha = fit_store.load_or_fit(
-                cfg.paths.artifacts, identity, lambda base=base: backend.vectors(fit_texts, chunks, mean).by_variant()[base],
-                len(chunks))
+            fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
+                                                            lambda base=base: fit_vectors(base), len(chunks))
             fit_records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"]}
 
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
@@ -136,7 +145,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     log.info(table(spearman_of, list(parsed), labels, pairs))
     wrote(log, written)
     return {f"spearman/{v}/{c}": value for (v, c), value in spearman_of.items()} | {
-        "best": f"{best[0]}/{best[1]} {100 * spearman_of[best]:.2f}"}
+        "best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})", "best_spearman": spearman_of[best]}
 
 
 def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs) -> str:
