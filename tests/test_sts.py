@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from actexp import jobs, postprocess
+from actexp import jobs
 from actexp.backends.local import LocalBackend
 from actexp.corpus import bundled_samples
 from actexp.errors import UserError
