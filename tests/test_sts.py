@@ -102,7 +102,7 @@ def test_bad_sts_settings_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_stsb_with_every_variant_from_the_cli_logs_to_wandb_and_reuses_its_fits(tmp_path):
+def test_stsb_with_every_variant_from_the_cli_logs_to_wandb(tmp_path):
     args = ["job=sts", MEAN, f"paths.artifacts={tmp_path / 'art'}"]
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -120,5 +120,3 @@ def test_stsb_with_every_variant_from_the_cli_logs_to_wandb_and_reuses_its_fits(
     assert values["sts/spearman/centered+whitening/all"] == spearman[("centered+whitening", "all")]
     # Whitening fitted on STS-B's own sentences beats raw cosines here (tiny: 54.5 vs 39.0 measured).
     assert spearman[("whitening", "all")] > spearman[("raw", "all")] + 0.05
-    again = run_cli(*args, cwd=tmp_path)
-    assert again.returncode == 0 and again.stdout.count("reusing the") == 2, again.stdout
