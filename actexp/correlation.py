@@ -20,11 +20,13 @@ def average_ranks(x) -> np.ndarray:
 def pearson(x, y) -> float:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) != len(y) or len(x) < 2:
-        raise ValueError(f"pearson needs two lists of equal length >= 2, got {len(x)} and {len(y)}")
+        raise ValueError(f"a correlation needs two lists of equal length >= 2, got {len(x)} and {len(y)}")
     dx, dy = x - x.mean(), y - y.mean()
     denominator = np.sqrt((dx @ dx) * (dy @ dy))
     return float(dx @ dy / denominator) if denominator > 0 else float("nan")  # a constant list: undefined
 
 
 def spearman(x, y) -> float:
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):  # NaN would take a rank of its own
+        raise ValueError("a correlation of values that are not all finite")
     return pearson(average_ranks(x), average_ranks(y))

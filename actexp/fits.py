@@ -6,6 +6,7 @@ is the same.
 """
 
 import logging
+import re
 from pathlib import Path
 from typing import Callable, List, Tuple
 
@@ -14,7 +15,6 @@ import torch
 
 from . import postprocess
 from .artifacts import read_checked, write_checked
-from .errors import UserError
 from .storage import digest, folder_lock, model_label, remove_temp_files
 from .storage import root as store_root
 
@@ -23,8 +23,18 @@ FIT_FILE = "fit.safetensors"
 
 
 def fit_path(artifacts, identity: dict) -> Path:
-    name = f"{model_label(identity['model'])}__{identity['fit_set']['name']}__{identity['base']}__{digest(identity)}"
+    fit_set = re.sub(r"[^A-Za-z0-9._-]+", "_", identity["fit_set"]["name"])
+    name = f"{model_label(identity['model'])}__{fit_set}__{identity['base']}__{digest(identity)}"
     return store_root(artifacts) / "fits" / name / FIT_FILE
+
+
+def _fit_and_write(path: Path, identity: dict, x: np.ndarray, n_chunks: int):
+    """Fit each chunk of x [N, C*H] and write the fits; call it holding the folder's lock."""
+    h = x.shape[1] // n_chunks
+    fits = [postprocess.fit(x[:, c * h:(c + 1) * h]) for c in range(n_chunks)]
+    tensors = {f"{k}{c}": torch.from_numpy(getattr(f, k)) for c, f in enumerate(fits) for k in ("mean", "eigvals", "eigvecs")}
+    remove_temp_files(path)
+    return fits, path, write_checked(path, tensors, identity | {"count": len(x)})
 
 
 def load_or_fit(artifacts, identity: dict, vectors: Callable[[], np.ndarray], n_chunks: int
@@ -33,19 +43,15 @@ def load_or_fit(artifacts, identity: dict, vectors: Callable[[], np.ndarray], n_
     else fitted on vectors() [N, C*H] and stored."""
     path = fit_path(artifacts, identity)
     names = tuple(f"{k}{c}" for c in range(n_chunks) for k in ("mean", "eigvals", "eigvecs"))
-    stored = read_checked(path, names) if path.is_file() else None
+    stored = read_checked(path, names) if path.is_file() else None  # a finished fit is read without a lock
     if stored is None:
-        x = vectors()  # [N, C*H]
-        if len(x) < 2:
-            raise UserError(f"the fit set {identity['fit_set']['name']} has {len(x)} text(s): fit on at least 2")
-        h = x.shape[1] // n_chunks
-        fits = [postprocess.fit(x[:, c * h:(c + 1) * h]) for c in range(n_chunks)]
-        tensors = {f"{k}{c}": torch.from_numpy(getattr(f, k)) for c, f in enumerate(fits)
-                   for k in ("mean", "eigvals", "eigvecs")}
+        # Fitted under the lock: a second run with the same identity waits, then reuses this one.
         with folder_lock(path.parent, "fit"):
-            remove_temp_files(path)
-            sha = write_checked(path, tensors, identity | {"count": len(x)})
-        return fits, path, sha
+            stored = read_checked(path, names) if path.is_file() else None
+            if stored is None:
+                if path.is_file():
+                    log.warning("%s is unreadable or does not match its checksum: fitting it again", path)
+                return _fit_and_write(path, identity, vectors(), n_chunks)
     tensors, header = stored
     fits = [postprocess.Fit(*(tensors[f"{k}{c}"].numpy() for k in ("mean", "eigvals", "eigvecs")), header["count"])
             for c in range(n_chunks)]

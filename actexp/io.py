@@ -54,6 +54,15 @@ def write_bytes(path: Path, data) -> Path:
     return path
 
 
+def package_folder(package: str) -> Optional[Path]:
+    """The folder of an installed Python package, found without importing it (a data wheel's
+    __init__ may import dependencies that were deliberately not installed); None if not installed."""
+    import importlib.util
+
+    found = importlib.util.find_spec(package)
+    return None if found is None or not found.submodule_search_locations else Path(list(found.submodule_search_locations)[0])
+
+
 def write_text(path: Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 

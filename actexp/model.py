@@ -191,9 +191,7 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
     """Everything that determines a model's activations, from config alone (no weights loaded):
     a corpus mean fits a model only if every field is equal. Files count by content (fingerprint.py;
     their hashes cached in `hash_cache`), hub models by the commit their revision points to."""
-    if spec.gguf and (spec.name_or_path or spec.weights or spec.random_init or spec.arch):
-        raise UserError(f"model.gguf={spec.gguf} holds the whole model: leave model.name_or_path, model.weights, "
-                        "model.arch and model.random_init unset")
+    _check_gguf(spec)
     config = config or model_config(spec, hash_cache)
     local = local_source(spec.name_or_path) if spec.name_or_path and not spec.random_init else None
     weights = weights_file(spec)
@@ -226,11 +224,19 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
     } | (_gguf_identity(spec, hash_cache) if spec.gguf else {})
 
 
+def _check_gguf(spec: ModelSpec) -> None:
+    if spec.gguf and (spec.name_or_path or spec.weights or spec.random_init or spec.arch or spec.revision):
+        raise UserError(f"model.gguf={spec.gguf} holds the whole model: leave model.name_or_path, model.revision, "
+                        "model.weights, model.arch and model.random_init unset")
+
+
 def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:
     """The GGUF file by content, and its quantisation: the activations are the quantised model's."""
     made_from = gguf_model.info(gguf_model.converted(spec.gguf, hash_cache))
     return {"gguf": gguf_model.source_name(spec.gguf), "gguf_sha256": made_from["gguf_sha256"],
-            "quantization": made_from["quantization"]}
+            "quantization": made_from["quantization"],
+            # What is loaded: the converted float weights and tokenizer (a newer transformers may convert differently).
+            "converted_sha256": made_from["model_sha256"][:16], "tokenizer_sha256": made_from["tokenizer_sha256"][:16]}
 
 
 def _config_sha256(config) -> str:
@@ -251,6 +257,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
     if threads:
         torch.set_num_threads(threads)
     dtype = torch_dtype(spec.dtype)
+    _check_gguf(spec)
     if spec.random_init:
         model = _random_model(spec, dtype, device)
     elif spec.weights:

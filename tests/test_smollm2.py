@@ -10,6 +10,7 @@ import torch
 
 from actexp.errors import UserError
 from actexp.gguf_model import converted, resolve
+from actexp.io import umask
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
 from actexp.model import ModelSpec, load_model
@@ -40,6 +41,9 @@ def test_the_identity_names_the_file_by_content_and_its_quantisation(smollm2):
     assert meta["gguf"] == GGUF and meta["quantization"] == "Q4_1"
     assert meta["gguf_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["max_tokens"] == 8192 and meta["hidden_size"] == 576 and meta["name_or_path"] is None
+    folder = converted(GGUF, backend.hash_cache)  # what is loaded, by content
+    assert meta["converted_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
+    assert meta["tokenizer_sha256"] == hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()[:16]
     assert "Q4_1" in model_label(meta)
 
 
@@ -73,8 +77,8 @@ def test_the_converted_folder_is_the_gguf_file_exactly(smollm2, tmp_path):
     hashes = Path(cfg.paths.artifacts) / "hashes"
     folder = converted(GGUF, hashes)
     assert folder.parent == Path(cfg.paths.artifacts) / "models"
-    assert sorted(p.name for p in folder.parent.iterdir()) == [".locks", folder.name]  # no temporary folder
-    assert all(p.stat().st_mode & 0o044 == 0o044 for p in folder.iterdir())  # umask 022: readable by all
+    assert not list(folder.parent.glob(".*.tmp"))  # no temporary folder left
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask() for p in folder.iterdir())  # as open() gives
     path = resolve(GGUF)
     direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).state_dict()
     ours = backend.lm.model.state_dict()
@@ -83,14 +87,16 @@ def test_the_converted_folder_is_the_gguf_file_exactly(smollm2, tmp_path):
     texts = TEXTS + ["def f(x):\n    return x  # émigré 東京 🙂"]
     assert backend.lm.encode(texts)[0] == tokenizer(texts, add_special_tokens=False)["input_ids"]
     # A converted file that is not what the conversion wrote is refused, not loaded (on a copy).
-    copy = tmp_path / "store" / "models" / folder.name
-    shutil.copytree(folder, copy)
-    with open(copy / "model.safetensors", "r+b") as f:
-        f.seek(-4, 2)
-        f.write(b"\0\0\0\1")
     spec = model_spec(compose_cfg("model=smollm2-135m-q4", f"paths.artifacts={tmp_path / 'store'}"))
-    with pytest.raises(UserError, match="not the file its conversion wrote"):
-        load_model(spec, hash_cache=tmp_path / "store" / "hashes")
+    for name in ("model.safetensors", "tokenizer.json"):
+        copy = tmp_path / "store" / "models" / folder.name
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(folder, copy)
+        with open(copy / name, "r+b") as f:
+            f.seek(-4, 2)
+            f.write(b"\0\0\0\1")
+        with pytest.raises(UserError, match=f"{name} is not the file its conversion wrote"):
+            load_model(spec, hash_cache=tmp_path / "store" / "hashes")
 
 
 def _bad_arch_gguf(path):
@@ -128,6 +134,8 @@ def test_bad_gguf_files_and_a_missing_package_are_one_line_each(tmp_path):
     for gguf, message in cases:
         with pytest.raises(UserError, match=message):
             load_model(ModelSpec(name="x", gguf=str(gguf)), hash_cache=tmp_path / "h")
+    with pytest.raises(UserError, match="holds the whole model: leave model.name_or_path, model.revision"):
+        load_model(ModelSpec(name="x", gguf=GGUF, revision="main"), hash_cache=tmp_path / "h")
     assert not list((tmp_path / "models").glob("*")) or all(p.name == ".locks" for p in (tmp_path / "models").iterdir())
     # From the command line: one `error:` line, exit 2, no traceback.
     result = run_cli("model=smollm2-135m-q4", f"model.gguf={truncated}", "text=hello", f"paths.artifacts={tmp_path}",

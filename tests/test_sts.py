@@ -79,12 +79,20 @@ def test_fits_are_stored_reused_and_whitening_on_too_few_texts_is_one_line(tmp_p
     assert "reusing the raw fit on corpus-samples (20 texts)" in caplog.text and fit_file.stat().st_mtime_ns == before
     recorded = json.loads((tmp_path / "b" / "sts.json").read_text())["fits"]["raw"]
     assert recorded["path"] == str(fit_file)
-    # 20 texts cannot whiten 128 dims: the covariance has rank 19.
-    with pytest.raises(UserError, match="sts variant whitening: the fit set's covariance is singular"):
-        jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]"), tmp_path / "c")
-    with pytest.raises(UserError, match="sts variant whitening"):  # ... but not with k below the rank
-        jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]", "sts.whitening_dims=32"), tmp_path / "d")
+    # Another layer choice is another model identity: its own fit, never this one.
+    jobs.run("sts", compose_cfg(*base, "sts.variants=[abtt]", "model.layers=[0]"), tmp_path / "f")
+    assert len(list((tmp_path / "fits").glob("*/fit.safetensors"))) == 2
+    # 20 texts span at most 19 dims: whitening all 128 (or 32) is refused before any forward pass, 16 runs.
+    for k in ("null", "32"):
+        with pytest.raises(UserError, match=f"whitening keeps {128 if k == 'null' else 32} dims but the fit set's "
+                                            "20 texts span at most 19"):
+            jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]", f"sts.whitening_dims={k}"), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
     jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]", "sts.whitening_dims=16"), tmp_path / "e")
+    white = json.loads((tmp_path / "e" / "sts.json").read_text())["records"]
+    assert {r["variant"] for r in white} == {"whitening"} and all(np.isfinite(r["value"]) for r in white)
+    with pytest.raises(UserError, match="sts.abtt_dims=128 would remove every direction of a chunk's 128 dims"):
+        jobs.run("sts", compose_cfg(*base, "sts.variants=[abtt]", "sts.abtt_dims=128"), tmp_path / "g")
 
 
 def test_bad_sts_settings_are_one_line(tmp_path):

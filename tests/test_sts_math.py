@@ -102,6 +102,8 @@ def test_pair_files_load_and_bad_ones_are_one_line_naming_file_and_line(tmp_path
         "bad.jsonl": ('{"text_a": "x", "text_b": "y", "score": 1}\n{"text_a": "x", "score": 1}\n',
                       "bad.jsonl line 2: no 'text_b'"),
     }
+    with pytest.raises(UserError, match=r"sts.columns=\['left', 'right'\]: give three header names"):
+        from_file(tsv, ["left", "right"])
     for name, (content, message) in bad.items():
         (tmp_path / name).write_text(content)
         with pytest.raises(UserError, match=message):

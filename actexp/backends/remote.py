@@ -21,6 +21,7 @@ from ..corpus import Document
 from ..errors import UserError
 from ..io import write_bytes
 from ..fingerprint import hub_commit
+from ..gguf_model import in_package
 from ..model import ModelSpec, from_hub, identity, model_config, text_encoder
 from ..pooling import Chunk
 from ..report import progress
@@ -82,6 +83,9 @@ class ModalBackend:
 
     def __init__(self, spec: ModelSpec, hw: SimpleNamespace, hash_cache=None):
         self.spec, self.hw, self.hash_cache = spec, hw, hash_cache
+        if spec.gguf and not in_package(spec.gguf):
+            raise UserError(f"model.gguf={spec.gguf} is a file on this machine, not in the Modal image: use a GGUF "
+                            "shipped in a package the image installs (model=smollm2-135m-q4) or a hub model")
         modal_app = APP_MODULE
         if modal_app is None:
             if not has_credentials():

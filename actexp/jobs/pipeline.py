@@ -16,7 +16,7 @@ from . import run as run_job
 log = logging.getLogger(__name__)
 
 
-def _with(cfg, **updates):
+def with_keys(cfg, **updates):
     """A copy of cfg with some keys set (dotted names written with __)."""
     cfg = copy.deepcopy(cfg)
     for key, value in updates.items():
@@ -28,14 +28,14 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     """Every stage shares the run's backend: one model load, one Modal app context."""
 
     def stage(name, **updates):
-        return {f"{name}/{k}": v for k, v in run_job(name, _with(cfg, **updates), out_dir, tracker, backend).items()}
+        return {f"{name}/{k}": v for k, v in run_job(name, with_keys(cfg, **updates), out_dir, tracker, backend).items()}
 
     centred = cfg.centering.name != "none"
     variants = ["raw", "centered"] if centred else ["raw"]
     metrics = {}
     if centred and cfg.centering.mean_path == "auto":  # else the stages use the mean the user named
         metrics = stage("mean", mean__stage="all")
-        cfg = _with(cfg, centering__mean_path=metrics["mean/mean"])  # the later stages centre with this very file
+        cfg = with_keys(cfg, centering__mean_path=metrics["mean/mean"])  # the later stages centre with this very file
     metrics |= stage("csv", csv__variants=variants)
     csvs = [str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in variants]
     failed = None

@@ -53,20 +53,35 @@ def fit_set(cfg):
     """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's documents."""
     if cfg.sts.fit == "stsb":
         train = pairs_io.stsb("train")
-        return train.texts(), {"name": "stsb-train", "path": str(train.path), "sha256": train.sha256}
+        return train.texts(), {"name": "stsb-train", "sha256": train.sha256}
     corpus = common.corpus_of(cfg)
     return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
+
+
+def _check_fit(s, methods, n_texts: int, h: int) -> None:
+    """Settings the fit set cannot serve, refused before any forward pass."""
+    if methods and n_texts < 2:
+        raise UserError(f"the fit set (sts.fit={s.fit}) has {n_texts} text(s): fit on at least 2")
+    if "abtt" in methods and s.abtt_dims >= h:
+        raise UserError(f"sts.abtt_dims={s.abtt_dims} would remove every direction of a chunk's {h} dims: give fewer")
+    if "whitening" in methods:
+        k = s.whitening_dims or h
+        if k > h:
+            raise UserError(f"sts.whitening_dims={k} exceeds a chunk's {h} dims: give at most {h}, or null for all")
+        if n_texts - 1 < k:
+            raise UserError(f"whitening keeps {k} dims but the fit set's {n_texts} texts span at most {n_texts - 1}: "
+                            f"set sts.whitening_dims to {n_texts - 1} or fewer, or fit on more texts")
 
 
 def _mean(cfg, out_dir, tracker, backend):
     """The per-position corpus mean of the corpus group: computed (or reused) by the mean job when
     centering.mean_path is auto, as the pipeline does, so a sweep over model.layers gets each its own."""
-    from .pipeline import _with
     from . import run as run_job
+    from .pipeline import with_keys
 
     if cfg.centering.mean_path == "auto":
-        made = run_job("mean", _with(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
-        cfg = _with(cfg, centering__mean_path=made["mean"])
+        made = run_job("mean", with_keys(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
+        cfg = with_keys(cfg, centering__mean_path=made["mean"])
     return common.corpus_mean(cfg, required=True, tracker=tracker)
 
 
@@ -85,6 +100,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     pairs = load_pairs(cfg)
     chunks = common.chunks(cfg.pooling)
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
+    methods = {m for _, m in parsed.values() if m}
+    fit_texts, described = fit_set(cfg) if methods else ([], {})
+    _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"])  # before any forward pass
     mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     texts = pairs.texts()
     index = {t: i for i, t in enumerate(texts)}
@@ -96,7 +114,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fitted, fit_records = {}, {}
     methods_of = {base: [m for b, m in parsed.values() if b == base and m] for base in BASES}
     if any(methods_of.values()):
-        fit_texts, described = fit_set(cfg)
         computed = {}  # the fit set's vectors, raw and centred from one pass, only if a fit is not stored
 
         def fit_vectors(base):
@@ -111,7 +128,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                         "mean_sha256": mean.sha256 if base == "centered" else None}
             fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
                                                             lambda base=base: fit_vectors(base), len(chunks))
-            fit_records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"]}
+            fit_records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"] | (
+                {"path": str(pairs_io.stsb_file("train"))} if s.fit == "stsb" else {})}
 
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
     records, scores = [], {}
@@ -125,6 +143,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         for label, part in [*zip(labels, parts), ("all", np.concatenate(parts, 1))]:
             cos = cosines(part, pair_a, pair_b)
             scores[(variant, label)] = cos
+            if not np.isfinite(cos).all():
+                raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
+                                "pairs is not finite (a vector of zeros after post-processing): use another variant")
             for metric, fn in (("spearman", spearman), ("pearson", pearson)):
                 records.append({"metric": metric, "variant": variant, "chunk": label,
                                 "value": fn(cos, pairs.scores), "pairs": len(pairs), "split": pairs.split,
