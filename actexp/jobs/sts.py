@@ -85,6 +85,28 @@ def _mean(cfg, out_dir, tracker, backend):
     return common.corpus_mean(cfg, required=True, tracker=tracker)
 
 
+def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
+    """{base: [Fit per chunk]} and what each was made from: stored fits reused, missing ones fitted on
+    the fit set's vectors, computed once (raw and centred from one pass) and only if a fit is missing."""
+    computed, fitted, records = {}, {}, {}
+
+    def fit_vectors(base):
+        if not computed:
+            log.info("sts: vectors of the fit set %s (%d texts)", described["name"], len(fit_texts))
+            computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
+        return computed[base]
+
+    for base in bases:
+        identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
+                    "fit_set": described | {"texts": len(fit_texts)}, "base": base,
+                    "mean_sha256": mean.sha256 if base == "centered" else None}
+        fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
+                                                        lambda base=base: fit_vectors(base), len(chunks))
+        records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"] | (
+            {"path": str(pairs_io.stsb_file("train"))} if cfg.sts.fit == "stsb" else {})}
+    return fitted, records
+
+
 def cosines(x: np.ndarray, pair_a: np.ndarray, pair_b: np.ndarray) -> np.ndarray:
     a, b = x[pair_a], x[pair_b]  # [P, D]
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -111,26 +133,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     vectors = backend.vectors(texts, chunks, mean).by_variant()  # {"raw"[, "centered"]: [N, C*H]}
     h = vectors["raw"].shape[1] // len(chunks)
 
-    fitted, fit_records = {}, {}
-    methods_of = {base: [m for b, m in parsed.values() if b == base and m] for base in BASES}
-    if any(methods_of.values()):
-        computed = {}  # the fit set's vectors, raw and centred from one pass, only if a fit is not stored
-
-        def fit_vectors(base):
-            if not computed:
-                log.info("sts: vectors of the fit set %s (%d texts)", described["name"], len(fit_texts))
-                computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
-            return computed[base]
-
-        for base in (b for b in BASES if methods_of[b]):
-            identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
-                        "fit_set": described | {"texts": len(fit_texts)}, "base": base,
-                        "mean_sha256": mean.sha256 if base == "centered" else None}
-            fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
-                                                            lambda base=base: fit_vectors(base), len(chunks))
-            fit_records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"] | (
-                {"path": str(pairs_io.stsb_file("train"))} if s.fit == "stsb" else {})}
-
+    bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
+    fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
     records, scores = [], {}
     for variant, (base, method) in parsed.items():
