@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -111,7 +112,8 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
 
     log.info("converting %s into a float32 checkpoint in %s (once; about 40 s for SmolLM2-135M)", path, out.parent)
     transformers.logging.set_verbosity_error()
-    transformers.logging.enable_progress_bar()  # dequantising takes a while: show it
+    # Dequantising takes a while: show it, on a terminal only (as every progress bar of actexp).
+    (transformers.logging.enable_progress_bar if sys.stderr.isatty() else transformers.logging.disable_progress_bar)()
     try:
         quantization = _quantization(path)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

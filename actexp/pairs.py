@@ -126,8 +126,6 @@ def from_file(path, columns: Sequence[str]) -> Pairs:
 
 
 def _pairs(rows, path: Path, source: str, split: str) -> Pairs:
-    if not rows:
-        raise UserError(f"{path} holds no pairs: give a file with at least two scored pairs")
     a, b, scores = [], [], []
     for text_a, text_b, score, n in rows:
         for name, text in (("text a", text_a), ("text b", text_b)):
@@ -140,4 +138,9 @@ def _pairs(rows, path: Path, source: str, split: str) -> Pairs:
         if not math.isfinite(value):
             raise UserError(f"{path} line {n}: the score {score!r} is not a finite number")
         a.append(text_a), b.append(text_b), scores.append(value)
+    if len(a) < 2:
+        raise UserError(f"{path} holds {len(a)} pair{'' if len(a) == 1 else 's'}: a correlation needs a file "
+                        "with at least two scored pairs")
+    if len(set(scores)) == 1:
+        raise UserError(f"{path}: every pair has the score {scores[0]:g}: a correlation needs scores that vary")
     return Pairs(a, b, np.array(scores), source, split, path, file_sha256(path))

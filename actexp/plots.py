@@ -213,7 +213,8 @@ def sts_scatter(cosines: dict, gold: np.ndarray, spearman: dict, path: Path, tit
         filled = [b for b in range(10) if (which == b).any()]
         ax.plot([(edges[b] + edges[b + 1]) / 2 for b in filled],
                 [np.median(cosines[name][which == b]) for b in filled], color="black", linewidth=1.5)
-        ax.set_title(f"{name}: Spearman {100 * spearman[name]:.1f}", fontsize=10)
+        rho = spearman[name]
+        ax.set_title(f"{name}: Spearman {'undefined' if rho is None else f'{100 * rho:.1f}'}", fontsize=10)
         ax.set_xlabel("gold score")
         ax.set_ylabel("cosine")
     for ax in list(axes.flat)[len(names):]:

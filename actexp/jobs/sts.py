@@ -9,7 +9,9 @@ ones. Each chunk is post-processed with its own fit; "all" is the chunks' result
 Spearman and Pearson of the cosines against the scores, per variant and chunk.
 """
 
+import difflib
 import logging
+import math
 from pathlib import Path
 from typing import Dict, List
 
@@ -37,8 +39,10 @@ def _parse(variant: str):
     if variant in BASES:
         return variant, None
     if base not in BASES or method not in postprocess.METHODS:
-        raise UserError(f"sts.variants: unknown variant {variant!r}: use raw, centered, "
-                        f"{', '.join(postprocess.METHODS)}, or centered+ one of them")
+        known = [*BASES, *postprocess.METHODS, *(f"centered+{m}" for m in postprocess.METHODS)]
+        close = difflib.get_close_matches(variant, known, n=1)
+        raise UserError(f"sts.variants: unknown variant {variant!r}{f' (did you mean {close[0]}?)' if close else ''}: "
+                        f"use {', '.join(known)}")
     return base, method
 
 
@@ -62,8 +66,9 @@ def _check_fit(s, methods, n_texts: int, h: int) -> None:
     """Settings the fit set cannot serve, refused before any forward pass."""
     if methods and n_texts < 2:
         raise UserError(f"the fit set (sts.fit={s.fit}) has {n_texts} text(s): fit on at least 2")
-    if "abtt" in methods and s.abtt_dims >= h:
-        raise UserError(f"sts.abtt_dims={s.abtt_dims} would remove every direction of a chunk's {h} dims: give fewer")
+    if "abtt" in methods and s.abtt_dims >= min(h, n_texts - 1):
+        raise UserError(f"sts.abtt_dims={s.abtt_dims} would remove every direction that a chunk's {h} dims and the fit "
+                        f"set's {n_texts} texts span (at most {min(h, n_texts - 1)}): give fewer")
     if "whitening" in methods:
         k = s.whitening_dims or h
         if k > h:
@@ -151,37 +156,49 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
             for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+                value = fn(cos, pairs.scores)
+                if math.isnan(value):  # every pair got the same cosine: no correlation is defined
+                    log.warning("sts variant %s, chunk %s: every pair has the same cosine; %s is undefined (null)",
+                                variant, label, metric)
                 records.append({"metric": metric, "variant": variant, "chunk": label,
-                                "value": fn(cos, pairs.scores), "pairs": len(pairs), "split": pairs.split,
+                                "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
                                 "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
     out = Path(out_dir)
     spearman_of = {(r["variant"], r["chunk"]): r["value"] for r in records if r["metric"] == "spearman"}
-    best = max(spearman_of, key=lambda k: spearman_of[k])
+    defined = [k for k, v in spearman_of.items() if v is not None]
+    if not defined:
+        raise UserError("every variant gave every pair the same cosine: no correlation is defined; "
+                        "check the texts of the pairs file")
+    best = max(defined, key=lambda k: spearman_of[k])
     written = [write_json(out / "sts.json", common.metadata(cfg, backend.metadata, mean) | {
         "pairs": pairs.describe(), "fits": fit_records, "settings": settings, "records": records,
         "best": {"variant": best[0], "chunk": best[1], "spearman": spearman_of[best]}}),
         plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
                           {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
                           f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {backend.metadata['model']}")]
-    tracker.metrics({f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records})
+    tracker.metrics({f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records if r["value"] is not None})
     tracker.table("sts", ["metric", "variant", "chunk", "value"], [[r[k] for k in ("metric", "variant", "chunk", "value")]
                                                                   for r in records])
     tracker.images(written[1:])
     log.info(table(spearman_of, list(parsed), labels, pairs))
     wrote(log, written)
-    return {f"spearman/{v}/{c}": value for (v, c), value in spearman_of.items()} | {
+    return {f"spearman/{v}/{c}": value for (v, c), value in spearman_of.items() if value is not None} | {
         "best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})", "best_spearman": spearman_of[best]}
 
 
 def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs) -> str:
     """Spearman x 100 per variant: all chunks, then each chunk; the best value of each column marked *."""
     columns = ["all", *labels]
-    top = {c: max(spearman_of[(v, c)] for v in variants) for c in columns}
+    top = {c: max((spearman_of[(v, c)] for v in variants if spearman_of[(v, c)] is not None), default=None)
+           for c in columns}
     width = max(len(v) for v in variants) + 2
+
+    def cell(v, c):
+        value = spearman_of[(v, c)]
+        return f"{'-':>11} " if value is None else f"{100 * value:>11.2f}{'*' if value == top[c] else ' '}"
+
     lines = [f"Spearman x 100 of cosine vs gold score, {len(pairs)} pairs ({pairs.source} {pairs.split}):",
              " " * width + "".join(f"{c:>12}" for c in columns)]
-    for v in variants:
-        cells = "".join(f"{100 * spearman_of[(v, c)]:>11.2f}{'*' if spearman_of[(v, c)] == top[c] else ' '}"
-                        for c in columns)
-        lines.append(f"{v:<{width}}{cells}")
+    lines += [f"{v:<{width}}" + "".join(cell(v, c) for c in columns) for v in variants]
+    lines.append("(* the best variant of each column; - undefined: every pair had the same cosine)")
     return "\n".join(lines)
