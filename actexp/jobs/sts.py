@@ -54,10 +54,11 @@ def load_pairs(cfg) -> pairs_io.Pairs:
 
 
 def fit_set(cfg):
-    """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's documents."""
+    """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's
+    documents. A file's path is in the description for the record, never in a fit's identity."""
     if cfg.sts.fit == "stsb":
         train = pairs_io.stsb("train")
-        return train.texts(), {"name": "stsb-train", "sha256": train.sha256}
+        return train.texts(), {"name": "stsb-train", "sha256": train.sha256, "path": str(train.path)}
     corpus = common.corpus_of(cfg)
     return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
 
@@ -101,14 +102,13 @@ def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
             computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
         return computed[base]
 
+    by_content = {k: v for k, v in described.items() if k != "path"} | {"texts": len(fit_texts)}
     for base in bases:
         identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
-                    "fit_set": described | {"texts": len(fit_texts)}, "base": base,
-                    "mean_sha256": mean.sha256 if base == "centered" else None}
+                    "fit_set": by_content, "base": base, "mean_sha256": mean.sha256 if base == "centered" else None}
         fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
                                                         lambda base=base: fit_vectors(base), len(chunks))
-        records[base] = {"path": str(path), "sha256": sha, "fit_set": identity["fit_set"] | (
-            {"path": str(pairs_io.stsb_file("train"))} if cfg.sts.fit == "stsb" else {})}
+        records[base] = {"path": str(path), "sha256": sha, "fit_set": described | {"texts": len(fit_texts)}}
     return fitted, records
 
 
