@@ -7,7 +7,10 @@ import functools
 import io
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -30,13 +33,96 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
+# A temp file's name says who writes it: .<name>.<pid>@<host>@<pid namespace>.<random>.tmp. Writers
+# that take no lock (the hash cache, the corpus scan cache, run outputs) cannot tell a killed
+# writer's temp file from a live one's by the lock, so they tell it by its writer: on this host and
+# in this pid namespace a writer whose pid is gone is dead, and its file is removed. A pid reused by
+# another process keeps a dead writer's file (until that process ends too): never the reverse.
+# Another host's (or container's) process cannot be asked, so its files are removed only once they
+# are a day old; one write of bytes already in memory never lasts that long.
+TEMP = re.compile(r"\.(\d+)@([A-Za-z0-9-]+)@(\d+)\.[A-Za-z0-9_]+\.tmp\Z")
+FOREIGN_STALE_AFTER = 24 * 3600  # seconds
+
+
+@functools.lru_cache(maxsize=1)
+def _where() -> str:
+    """This host and pid namespace, as a temp file's name holds them (the pid is asked each time: forks)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino  # two containers may share a host name, never this
+    except OSError:
+        namespace = 0
+    return f"{host}@{namespace}"
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of the name of a temp file that this process writes for `path`."""
+    return f".{Path(path).name}.{os.getpid()}@{_where()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_dead_writers_files(folder: Path) -> None:
+    """Remove the temp files in `folder` whose writer is known to be dead (see TEMP above)."""
+    here, now = _where(), time.time()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            found = TEMP.search(entry.name) if entry.name.startswith(".") else None
+            if found is None:
+                continue
+            pid, where = int(found.group(1)), f"{found.group(2)}@{found.group(3)}"
+            try:
+                stale = not _alive(pid) if where == here else now - entry.stat().st_mtime > FOREIGN_STALE_AFTER
+                if stale:
+                    os.unlink(entry.path)
+            except OSError:  # gone already (another process swept it), or not ours to remove
+                pass
+
+
+_swept = set()  # (pid, folder): the folders whose dead writers' files this process removed; once is enough
+
+
+def _sweep_once(folder: Path) -> None:
+    key = (os.getpid(), folder)  # a forked child is another process: it sweeps again
+    if key not in _swept:
+        _swept.add(key)
+        try:
+            remove_dead_writers_files(folder)
+        except OSError:
+            pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: without it a crash can lose the new name (ext4, XFS). Some
+    file systems cannot sync a folder (EINVAL): the file itself is synced already."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: Path, data) -> Path:
-    """Write data (bytes or any buffer) to a temp file in the same folder, fsync it, then rename it
-    over `path`. The file gets the permissions a plain open() would give (mkstemp's are 0600:
-    teammates could not read outputs)."""
+    """Write data (bytes or any buffer) to a temp file in the same folder, fsync it, rename it over
+    `path`, and fsync the folder, so the new name survives a crash too. The file gets the permissions
+    a plain open() would give (mkstemp's are 0600: teammates could not read outputs). The folder's
+    first write in this process also removes the temp files of writers that died (TEMP above)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
@@ -44,6 +130,7 @@ def write_bytes(path: Path, data) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):
@@ -51,6 +138,7 @@ def write_bytes(path: Path, data) -> Path:
             raise UserError(f"cannot write {path}: {e.strerror}: {'free some space, or ' if space else ''}write "
                             "elsewhere (paths.artifacts=DIR, hydra.run.dir=DIR)") from None
         raise
+    _sweep_once(path.parent.resolve())
     return path
 
 
