@@ -18,9 +18,11 @@ def _interrupted_while_starting(signum, frame):
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import contextlib  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -28,7 +30,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from . import jobs  # noqa: E402
-from .errors import Interrupted, UserError, message, one_line, user_fault  # noqa: E402
+from .errors import Interrupted, message, one_line, user_fault  # noqa: E402
 from .io import write_json  # noqa: E402
 from .schema import CONF, register  # noqa: E402
 from .sweep import print_summary  # noqa: E402
@@ -67,51 +69,78 @@ def _main(cfg: DictConfig) -> dict:
         return metrics
     except KeyboardInterrupt as e:  # Ctrl-C, anywhere in the job: what was kept is kept
         tracker.finish(130, interrupted=True)
-        _remove_if_unused(out_dir)
+        # W&B's offline run is the record of an interrupted run (what it logged, tagged interrupted):
+        # its folder stays, with metrics.json saying so. Without one, an unused folder goes.
+        if (out_dir / "wandb").is_dir() or not _remove_if_unused(out_dir):
+            _record(out_dir, cfg, hc, "interrupted", error=interrupted_line(e))
         if multirun:
             raise  # stops the sweep; main() prints the line
         interrupted(e)
     except Exception as e:
         tracker.finish(1)  # a failed job still closes its run, so a sweep gets one run per job
+        # Bad input leaves no run folder behind (unless the job had written something); any other
+        # failure keeps its folder as the record: metrics.json and run.log say what went wrong.
+        if multirun or not (user_fault(e) and _remove_if_unused(out_dir)):
+            _record(out_dir, cfg, hc, "failed", error=one_line(e), exc=None if user_fault(e) else e, line=error_line(e))
         if multirun:
-            _record(out_dir, cfg, hc, "failed", error=one_line(e))
             raise  # Hydra records the failed job and runs the others
-        if isinstance(e, UserError):
-            _remove_if_unused(out_dir)  # bad input leaves no run folder behind
         if FULL_ERROR:
             raise
         fail(e)
 
 
-def _record(out_dir: Path, cfg, hc, status: str, metrics=None, error=None) -> None:
-    """metrics.json: how the job ended and what it returned (the sweep summary reads it)."""
-    write_json(out_dir / "metrics.json", {"job": cfg.job.name, "status": status, "overrides": list(hc.overrides.task),
-                                          "metrics": metrics or {}, "error": error})
+def _record(out_dir: Path, cfg, hc, status: str, metrics=None, error=None, exc=None, line=None) -> None:
+    """metrics.json: how the job ended and what it returned (the sweep summary reads it); a run that
+    did not end well also gets the line stderr gets (and an unforeseen error's traceback) in run.log."""
+    if status != "ok":
+        _to_run_log(line or error, exc)
+    with contextlib.suppress(OSError):  # a folder that cannot be written keeps the error the user sees
+        write_json(out_dir / "metrics.json", {"job": cfg.job.name, "status": status,
+                                              "overrides": list(hc.overrides.task), "metrics": metrics or {},
+                                              "error": error})
 
 
-def _remove_if_unused(out_dir: Path) -> None:
-    """Remove a run folder that holds nothing but Hydra's and W&B's own records."""
+def _to_run_log(line: str, exc: Optional[BaseException]) -> None:
+    """Into run.log only: stderr gets its one line from fail() or interrupted()."""
+    record = logging.getLogger("actexp.run").makeRecord(
+        "actexp.run", logging.ERROR, __file__, 0, line, None, None if exc is None else (type(exc), exc, exc.__traceback__))
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _remove_if_unused(out_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but Hydra's and W&B's own records; whether it is gone."""
     if out_dir.is_dir() and {p.name for p in out_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(out_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             out_dir.parent.rmdir()
+    return not out_dir.exists()
+
+
+def error_line(e: BaseException) -> str:
+    """The one line stderr gets for an error: `error: ...` for input the user can fix."""
+    if user_fault(e):
+        return f"error: {message(e)}"
+    return f"error ({type(e).__name__}): {one_line(e)} [HYDRA_FULL_ERROR=1 shows the traceback]"
 
 
 def fail(e: BaseException) -> None:
     """Print e as one line and exit: 2 for input the user can fix, 1 for anything else."""
-    if user_fault(e):
-        print(f"error: {message(e)}", file=sys.stderr)
-    else:
-        print(f"error ({type(e).__name__}): {one_line(e)} [HYDRA_FULL_ERROR=1 shows the traceback]", file=sys.stderr)
+    print(error_line(e), file=sys.stderr)
     sys.exit(2 if user_fault(e) else 1)
 
 
-def interrupted(e: BaseException) -> None:
-    """One line for Ctrl-C, saying what was kept, and the conventional exit status 130."""
+def interrupted_line(e: BaseException) -> str:
+    """One line for Ctrl-C, saying what was kept."""
     if isinstance(e, Interrupted):
-        print(f"interrupted: {e}; run the same command to resume", file=sys.stderr)
-    else:
-        print("interrupted; run the same command again", file=sys.stderr)
+        return f"interrupted: {e}; run the same command to resume"
+    return "interrupted; run the same command again"
+
+
+def interrupted(e: BaseException) -> None:
+    """The line for Ctrl-C and the conventional exit status 130."""
+    print(interrupted_line(e), file=sys.stderr)
     sys.exit(130)
 
 

@@ -170,3 +170,22 @@ def test_a_read_only_run_folder_is_one_line_naming_the_settings_that_move_it(tmp
     assert r.stderr.startswith(f"error: cannot write {tmp_path / 'ro' / 'run'}: ") and "hydra.run.dir=DIR" in r.stderr
     assert there.returncode == 2 and there.stderr.count("\n") == 1, there.stderr
     assert there.stderr.startswith(f"error: cannot write {tmp_path / 'ro'}/") and "hydra.run.dir=DIR" in there.stderr
+
+
+def test_a_run_that_fails_for_a_reason_no_check_foresaw_leaves_its_record(tmp_path):
+    """Exit 1 (not input the code knows to be bad: here weights whose header is garbage): the run
+    folder is kept as the record, metrics.json says failed with the line printed, and run.log holds
+    that line and the traceback that stderr leaves out."""
+    weights = tmp_path / "weights.safetensors"
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    out = tmp_path / "run"
+    r = run_cli("job=extract", "text=hi", f"model.weights={weights}", "logger=none", f"hydra.run.dir={out}",
+                cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith("error (") and "Traceback" not in r.stderr
+    assert (out / "metrics.json").is_file(), sorted(p.name for p in out.iterdir())
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["job"] == "extract" and record["status"] == "failed" and record["error"] in line
+    log = (out / "run.log").read_text()
+    assert line in log and "Traceback (most recent call last)" in log

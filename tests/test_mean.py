@@ -22,7 +22,8 @@ from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
 from actexp.jobs.common import model_spec
-from helpers import REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis
+from helpers import (REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis,
+                     wandb_records)
 
 
 @pytest.fixture()
@@ -213,20 +214,44 @@ def test_ctrl_c_says_what_was_kept_in_one_line_and_the_same_command_resumes(tmp_
     overrides = ["job=mean", "corpus.max_docs=96", "corpus.shard_size=4", "hardware.threads=1"]  # 24 shards
     run_mean(tmp_path / "whole", *overrides[1:])
     art = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "actexp.run", *overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    # Two finished shards (pathlib's * also matches a shard's hidden temp file, which is not yet saved).
-    while proc.poll() is None and time.time() < deadline and len(list(art.glob("stats/*/shards/*.safetensors"))) < 2:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the job ended before two shards were saved"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert re.fullmatch(r"interrupted: \d+ of 24 shards of the corpus mean saved; run the same command to resume\n", err)
-    saved = int(err.split()[1])
-    assert 2 <= saved == len(list(art.glob("stats/*/shards/*.safetensors"))) < 24
-    assert not (tmp_path / "run").exists() and not list(art.rglob("*.tmp"))  # no empty run folder, no half file
+
+    def interrupt(run_dir, shards, *extra):
+        """Ctrl-C once `shards` shards are saved: the process's stderr."""
+        cmd = [sys.executable, "-m", "actexp.run", *overrides, *extra, f"paths.artifacts={art}", f"hydra.run.dir={run_dir}"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        # Finished shards (pathlib's * also matches a shard's hidden temp file, which is not yet saved).
+        while proc.poll() is None and time.time() < deadline and len(list(art.glob("stats/*/shards/*.safetensors"))) < shards:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"the job ended before {shards} shards were saved"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert re.fullmatch(r"interrupted: \d+ of 24 shards of the corpus mean saved; run the same command to resume\n", err)
+        saved = int(err.split()[1])
+        assert shards <= saved == len(list(art.glob("stats/*/shards/*.safetensors"))) < 24
+        assert not list(art.rglob("*.tmp"))  # no half file
+        return err.strip(), saved
+
+    err, saved = interrupt(tmp_path / "run", 2)
+    # The interrupted run's W&B run is its record: the folder keeps it (nothing else of the job's),
+    # closed with 130, tagged and summarised as interrupted; metrics.json and run.log say what was kept.
+    run_dir = tmp_path / "run"
+    assert run_dir.is_dir(), "the interrupted run's folder was removed with its W&B run"
+    assert {p.name for p in run_dir.iterdir()} == {".hydra", "run.log", "wandb", "metrics.json"}
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert (record["job"], record["status"], record["error"]) == ("mean", "interrupted", err)
+    assert err in (run_dir / "run.log").read_text()
+    [offline] = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(offline)
+    assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [130]
+    assert "interrupted" in [r for r in records if r.WhichOneof("record_type") == "run"][-1].run.tags
+    summary = {i.key: json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "summary"
+               for i in r.summary.update}
+    assert summary["status"] == "interrupted"
+    # Without W&B the folder holds nothing of the job's: it goes.
+    _, saved = interrupt(tmp_path / "quiet", saved + 2, "logger=none")
+    assert not (tmp_path / "quiet").exists()
     r = run_cli(*overrides, f"paths.artifacts={art}", f"hydra.run.dir={tmp_path / 'run2'}", cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run2" / "mean.json").read_text())["shards_computed"] == 24 - saved
