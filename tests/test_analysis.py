@@ -97,6 +97,24 @@ def test_analyze_scores_each_chunk_on_its_own_dims():
     assert all(r["texts"] == 6 for r in result.records)
 
 
+def test_analyze_with_groups_averages_anisotropy_over_texts_of_different_groups_only():
+    """Two tight topics far apart: across topics the cosine is about 0, over all pairs about 1/3."""
+    rng = np.random.default_rng(3)
+    topics = np.eye(6)[:2] * 10.0  # two orthogonal topic directions
+    x = np.repeat(topics, 3, axis=0) + rng.normal(size=(6, 6)) * 0.1  # [6, 6]: texts 0-2 topic a, 3-5 topic b
+    groups = ["a"] * 3 + ["b"] * 3
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    across = np.mean([u[i] @ u[j] for i in range(6) for j in range(6) if groups[i] != groups[j]])
+    every = np.mean([u[i] @ u[j] for i in range(6) for j in range(6) if i != j])
+    assert abs(across) < 0.1 and every > 0.3  # the two answers differ
+    for chunk in ("all", "last"):
+        record = next(r for r in analyze({"raw": x}, ["last"], groups=groups).records
+                      if (r["metric"], r["chunk"]) == ("anisotropy", chunk))
+        assert record["value"] == pytest.approx(across, abs=1e-12) and record["pairs"] == 9
+    ungrouped = analyze({"raw": x}, ["last"]).value("anisotropy", "raw")
+    assert ungrouped == pytest.approx(every, abs=1e-12)
+
+
 def test_exact_top_k_equals_a_full_sort_whatever_the_block_size():
     rng = np.random.default_rng(3)
     # Many exact ties (copies scaled by powers of 2): the lower row must come first, as in a stable sort.
