@@ -64,12 +64,20 @@ def test_centred_vectors_from_first_principles(artifacts):
         if counts[t] >= 4:
             mu[t] = sums[t] / counts[t]
     tail = [t for t in range(32, P) if counts[t] >= 4]
-    mu[counts < 4] = sum(sums[t] for t in tail) / sum(counts[t] for t in tail)
+    fallback = sum(sums[t] for t in tail) / sum(counts[t] for t in tail)  # [H]
+    mu[counts < 4] = fallback
     assert rel_err(mean.mean, mu) < 1e-6
-    out = LocalBackend.from_config(cfg).vectors(TEXTS, chunks_from_cfg(cfg.pooling), mean)
-    for i, text in enumerate(TEXTS):
+    # A text longer than the longest sample (P tokens) is centred with the fallback from P on.
+    by_length = sorted((d.text for d in bundled_samples()), key=len)
+    longer = f"{by_length[-1]} {by_length[0]}"  # the longest sample and the shortest
+    n_longer = len(lm.tokenizer(longer, add_special_tokens=False)["input_ids"])
+    assert P < n_longer <= lm.text.max_tokens
+    texts = [*TEXTS, longer]
+    out = LocalBackend.from_config(cfg).vectors(texts, chunks_from_cfg(cfg.pooling), mean)
+    for i, text in enumerate(texts):
         ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert rel_err(out.centered[i], reference_vector(ref, ids, LONG, mu=mu)) < 1e-5
+        mu_t = torch.cat([mu, fallback.expand(max(0, len(ids) - P), H)])  # [max(T, P), H]
+        assert rel_err(out.centered[i], reference_vector(ref, ids, LONG, mu=mu_t)) < 1e-5, text[:20]
 
 
 def test_auto_is_the_mean_of_this_config_and_never_the_newest(artifacts, tmp_path):

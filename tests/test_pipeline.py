@@ -8,6 +8,7 @@ from PIL import Image
 
 from actexp import jobs
 from actexp.artifacts import load_mean
+from actexp.errors import UserError
 from actexp.backends import local
 from actexp.io import read_matrix_csv, write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
@@ -214,3 +215,24 @@ def test_logger_none_writes_no_wandb_files(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "run" / "vector.safetensors").is_file()
     assert not list(tmp_path.rglob("wandb"))
+
+
+def test_the_csv_job_writes_raw_and_centred_with_a_mean_and_refuses_centred_without_one(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i, text in enumerate(["A cat sleeps on the warm windowsill.", "Interest rates rose again this spring."]):
+        (tmp_path / "docs" / f"{i}.txt").write_text(text)
+    art = [f"paths.artifacts={tmp_path / 'art'}", "corpus=files", f"corpus.path={tmp_path / 'docs'}", "csv.source=corpus",
+           "centering.min_count=1", "centering.tail_start=0", "pooling=short", "logger=none"]
+    jobs.run("mean", compose_cfg("job=mean", *art), tmp_path / "m")
+    jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", *art), tmp_path / "both")
+    assert sorted(p.name for p in (tmp_path / "both").glob("*.csv")) == ["vectors_short_mode_centered.csv",
+                                                                         "vectors_short_mode_raw.csv"]
+    jobs.run("csv", compose_cfg("job=csv", *art), tmp_path / "raw")  # centering=none: the raw vectors alone
+    assert [p.name for p in (tmp_path / "raw").glob("*.csv")] == ["vectors_short_mode_raw.csv"]
+    assert (tmp_path / "raw" / "vectors_short_mode_raw.csv").read_bytes() == \
+        (tmp_path / "both" / "vectors_short_mode_raw.csv").read_bytes()
+    # Centred vectors without a centring asked for are a contradiction, not a silent default mean.
+    with pytest.raises(UserError, match=r"^csv.variants=\[centered\] asks for centred vectors, but centering=none: "
+                                        r"add centering=corpus_mean"):
+        jobs.run("csv", compose_cfg("job=csv", "csv.variants=[centered]", *art), tmp_path / "none")
+    assert not (tmp_path / "none").exists()

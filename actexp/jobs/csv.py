@@ -19,10 +19,18 @@ VARIANTS = ("raw", "centered")
 
 
 def variants(cfg) -> list:
-    chosen = list(cfg.csv.variants or ["centered" if cfg.centering.name != "none" else "raw"])
+    """csv.variants, or by default the raw vectors and, when a mean is configured, the centred ones too
+    (one model pass gives both, and the raw ones are what the centred are compared with)."""
+    if cfg.csv.variants is None:
+        return ["raw"] if cfg.centering.name == "none" else ["raw", "centered"]
+    chosen = list(cfg.csv.variants)
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown or not chosen:
-        raise UserError(f"csv.variants={chosen}: use a list of {', '.join(VARIANTS)}")
+        raise UserError(f"csv.variants=[{','.join(chosen)}]: use a list of {', '.join(VARIANTS)}")
+    if "centered" in chosen and cfg.centering.name == "none":
+        raise UserError(f"csv.variants=[{','.join(chosen)}] asks for centred vectors, but centering=none: add "
+                        "centering=corpus_mean (and centering.mean_path=FILE for a mean other than this config's), "
+                        "or leave centered out")
     return chosen
 
 
