@@ -48,3 +48,7 @@ def check(cfg) -> None:
         value = _get(cfg, key)
         if value is not None and value < 0:
             raise UserError(f"{key}={value} is out of range: give a number of 0 or more")
+    low, high = _get(cfg, "plot.vmin"), _get(cfg, "plot.vmax")
+    if low is not None and high is not None and low >= high:  # an empty or inverted colour scale
+        raise UserError(f"plot.vmin={low:g} is not below plot.vmax={high:g}: give vmin < vmax (plot.vmin=-1 plot.vmax=1 "
+                        "compares runs), or leave either out for the cosines' own range")

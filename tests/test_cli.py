@@ -96,6 +96,7 @@ def _bad_inputs(tmp_path):
         "typo in group key": (["model.layer=3", "text=a"], "unknown key 'model.layer': did you mean model.layers?"),
         "misspelt experiment": (["+experiment=long_centred"], "did you mean long_centered?"),
         "plot without a csv": (["job=plot"], "job=plot needs plot.csv=PATH"),
+        "upside-down colour scale": (["job=plot", "plot.vmin=1", "plot.vmax=0"], "plot.vmin=1 is not below plot.vmax=0"),
         "wrong type": (["hardware.batch_tokens=many", "text=a"], "batch_tokens"),
         "missing model dir": (["model=hf", "model.name_or_path=./no/such/dir", "text=a"], "does not exist"),
         "bad layers": (["model.layers=[7]", "text=a"], "out of range"),

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from actexp import plots
+from actexp import jobs, plots
+from actexp.errors import UserError
+from helpers import compose_cfg
 
 
 def _sim(off):
@@ -52,3 +54,11 @@ def test_a_projection_names_its_variance_and_numbers_its_points():
     assert [t.get_text() for t in raw.texts] == ["1", "2", "3", "4", "5"]  # numbers at the points, not names
     key = "\n".join(t.get_text() for t in fig.texts)
     assert all(f"{i + 1}  {n}" in key for i, n in enumerate(names))
+
+
+@pytest.mark.parametrize("job", ["plot", "pipeline"])
+def test_an_upside_down_colour_scale_is_refused_before_anything_runs(job):
+    for low, high in (("1", "0"), ("0.5", "0.5")):
+        with pytest.raises(UserError, match=rf"^plot.vmin={low} is not below plot.vmax={high}: "):
+            jobs.check(job, compose_cfg(f"job={job}", f"plot.vmin={low}", f"plot.vmax={high}"))
+    jobs.check(job, compose_cfg(f"job={job}", "plot.vmin=-1", "plot.vmax=1"))
