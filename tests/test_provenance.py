@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from actexp.artifacts import load_mean
 from actexp.errors import UserError
 from actexp.jobs.common import model_identity
 from actexp.model import BUNDLED_TOKENIZER, BUNDLED_WEIGHTS
-from helpers import compose_cfg, run_cli, run_clis
+from helpers import compose_cfg, read_only, run_cli, run_clis
 
 
 def _json(path):
@@ -241,3 +243,24 @@ def test_a_files_hash_is_kept_under_a_key_every_write_changes(tmp_path):
         f.write(bytes([path.read_bytes()[0] ^ 1]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert fingerprint.file_sha256(path, cache) == hashlib.sha256(path.read_bytes()).hexdigest() != true
+
+
+@pytest.mark.slow  # over 7 s: a CLI run and a mean
+def test_a_read_only_store_suggests_a_mean_command_that_works(tmp_path):
+    """A mean of other settings than the shared read-only store holds is made in a store of the
+    user's own (here the default one, $ACTEXP_ARTIFACTS): the suggested command runs as given."""
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    jobs.run("mean", compose_cfg("job=mean", f"paths.artifacts={shared}", "corpus=samples", "centering.min_count=4"),
+             tmp_path / "m")
+    asked = ["job=extract", "text=hi", "centering=corpus_mean", "corpus=samples", "centering.min_count=3"]
+    with read_only(shared):
+        r = run_cli(*asked, f"paths.artifacts={shared}", "logger=none", cwd=tmp_path, env={"ACTEXP_ARTIFACTS": str(mine)})
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        command = re.search(r"`(python -m actexp\.run job=mean [^`]*)`", r.stderr).group(1)
+        assert f"paths.artifacts={mine}" in command and f"paths.artifacts={mine} too" in r.stderr, r.stderr
+        # The very command, composed as the CLI composes it, makes the mean; the same run then finds it there.
+        made = jobs.run("mean", compose_cfg(*shlex.split(command)[3:]), tmp_path / "m2")
+        assert Path(made["mean"]).is_relative_to(mine)
+        jobs.run("extract", compose_cfg(*asked, f"paths.artifacts={mine}", "logger=none"), tmp_path / "x")
+    used = _json(tmp_path / "x" / "vector.json")["centering"]["mean"]
+    assert used["min_count"] == 3 and used["sha256"] == made["sha256"]

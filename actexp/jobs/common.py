@@ -3,6 +3,7 @@ metadata every output carries."""
 
 import json
 import logging
+import os
 import shlex
 from pathlib import Path
 from typing import List, Optional
@@ -34,13 +35,37 @@ def chunks(pooling_cfg) -> List[Chunk]:
         raise UserError(f"pooling={pooling_cfg.name}: {e}") from None
 
 
-def mean_command() -> str:
-    """The command that computes the corpus mean for the current model overrides."""
+def mean_command(artifacts: Optional[str] = None) -> str:
+    """The command that computes the corpus mean for the current model overrides (in the store
+    `artifacts` instead of the configured one, when given)."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    keep = [o for o in overrides if o.lstrip("+~").startswith(MEAN_GROUPS)]
+    keep = [o for o in overrides if o.lstrip("+~").startswith(MEAN_GROUPS)
+            and not (artifacts and o.lstrip("+~").startswith("paths.artifacts="))]
+    keep += [f"paths.artifacts={artifacts}"] if artifacts else []
     return " ".join(["python -m actexp.run job=mean", *map(shlex.quote, keep)])
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether this user could create files in folder (or, if it does not exist yet, in its nearest
+    existing parent): permission bits, and read-only mounts, which even root cannot write to."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.access(folder, os.W_OK) and not os.statvfs(folder).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def _own_store(shared: Path) -> str:
+    """A store to make new files in when `shared` is read-only: the user's default one ($ACTEXP_ARTIFACTS,
+    else $XDG_CACHE_HOME/actexp, else ~/.cache/actexp, as conf/config.yaml reads them) if it is another
+    folder and writable, else a placeholder."""
+    for candidate in (os.environ.get("ACTEXP_ARTIFACTS"), f"{os.environ.get('XDG_CACHE_HOME') or '~/.cache'}/actexp"):
+        if candidate and store_root(candidate) != shared and _can_write(store_root(candidate)):
+            return str(store_root(candidate))
+    return "DIR"
 
 
 def model_spec(cfg) -> ModelSpec:
@@ -89,8 +114,15 @@ def corpus_mean(cfg, required: bool = False, tracker=None) -> Optional[CorpusMea
     if cfg.centering.mean_path == "auto":
         path = configured = configured_mean_path(cfg, model_id)
         if not path.is_file():
-            raise UserError(f"the corpus mean of this config ({path.parent.name}) is not in "
-                            f"{path.parent.parent}: compute it with `{mean_command()}`")
+            missing = f"the corpus mean of this config ({path.parent.name}) is not in {path.parent.parent}"
+            stats = stats_of(cfg, model_id=model_id).folder
+            if _can_write(path.parent) and _can_write(stats):
+                raise UserError(f"{missing}: compute it with `{mean_command()}`")
+            # job=mean would stop on the same read-only store: make it in one of the user's own.
+            own = _own_store(store_root(cfg.paths.artifacts))
+            raise UserError(f"{missing}, which this user cannot write to: compute it in a store of your own with "
+                            f"`{mean_command(own)}`{' (DIR: a folder you can write to)' if own == 'DIR' else ''}, "
+                            f"then give this command paths.artifacts={own} too")
     else:
         path = Path(cfg.centering.mean_path).expanduser()
         if not path.is_file():
