@@ -4,6 +4,7 @@ for centring after the fact. Pure torch: files are the artifact store's business
 Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents longer than t.
 """
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -34,7 +35,8 @@ class MeanAccumulator:
         T = h.shape[1]
         self._grow(T)
         valid = torch.arange(T, device=h.device)[None, :] < torch.tensor(lengths, device=h.device)[:, None]  # [B, T]
-        self.sum[:T] += h.to(torch.float64).masked_fill_(~valid[..., None], 0.0).sum(0)  # [T, H]
+        # A copy even when h is float64 already: the caller's h is left as it was.
+        self.sum[:T] += h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0).sum(0)  # [T, H]
         self.count[:T] += valid.sum(0)
         self.docs += len(lengths)
         self.tokens += sum(lengths)
@@ -95,14 +97,25 @@ class CorpusMean:
 
     def rows(self, n: int) -> torch.Tensor:
         """mu_t for t < n: [n, H] float32."""
+        return self._rows(n, self.mean, self.tail)
+
+    def _rows(self, n: int, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
         if n > self.positions:
             raise ValueError(f"a text of {n} tokens is longer than the corpus mean ({self.positions} positions)")
-        P = self.mean.shape[0]
-        return self.mean[:n] if n <= P else torch.cat([self.mean, self.tail.expand(n - P, -1)])
+        P = mean.shape[0]
+        return mean[:n] if n <= P else torch.cat([mean, tail.expand(n - P, -1)])
+
+    @functools.cached_property
+    def float64(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(mean [P, H], tail [H] or None) in float64, converted once: centring computes in float64, and
+        a conversion per batch or per text would copy the mean again each time."""
+        return self.mean.to(torch.float64), None if self.tail is None else self.tail.to(torch.float64)
 
     def to(self, device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(mean [P, H], tail [H] or None) on a device: what pooling.pool centres with."""
-        return self.mean.to(device), None if self.tail is None else self.tail.to(device)
+        """(mean [P, H], tail [H] or None) in float64 on a device: what pooling.pool centres with (on the
+        CPU the float64 tensors themselves; a backend keeps its device's copy for the run)."""
+        mean, tail = self.float64
+        return mean.to(device), None if tail is None else tail.to(device)
 
     @property
     def sha256(self) -> Optional[str]:
@@ -111,7 +124,7 @@ class CorpusMean:
 
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
         """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
-        return (weights(tuple(chunks), n_tokens) @ self.rows(n_tokens).to(torch.float64)).reshape(-1)
+        return (weights(tuple(chunks), n_tokens) @ self._rows(n_tokens, *self.float64)).reshape(-1)
 
     def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
         """Centred vectors from raw ones [N, C*H] and their token counts, without the model."""

@@ -68,7 +68,7 @@ def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, d
 
 def pooled_mean(w: torch.Tensor, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
     """sum_t w_t mu_t [..., C, H] float64 for weights w [..., C, T], where mu_t is mean[t] [P, H] for
-    t < P and tail [H] from P on."""
+    t < P and tail [H] from P on. A float64 mean (CorpusMean.to) is used as it is, not copied."""
     T, P = w.shape[-1], mean.shape[0]
     out = torch.matmul(w[..., : min(T, P)], mean[:T].to(torch.float64))  # [..., C, H]
     if T > P:
@@ -81,8 +81,9 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     """Pooled vectors of a right-padded batch h [B, T, H]: one [B, C*H] float32 tensor per entry of means.
 
     An entry None pools h_t (raw); a per-position corpus mean, (mean [P, H], tail [H] for t >= P)
-    as CorpusMean.to gives it, pools h_t - mu_t (centred, subtracted before pooling). The whole batch is pooled at once on its device in float64, pads
-    zeroed and weighted 0, so a text's vector does not depend on the batch it shares (to float32).
+    as CorpusMean.to gives it (float64), pools h_t - mu_t (centred, subtracted before pooling). The
+    whole batch is pooled at once on its device in float64, pads zeroed and weighted 0, so a text's
+    vector does not depend on the batch it shares (to float32). h itself is left unchanged.
 
     Pooling is linear, so W(h - mean) = Wh - W mean: the centred vectors cost a [B, C, T] x [T, H]
     product, not a second float64 copy of h. In float64 the difference loses nothing that float32
@@ -91,7 +92,8 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     B, T, _ = h.shape
     w = batch_weights(chunks, lengths, T, h.device)  # [B, C, T] float64
     valid = w.new_tensor(lengths)[:, None] > torch.arange(T, device=h.device)  # [B, T]
-    x = h.to(torch.float64).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything
+    # A copy even when h is float64 already: the caller's h is left as it was.
+    x = h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything
     raw = torch.bmm(w, x)  # [B, C, H] float64
     del x
     outs = []

@@ -5,17 +5,21 @@ import shutil
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 from transformers import PreTrainedTokenizerFast
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
+from actexp.activations import stream
 from actexp.artifacts import load_mean
+from actexp.centering import MeanAccumulator
 from actexp.corpus import bundled_samples
 from actexp.errors import UserError
 from actexp.io import write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
 from actexp.model import BUNDLED_TOKENIZER, load_model
+from actexp.pooling import pool
 from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
                      run_cli, run_clis)
 
@@ -118,6 +122,41 @@ def test_mismatched_or_missing_mean_is_refused(artifacts, tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="not a readable corpus mean"):
         load_mean(bad)
+
+
+def test_the_accumulator_leaves_a_float64_h_as_it_was():
+    h = torch.randn(2, 5, 3, dtype=torch.float64)  # [B, T, H]
+    h[1, 2:] = 1e30  # pads: the accumulator zeroes them in its own copy
+    before = h.clone()
+    acc = MeanAccumulator(3)
+    acc.add(h, [5, 2])
+    assert torch.equal(h, before)
+    assert torch.equal(acc.sum, torch.cat([h[:, :2].sum(0), h[0, 2:]])) and acc.count.tolist() == [2, 2, 1, 1, 1]
+
+
+def test_a_run_converts_the_mean_to_float64_once_not_per_batch(artifacts):
+    """Centring works in float64; the float32 mean [P, H] is converted once (CorpusMean.float64), and
+    the device copy is kept for the run, however many batches and calls the run makes."""
+    cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN,
+                      "hardware.batch_tokens=512")  # TEXTS in 3 batches
+    mean, chunks = corpus_mean(cfg), chunks_from_cfg(cfg.pooling)
+    backend = LocalBackend.from_config(cfg)
+    _ = backend.lm
+    H = mean.mean.shape[1]
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        first = backend.vectors(TEXTS, chunks, mean)
+        again = backend.vectors(TEXTS, chunks, mean)
+    double = 7  # torch.float64 as the profiler records a dtype (c10::ScalarType::Double)
+    to_float64 = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy" and
+                  e.concrete_inputs[1] == double and len(e.input_shapes[0]) == 2 and e.input_shapes[0][1] == H]
+    assert to_float64 == [list(mean.mean.shape)]  # the whole mean, once
+    assert torch.equal(first.centered, again.centered)
+    # The same numbers as centring with the float32 mean converted batch by batch (the conversion is exact).
+    lm = backend.lm
+    ids, _ = lm.encode(TEXTS)
+    for batch, h, lengths in stream(lm, ids, 512):
+        _, centered = pool(h, lengths, chunks, (None, (mean.mean, mean.tail)))
+        assert torch.equal(first.centered[batch], centered)
 
 
 def test_a_mean_of_another_dtype_is_refused(artifacts):

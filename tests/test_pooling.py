@@ -79,3 +79,17 @@ def test_pool_with_a_mean_pools_the_difference_in_the_same_pass():
     [centered] = pool(h, [6, 3], chunks, ((mu[:4], tail),))
     [expected] = pool(h - torch.cat([mu[:4], tail.expand(2, 4)]), [6, 3], chunks)
     assert torch.allclose(centered, expected, atol=1e-6)
+
+
+def test_pool_leaves_a_float64_h_as_it_was_and_takes_a_float64_mean_as_is():
+    torch.manual_seed(2)
+    h = torch.randn(2, 6, 4, dtype=torch.float64)  # [B, T, H]
+    h[1, 3:] = 1e30  # pads: pool zeroes them in its own copy
+    before = h.clone()
+    mu, tail = torch.randn(4, 4), torch.randn(4)  # [P, H] float32, [H]: positions 4 and 5 take the tail
+    chunks = [Chunk("last"), Chunk("exp", 0.2)]
+    raw, centered = pool(h, [6, 3], chunks, (None, (mu, tail)))
+    assert torch.equal(h, before)
+    # The float64 mean of CorpusMean.to gives the same numbers as the float32 one (the conversion is exact).
+    raw64, centered64 = pool(h, [6, 3], chunks, (None, (mu.double(), tail.double())))
+    assert torch.equal(raw64, raw) and torch.equal(centered64, centered)
