@@ -5,6 +5,7 @@ The stand-in refuses what Modal refuses: a second `app.run()` while one is runni
 outside a running app, overwriting a volume file without `force`, reading a missing file.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from actexp.jobs.common import model_spec
 from actexp.jobs.common import corpus_mean
 from actexp.model import load_model
 from actexp.reader import VectorStore
-from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
+from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, tiny_llama_gguf
 
 MODAL = ["hardware=modal", "model.dtype=float32"]  # float32 so the CPU stand-in equals the local backend
 
@@ -170,6 +171,28 @@ def stand_in(tmp_path, monkeypatch):
                               for name in ("aggregate", "shard_headers", "store_headers", "check_shards")})
     monkeypatch.setattr(remote, "APP_MODULE", fake)
     return state
+
+
+def test_a_container_whose_model_is_not_the_one_the_client_identified_refuses_to_compute(stand_in, tmp_path,
+                                                                                          monkeypatch):
+    """A GGUF file is converted in each container, from the image's wheel: a container that started
+    later from an image whose file (or transformers) differs must not compute under the client's identity."""
+    package = tmp_path / "site" / "tiny_gguf_wheel"  # a package:file GGUF, as the image installs the SmolLM2 wheel
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    tiny_llama_gguf(package / "model.gguf", seed=0)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    cfg = compose_cfg(*MODAL, "model=hf", "model.gguf=tiny_gguf_wheel:model.gguf", f"paths.artifacts={tmp_path / 'a'}")
+    chunks = chunks_from_cfg(cfg.pooling)
+    with open_backend(cfg) as backend:
+        here = hashlib.sha256((package / "model.gguf").read_bytes()).hexdigest()
+        assert backend.built.metadata["gguf_sha256"] == here  # identified here, from this machine's file
+        tiny_llama_gguf(package / "model.gguf", seed=1)  # the container's is another, of the same shapes
+        with pytest.raises(RemoteError, match="failed on Modal: the model in the Modal container is not the one this "
+                                              "machine identified .*converted_sha256: .*gguf_sha256: "):
+            backend.vectors(["hi"], chunks)
+    with open_backend(cfg) as backend:  # both sides have the same file now: computed
+        assert backend.vectors(["hi"], chunks).raw.shape == (1, 4 * 16)
 
 
 def test_the_stand_in_refuses_a_second_app_run_like_modal(stand_in):

@@ -61,6 +61,9 @@ CLASS_OPTIONS = dict(
 @app.cls(**CLASS_OPTIONS)
 class Extractor:
     spec: str = modal.parameter(default="{}")  # actexp.model.ModelSpec as JSON: which model, which dtype
+    # The model's identity as the client computed it (JSON; "" = none sent): means, stores and outputs
+    # are named by it, so the container refuses to compute with a model that is not that one.
+    identity: str = modal.parameter(default="")
 
     @modal.enter(snap=True)
     def load(self):
@@ -74,8 +77,16 @@ class Extractor:
         self.backend = LocalBackend(ModelSpec(**json.loads(self.spec)), device)
         self._means = {}  # (path on the volume, sha256) -> the corpus mean, loaded once
         self.backend.vectors(["A short warm-up text."], [Chunk("last")])  # compile kernels before the snapshot
+        # A GGUF file is converted here, by the image's transformers: what it converted (and every
+        # other field) must be what the client recorded. Refused per request, not here: a failing
+        # @enter would make Modal restart the container over and over.
+        self._refusal = _identity_mismatch(json.loads(self.identity) if self.identity else None,
+                                           self.backend.lm.metadata)
 
     def _configure(self, request: dict) -> None:
+        """Every request starts here: refused if the model is not the client's, then its batch settings."""
+        if self._refusal:
+            raise RuntimeError(self._refusal)
         self.backend.batch_tokens = request.get("batch_tokens", 32768)
         self.backend.max_padding = request.get("max_padding", 0.1)
 
@@ -132,6 +143,17 @@ class Extractor:
         header = vector_store.write_shard(_layout(request["layout"]), request["index"], docs, self._vectors(request))
         artifacts_volume.commit()
         return header | {"seconds": time.perf_counter() - start}
+
+
+def _identity_mismatch(sent, here: dict):
+    """None when the container's model identity is the one the client sent, else one line naming the fields."""
+    here = json.loads(json.dumps(here))  # as the client's came: through JSON
+    if sent is None or sent == here:
+        return None
+    fields = sorted(k for k in set(sent) | set(here) if sent.get(k) != here.get(k))
+    diffs = "; ".join(f"{k}: {sent.get(k)} on this machine, {here.get(k)} in the container" for k in fields)
+    return (f"the model in the Modal container is not the one this machine identified ({diffs}): the image must "
+            "install what this machine has (modal_app.PINNED, GGUF_WHEELS); a deployed app: deploy again")
 
 
 def _layout(spec: dict):

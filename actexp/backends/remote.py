@@ -99,8 +99,11 @@ class ModalBackend:
             from . import modal_app
         self.app_module, self._run = modal_app, None
         self.spec = spec = self._pinned(spec)
-        self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True)}
         self.metadata = identity(spec, hash_cache=hash_cache)
+        # The containers compute the identity again from what they load (a GGUF is converted there) and
+        # refuse a model that is not this one.
+        self.params = {"spec": json.dumps(spec.to_dict(), sort_keys=True),
+                       "identity": json.dumps(self.metadata, sort_keys=True)}
         self._extractor = self._text = None
         self._means_sent = set()  # (path on the volume, sha256) of the means checked there in this run
 
