@@ -14,6 +14,7 @@ AT_LEAST_1 = {
     "hardware.max_containers": None,
     "hardware.request_tokens": None,
     "store.shard_size": None,
+    "store.batch_kb": None,
     "mean.checkpoint_every": None,
     "centering.min_count": None,
     "analyze.max_rows": None,

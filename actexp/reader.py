@@ -9,19 +9,26 @@
 
 Opening reads the manifest only; ids and metadata read the shards' small columns; vectors read
 only the rows asked for (shards are memory-mapped Arrow files, see vector_store.py).
+
+What is read is verified first: each record batch a read touches (its small columns, or the
+variant asked for) against its checksum in manifest.json, once per reader; a shard of an older
+store, whose manifest has no batch checksums, against its whole sha256 the first time it is read.
+A damaged or unreadable shard is one UserError naming the file and the command that recomputes it.
 """
 
 import functools
 import json
+import os
+import shlex
 from pathlib import Path
 from typing import Dict, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
 
+from . import vector_store as vs
 from .errors import UserError
 from .storage import MANIFEST
-from .vector_store import open_shard
 
 
 class Rows(Protocol):
@@ -45,6 +52,8 @@ class VectorStore(Rows):
     def __init__(self, folder: Path, manifest: dict):
         self.folder, self.manifest = folder, manifest
         self._tables = {}  # shard index -> memory-mapped table, opened on first use
+        self._verified = set()  # (shard, group, batch) whose checksum matched: each is hashed once
+        self._views = {}  # (shard, variant, batch) -> its vectors [rows, D], verified
         self._starts = np.cumsum([0] + [s["rows"] for s in manifest["shards"]])  # first row of each shard
 
     @classmethod
@@ -54,7 +63,9 @@ class VectorStore(Rows):
         folder = folder.parent if folder.name == MANIFEST else folder
         try:
             manifest = json.loads((folder / MANIFEST).read_text())
-        except (OSError, ValueError):
+            if not {"shards", "dims", "variants", "location"} <= manifest.keys():
+                raise ValueError
+        except (OSError, ValueError, AttributeError):
             raise UserError(f"{folder} is not a finished vector store (no readable {MANIFEST}): "
                             "run job=store to write it, or give the folder that holds manifest.json") from None
         return cls(folder, manifest)
@@ -82,13 +93,62 @@ class VectorStore(Rows):
             raise UserError(f"the shards of {self.folder.name} are on {self.manifest['location']}: download them "
                             "with the same job=store command and store.download=true")
         if k not in self._tables:
-            self._tables[k] = open_shard(self.folder / self.manifest["shards"][k]["file"])
+            entry = self.manifest["shards"][k]
+            try:
+                table = vs.open_shard(self.folder / entry["file"])
+                problem = vs.schema_problem(table, self.variants, self.dims, self.manifest.get("storage_dtype", "float32"))
+                if problem is None and vs.BATCH_CHECKSUM in entry:
+                    problem = vs.batches_problem(table, entry)
+                elif problem is None:  # an older store: the whole shard, once
+                    table.validate(full=True)
+                    if vs._table_sha256(table) != entry["sha256"]:
+                        problem = "its content does not match its sha256 in manifest.json"
+            except FileNotFoundError:
+                raise self._damaged(k, "is missing") from None
+            except (OSError, pa.ArrowException, ValueError, IndexError) as e:
+                raise self._damaged(k, f"is unreadable ({e})") from None
+            if problem:
+                raise self._damaged(k, f"is damaged: {problem}")
+            self._tables[k] = table
         return self._tables[k]
+
+    def _batch(self, k: int, group: str, b: int) -> pa.Table:
+        """Shard k's table, once batch b of the column group (vector_store.GROUPS) matched its checksum."""
+        table = self._shard(k)
+        entry = self.manifest["shards"][k]
+        if vs.BATCH_CHECKSUM in entry and (k, group, b) not in self._verified:
+            try:
+                ok = vs.batch_checksum(table, group, b) == entry[vs.BATCH_CHECKSUM][group][b]
+            except (pa.ArrowException, ValueError) as e:
+                raise self._damaged(k, f"is unreadable ({e})") from None
+            if not ok:
+                start = b * entry["batch_rows"]
+                rows = f"rows {start}-{min(start + entry['batch_rows'], entry['rows']) - 1}"
+                what = {"meta": "ids, names and token counts", "raw": "raw vectors", "centered": "centred vectors"}[group]
+                raise self._damaged(k, f"is damaged: the {what} of its {rows} do not match their checksum in manifest.json")
+            self._verified.add((k, group, b))
+        return table
+
+    def _damaged(self, k: int, problem: str) -> UserError:
+        """One line: which shard, what is wrong with it, and the command that writes it again."""
+        path = self.folder / self.manifest["shards"][k]["file"]
+        made, cwd = self.manifest.get("command"), self.manifest.get("cwd")
+        if made:  # the store's own command, into the folder the store lies in now
+            command = f"{made} {shlex.quote(f'paths.artifacts={self.folder.parent.parent.resolve()}')} store.verify=true"
+            in_cwd = f"cd {shlex.quote(cwd)} && " if cwd and cwd != os.getcwd() else ""  # relative paths in it
+            fix = f"recompute it with `{in_cwd}{command}`"
+        else:
+            fix = "recompute it by running the job=store command that wrote this store again with store.verify=true"
+        return UserError(f"shard {path} {problem}: {fix}")
 
     def metadata(self) -> pa.Table:
         """id, name, n_tokens, truncated of every row, in order (.to_pandas() for a DataFrame)."""
-        columns = ["id", "name", "n_tokens", "truncated"]
-        return pa.concat_tables([self._shard(k).select(columns) for k in range(len(self.manifest["shards"]))])
+        tables = []
+        for k in range(len(self.manifest["shards"])):
+            for b in range(self._shard(k).column(0).num_chunks):
+                self._batch(k, "meta", b)
+            tables.append(self._shard(k).select(list(vs.GROUPS["meta"])))
+        return pa.concat_tables(tables)
 
     @functools.cached_property
     def ids(self) -> List[str]:
@@ -135,19 +195,45 @@ class VectorStore(Rows):
                 raise UserError(f"rows out of range: the store has {len(self)} rows")
         out = np.empty((len(picked), self.dims), dtype=np.float32)  # [n, D]
         shard_of = np.searchsorted(self._starts, picked, side="right") - 1
-        for k in np.unique(shard_of):
-            here = shard_of == k
-            out[here] = self._rows(int(k), picked[here] - self._starts[k], variant)
+        run = _run(picked)  # consecutive rows: every batch's part is a slice, copied without a gather
+        for k, at in _groups(shard_of, len(self.manifest["shards"])):
+            self._fill(out, at, int(k), picked[at] - self._starts[k], variant, run)
         if to == "torch":
             import torch
 
             return torch.from_numpy(out)
         return out
 
-    def _rows(self, k: int, local: np.ndarray, variant: str) -> np.ndarray:
-        chunks = self._shard(k).column(variant)
-        column = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()  # one chunk: no copy
-        values = column.values.to_numpy(zero_copy_only=False).reshape(-1, self.dims)[local]  # only these pages
-        if column.type.value_type == pa.uint16():  # bfloat16 bit patterns
-            return (values.astype(np.uint32) << 16).view(np.float32)
-        return values.astype(np.float32, copy=False)
+    def _fill(self, out: np.ndarray, at: np.ndarray, k: int, local: np.ndarray, variant: str, run: bool) -> None:
+        """out[at] = rows `local` of shard k, from the record batches that hold them, each verified."""
+        chunks = self._shard(k).column(variant).chunks
+        starts = np.cumsum([0] + [len(c) for c in chunks])  # first row of each batch
+        for b, here in _groups(np.searchsorted(starts, local, side="right") - 1, len(chunks)):
+            values = self._values(k, variant, int(b))  # [rows of batch b, D]
+            src, dst = local[here] - starts[b], at[here]
+            if run:
+                src, dst = slice(src[0], src[-1] + 1), slice(dst[0], dst[-1] + 1)
+            picked = values[src]  # only these pages
+            if values.dtype == np.uint16:  # bfloat16 bit patterns
+                picked = (picked.astype(np.uint32) << 16).view(np.float32)
+            out[dst] = picked  # float16 widens here
+
+    def _values(self, k: int, variant: str, b: int) -> np.ndarray:
+        """Batch b of shard k's `variant`, verified: [rows, D] in the storage dtype, a view of the map."""
+        if (k, variant, b) not in self._views:
+            chunk = self._batch(k, variant, b).column(variant).chunk(b)
+            self._views[(k, variant, b)] = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dims)
+        return self._views[(k, variant, b)]
+
+
+def _groups(keys: np.ndarray, n: int):
+    """(key, positions of that key in ascending order) for each key in range(n) that `keys` holds."""
+    order = np.argsort(keys, kind="stable")  # rows asked for in order (slices) sort in one pass
+    bounds = np.searchsorted(keys[order], np.arange(n + 1))
+    for key in np.flatnonzero(np.diff(bounds)):
+        yield key, order[bounds[key]:bounds[key + 1]]
+
+
+def _run(a: np.ndarray) -> bool:
+    """Whether a holds consecutive ascending numbers."""
+    return len(a) > 0 and a[-1] - a[0] == len(a) - 1 and bool(np.all(np.diff(a) == 1))

@@ -128,6 +128,7 @@ class StoreConfig:
     storage_dtype: str = "float32"
     download: bool = True
     verify: bool = False
+    batch_kb: int = 1024
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The store of corpus vectors (job=store): its id, layout, shard files, checksums and locks.
 
-    <root>/vectors/<store-id>/shards/00000.arrow   per shard: id, name, n_tokens, truncated, raw [, centered]
-    <root>/vectors/<store-id>/manifest.json         the run's metadata and each shard's rows and checksum,
+    <root>/vectors/<store-id>/shards/00000.arrow   per shard: id, name, n_tokens, truncated, raw [, centered],
+                                                    in record batches of about store.batch_kb of one vector column
+    <root>/vectors/<store-id>/manifest.json         the run's metadata and each shard's rows and checksums,
                                                     written once every shard is on disk
     <root>/vectors/<store-id>/.locks/               one lock per shard and one for the manifest
 
@@ -13,6 +14,12 @@ The store id names everything that changes the numbers: the model identity (dtyp
 pooling chunks, the sha256 of the centring mean, the corpus's content, the shard size and the
 storage dtype. The guarantees are the mean store's (artifacts.py): atomic shards with a checksum,
 resume, and one writer per shard under its lock.
+
+Two checksums, for two readers: the sha256 of a shard's whole content (its header), which a writer
+checks before it keeps a shard (shards.check: resume, store.verify=true, Modal); and an xxh3_64 of
+each record batch's small columns, raw and centred (header and manifest), which the reader checks
+for the batches a read touches, as Parquet does its pages: a read costs hashing the batches it maps,
+once per reader, at about 30 GB/s (README, "Vectors of a corpus").
 """
 
 import hashlib
@@ -25,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
+import xxhash
 
 from . import storage
 from .storage import digest, folder_lock, model_label
@@ -34,6 +42,9 @@ from .io import write_bytes
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 VARIANTS = ("raw", "centered")
+BATCH_CHECKSUM = "xxh3_64"  # the manifest's key for the per-batch checksums, named by their hash
+# Columns checked together: a read of metadata touches the small ones, a read of vectors one variant.
+GROUPS = {"meta": ("id", "name", "n_tokens", "truncated"), "raw": ("raw",), "centered": ("centered",)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class StoreLayout:
     storage_dtype: str = "float32"
     shard_size: int = 1024
     locking: bool = True
+    batch_kb: int = 1024  # KiB of one vector column per record batch: the unit a read verifies
 
     @property
     def id(self) -> str:
@@ -69,7 +81,12 @@ class StoreLayout:
     def spec(self) -> dict:
         """What a remote worker needs to find the same files under its own root."""
         return {"identity": self.identity, "pooling": self.pooling, "mean_sha256": self.mean_sha256,
-                "corpus_id": self.corpus_id, "storage_dtype": self.storage_dtype, "shard_size": self.shard_size}
+                "corpus_id": self.corpus_id, "storage_dtype": self.storage_dtype, "shard_size": self.shard_size,
+                "batch_kb": self.batch_kb}
+
+    def batch_rows(self, dims: int) -> int:
+        """Rows per record batch: as many as fill batch_kb of one vector column (at least one)."""
+        return max(1, self.batch_kb * 1024 // (dims * (4 if self.storage_dtype == "float32" else 2)))
 
     def read_shard(self, index: int) -> Optional[Tuple[dict, List[str], pa.Table]]:
         """(header, document ids, table) of a shard whose checksum is right, else None (shards.check)."""
@@ -82,6 +99,8 @@ class StoreLayout:
             table.validate(full=True)  # damaged offsets or strings fail here, not later
             if _table_sha256(table) != header.get("sha256"):
                 return None
+            if BATCH_CHECKSUM in header and (batches_problem(table, header) or batch_checksums(table) != header[BATCH_CHECKSUM]):
+                return None  # the reader checks these: a shard kept must pass them too
             return header, table.column("id").to_pylist(), table
         except (OSError, pa.ArrowException, KeyError, ValueError):
             return None
@@ -102,18 +121,68 @@ def _vector_column(x: torch.Tensor, storage_dtype: str):
 
 
 def _table_sha256(table: pa.Table) -> str:
-    """sha256 of a shard's logical content (not of Arrow's buffers, whose padding may vary)."""
+    """sha256 of a shard's logical content (not of Arrow's buffers, whose padding may vary), the same
+    however its rows are cut into record batches; hashed batch by batch, so nothing is copied."""
     h = hashlib.sha256()
     for name in table.column_names:
-        column = table.column(name).combine_chunks()
+        column = table.column(name)
         h.update(name.encode())
-        if pa.types.is_fixed_size_list(column.type):
-            h.update(np.ascontiguousarray(column.values.to_numpy(zero_copy_only=False)))  # no copy of the vectors
-        elif pa.types.is_string(column.type):
+        if pa.types.is_string(column.type):
             h.update("\0".join(column.to_pylist()).encode())
-        else:
-            h.update(np.ascontiguousarray(column.to_numpy(zero_copy_only=False)))
+            continue
+        for chunk in column.chunks:
+            h.update(_content(chunk))
     return h.hexdigest()
+
+
+def _content(array: pa.Array):
+    """What a batch checksum covers of one column: its values, without a copy of the vectors."""
+    if pa.types.is_fixed_size_list(array.type):
+        array.validate()  # the child holds length x list_size values
+        return array.flatten().to_numpy(zero_copy_only=False)  # a view of the memory map
+    array.validate(full=True)  # string offsets within their data, before they are followed
+    if pa.types.is_string(array.type):
+        return "\0".join(array.to_pylist()).encode()
+    return np.ascontiguousarray(array.to_numpy(zero_copy_only=False))
+
+
+def batch_checksum(table: pa.Table, group: str, batch: int) -> str:
+    """xxh3_64 of one column group (GROUPS) of record batch `batch` (a chunk of every column)."""
+    h = xxhash.xxh3_64()
+    for name in GROUPS[group]:
+        h.update(name.encode())
+        h.update(_content(table.column(name).chunk(batch)))
+    return h.hexdigest()
+
+
+def batch_checksums(table: pa.Table) -> dict:
+    """{group: [checksum of each record batch]} of the groups the table holds."""
+    return {g: [batch_checksum(table, g, b) for b in range(table.column(0).num_chunks)]
+            for g, names in GROUPS.items() if names[0] in table.column_names}
+
+
+def schema_problem(table: pa.Table, variants: Sequence[str], dims: int, storage_dtype: str) -> Optional[str]:
+    """Why a shard's columns are not those of a store of these variants, dims and storage dtype."""
+    value = pa.uint16() if storage_dtype == "bfloat16" else pa.from_numpy_dtype(np.dtype(storage_dtype))
+    expected = [("id", pa.string()), ("name", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_())] + [
+        (v, pa.list_(value, dims)) for v in variants]
+    got = [(f.name, f.type, f.nullable) for f in table.schema]
+    if got != [(n, t, True) for n, t in expected]:
+        def listed(fields):
+            return ", ".join(f"{f[0]}: {f[1]}{'' if len(f) < 3 or f[2] else ' not null'}" for f in fields) or "none"
+        return f"its columns are {listed(got)}, not {listed(expected)}"
+    return None
+
+
+def batches_problem(table: pa.Table, entry: dict) -> Optional[str]:
+    """Why a shard's record batches are not the ones `entry` (its header or manifest entry) records
+    (other rows, or other rows per batch); None if they are, and their checksums can be compared."""
+    rows, per = entry["rows"], entry["batch_rows"]
+    expected = [min(per, rows - start) for start in range(0, rows, per)]
+    got = [len(c) for c in table.column(0).chunks]  # an IPC file's batches cut every column alike
+    if table.num_rows != rows or got != expected:
+        return f"it holds {table.num_rows} rows in {len(got)} batches, not {rows} rows in batches of {per}"
+    return None
 
 
 def shard_table(docs: Sequence[Document], vectors, storage_dtype: str) -> pa.Table:
@@ -133,12 +202,14 @@ def shard_table(docs: Sequence[Document], vectors, storage_dtype: str) -> pa.Tab
 def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vectors) -> dict:
     """Write one shard atomically, its header (store id, index, rows, tokens, checksum) in the schema."""
     table = shard_table(docs, vectors, layout.storage_dtype)
+    per = layout.batch_rows(vectors.raw.shape[1])
+    table = pa.Table.from_batches(table.to_batches(max_chunksize=per))  # one chunk per record batch, no copy
     header = {"store_id": layout.id, "shard": index, "rows": table.num_rows, "tokens": int(sum(vectors.n_tokens)),
-              "sha256": _table_sha256(table)}
+              "sha256": _table_sha256(table), "batch_rows": per, BATCH_CHECKSUM: batch_checksums(table)}
     table = table.replace_schema_metadata({"actexp": json.dumps(header)})
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write_table(table)  # a record batch per chunk
     write_bytes(layout.shard(index), sink.getvalue())  # an Arrow buffer: written without a copy to bytes
     return header
 
@@ -170,7 +241,7 @@ def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, loc
         "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
         "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
         "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}
-                   for h in headers]}, lambda: layout.lock("manifest"), same=_same_content)
+                   | {k: h[k] for k in ("batch_rows", BATCH_CHECKSUM) if k in h} for h in headers]}, lambda: layout.lock("manifest"), same=_same_content)
 
 
 def _same_content(old: dict, new: dict) -> bool:

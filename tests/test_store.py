@@ -1,11 +1,13 @@
 """The vector store of a corpus (job=store): rows equal extraction alone, the reader's slices,
-third-party reading, storage dtypes, resume, corrupt and foreign shards, kills, concurrent
-writers, bad input, and the Modal variant."""
+third-party reading, storage dtypes, resume, corrupt and foreign shards, reads that verify what
+they read, kills, concurrent writers, bad input, and the Modal variant."""
 
 import json
 import logging
 import os
+import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+import actexp
 from actexp import jobs
 from actexp.backends.local import LocalBackend
 from actexp.corpus import Corpus
@@ -24,7 +27,7 @@ from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean
 from actexp.reader import VectorStore
-from helpers import REPO, compose_cfg, read_only, rel_err
+from helpers import REPO, compose_cfg, read_only, rel_err, run_cli
 
 CORPUS = ["corpus.max_docs=40", "store.shard_size=16"]  # 3 shards: 16, 16, 8
 
@@ -45,7 +48,9 @@ def run_store(art, out, *overrides):
 
 @pytest.fixture(scope="module")
 def centred(art, tmp_path_factory):
-    return run_store(art, tmp_path_factory.mktemp("out"), "centering=corpus_mean")
+    # Record batches of 10 KiB of one 512-dim float32 column: 5 rows, so each 16-row shard is read in
+    # batches of 5, 5, 5 and 1 and every read below crosses batch ends.
+    return run_store(art, tmp_path_factory.mktemp("out"), "centering=corpus_mean", "store.batch_kb=10")
 
 
 def test_rows_equal_each_document_extracted_alone(centred):
@@ -53,6 +58,8 @@ def test_rows_equal_each_document_extracted_alone(centred):
     docs = list(Corpus(cfg.corpus).documents())
     assert len(store) == metrics["docs"] == 40 and store.variants == ["raw", "centered"] and store.dims == 512
     assert len(store.manifest["shards"]) == 3 and store.manifest["model"]["model"] == "tiny"
+    batches = [len(b) for b in pa.ipc.open_file(store.folder / "shards" / "00000.arrow").read_all().column("raw").chunks]
+    assert batches == [5, 5, 5, 1] and [len(s["xxh3_64"]["raw"]) for s in store.manifest["shards"]] == [4, 4, 2]
     assert store.manifest["centering"]["mean"]["sha256"] == corpus_mean(cfg).sha256
     backend, mean, chunks = LocalBackend.from_config(cfg), corpus_mean(cfg), chunks_from_cfg(cfg.pooling)
     raw, centered = store.vectors(), store.vectors(variant="centered")
@@ -121,12 +128,116 @@ def test_a_corrupt_or_foreign_shard_is_recomputed_and_the_rest_kept(art, tmp_pat
         json.loads(pa.ipc.open_file(store.folder / "shards" / f"0000{k}.arrow").schema.metadata[b"actexp"])["tokens"]
         for k in (0, 2))  # only shard 1 ran again
     assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
-    # A shard of another store (here: the centred store's) put in its place is refused and redone.
+    # A shard of another store (here: the centred store's) put in its place is refused and redone; so is
+    # one whose content is right but whose batch checksums (what readers compare) are not: else the
+    # manifest, written from the headers, would keep failing every read.
     _, _, other = run_store(art, tmp_path, "centering=corpus_mean")
     shard.write_bytes((other.folder / "shards" / "00001.arrow").read_bytes())
+    first = store.folder / "shards" / "00000.arrow"
+    table = pa.ipc.open_file(first).read_all()
+    header = json.loads(table.schema.metadata[b"actexp"])
+    header["xxh3_64"]["raw"][0] = "0" * 16
+    table = table.replace_schema_metadata({"actexp": json.dumps(header)})
+    with pa.ipc.new_file(first, table.schema) as writer:
+        writer.write_table(table)
     run_store(art, tmp_path, "store.verify=true")
     assert f"shard 1 ({shard}) belongs to another store ({other.folder.name})" in caplog.text
+    assert f"shard 0 ({first}) is missing, truncated or corrupt" in caplog.text
     assert np.array_equal(VectorStore.open(store.folder).vectors(), before)
+
+
+def _zero_bytes_of(shard, values: np.ndarray, n=64):
+    """Zero n bytes of a shard file where `values` (a row of one of its vectors) lie, as a bad disk would."""
+    data = bytearray(shard.read_bytes())
+    at = data.find(values.tobytes())
+    assert at > 0
+    data[at + 8:at + 8 + n] = bytes(n)
+    shard.write_bytes(bytes(data))
+
+
+def test_reads_verify_the_batches_they_touch_and_name_a_damaged_shard(centred, art, tmp_path):
+    _, _, store = centred
+    copy = tmp_path / "vectors" / store.folder.name
+    shutil.copytree(store.folder, copy)
+    raw, centered = store.vectors(), store.vectors(variant="centered")
+    shard = copy / "shards" / "00001.arrow"
+    _zero_bytes_of(shard, raw[28])  # row 12 of shard 1: its third batch, rows 10-14
+    damaged = re.escape(f"shard {shard} is damaged: the raw vectors of its rows 10-14 do not match their checksum "
+                        "in manifest.json: recompute it by running the job=store command that wrote this store again "
+                        "with store.verify=true")
+    reader = VectorStore.open(copy)
+    # What a read does not touch is served, checked: the other batches, the other variant, the metadata.
+    assert np.array_equal(reader.vectors(slice(0, 26)), raw[:26]) and np.array_equal(reader.vectors([31, 39]), raw[[31, 39]])
+    assert np.array_equal(reader.vectors(variant="centered"), centered) and reader.ids == store.ids
+    for read in (lambda: reader.vectors([28]), lambda: reader.vectors(slice(20, 40)), lambda: actexp.open_store(copy).vectors()):
+        with pytest.raises(UserError, match=f"^{damaged}$"):
+            read()
+    # Every job that reads a store reads it through the reader.
+    with pytest.raises(UserError, match=damaged):
+        jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=store", f"analyze.path={copy}", "analyze.max_rows=40",
+                                        "logger=none"), tmp_path / "a")
+    with pytest.raises(UserError, match=damaged):
+        jobs.run("neighbors", compose_cfg("job=neighbors", f"neighbors.store={copy}", f"neighbors.ids=[{store.ids[0]}]",
+                                          "logger=none"), tmp_path / "n")
+    # A store written before batch checksums (none in its manifest) is checked shard by shard, whole.
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        del entry["batch_rows"], entry["xxh3_64"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    older = VectorStore.open(copy)
+    assert np.array_equal(older.vectors(slice(0, 16)), raw[:16]) and np.array_equal(older.vectors(slice(32, 40)), raw[32:])
+    with pytest.raises(UserError, match=re.escape(f"shard {shard} is damaged: its content does not match its sha256 in "
+                                                  "manifest.json")):
+        older.vectors([16])
+    # A truncated or missing shard is the same one line.
+    last = copy / "shards" / "00002.arrow"
+    last.write_bytes(last.read_bytes()[:5000])
+    with pytest.raises(UserError, match=re.escape(f"shard {last} is unreadable (") + ".*store.verify=true$"):
+        VectorStore.open(copy).vectors([39])
+    last.unlink()
+    with pytest.raises(UserError, match=re.escape(f"shard {last} is missing: recompute")):
+        VectorStore.open(copy).vectors(slice(32, 40))
+
+
+def test_text_queries_of_a_store_need_the_mean_it_was_centred_with(centred, art, tmp_path):
+    metrics, _, store = centred
+    query = ["job=neighbors", f"neighbors.store={store.folder}", "neighbors.queries=[a cat]", "centering=corpus_mean",
+             f"paths.artifacts={art}", *CORPUS, "logger=none"]
+    assert jobs.run("neighbors", compose_cfg(*query), tmp_path)["rows"] == 40  # the store's own mean
+    # Another mean of the same model and corpus: the same shards, a lower min_count, other values.
+    other = jobs.run("mean", compose_cfg("job=mean", *CORPUS, f"paths.artifacts={art}", "centering.min_count=2"), tmp_path)
+    assert other["sha256"] != store.manifest["centering"]["mean"]["sha256"]
+    with pytest.raises(UserError, match=f"the store {store.folder.name} was centred with another mean "
+                                        f"\\({store.manifest['centering']['mean']['sha256'][:12]}\\)"):
+        jobs.run("neighbors", compose_cfg(*query, "centering.min_count=2"), tmp_path)
+
+
+@pytest.mark.slow
+def test_the_issue_damage_from_the_cli_is_one_line_whose_command_repairs_it(tmp_path):
+    """A finished store, 64 bytes zeroed inside shard 0 and shard 2 truncated, then job=neighbors from
+    another folder: it read the zeros silently (exit 0), and a truncated shard was
+    `error (ArrowInvalid): Not an Arrow file`, exit 1, with a half-made run folder."""
+    (tmp_path / "elsewhere").mkdir()
+    made = run_cli("job=store", *CORPUS, "paths.artifacts=art", "logger=none", "hydra.run.dir=runs/store", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    [folder] = (tmp_path / "art" / "vectors").iterdir()
+    before = VectorStore.open(folder).vectors()
+    shard, last = folder / "shards" / "00000.arrow", folder / "shards" / "00002.arrow"
+    _zero_bytes_of(shard, before[9])
+    last.write_bytes(last.read_bytes()[:1000])
+    r = run_cli("job=neighbors", f"neighbors.store={folder}", "neighbors.queries=[a cat]", "logger=none",
+                f"hydra.run.dir={tmp_path / 'runs' / 'neighbors'}", cwd=tmp_path / "elsewhere")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: shard {shard} is damaged: the raw vectors of its rows 0-15 do not match")
+    assert not (tmp_path / "runs" / "neighbors").exists()  # no half-made run folder
+    # The line's command, run as it is from the other folder (it goes back to where the store was
+    # made, for relative paths), recomputes the damaged shards and nothing else.
+    [command] = re.findall(r"recompute it with `([^`]+)`", r.stderr)
+    assert command.startswith(f"cd {tmp_path} && python -m actexp.run job=store ") and "store.verify=true" in command
+    repaired = subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=tmp_path / "elsewhere",
+                              capture_output=True, text=True, timeout=300)
+    assert repaired.returncode == 0 and "; 2 computed" in repaired.stdout, repaired.stderr
+    assert np.array_equal(VectorStore.open(folder).vectors(), before)
 
 
 def test_progress_and_bad_input(tmp_path, caplog):

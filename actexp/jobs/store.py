@@ -9,6 +9,9 @@ progress: report shards, documents and tokens without loading the model.
 
 import json
 import logging
+import os
+import shlex
+from typing import Optional
 
 from .. import vector_store as vs
 from ..storage import MANIFEST
@@ -26,7 +29,21 @@ def layout_of(cfg, corpus: Corpus, mean) -> vs.StoreLayout:
     pooling = {"name": cfg.pooling.name, "chunks": [{"kind": c.kind, "alpha": c.alpha} for c in common.chunks(cfg.pooling)]}
     return vs.StoreLayout(store_root(cfg.paths.artifacts), common.model_identity(cfg), pooling,
                           None if mean is None else mean.sha256, corpus.id, vs.check_storage_dtype(cfg.store.storage_dtype),
-                          cfg.store.shard_size)
+                          cfg.store.shard_size, batch_kb=cfg.store.batch_kb)
+
+
+def command() -> Optional[str]:
+    """This run's job=store command, less what does not choose the store (Hydra's folders, the
+    logger, the stage, verify) and paths.artifacts (a reader puts in where the store lies then):
+    the manifest keeps it, so that a reader that finds a damaged shard names the command that
+    writes it again. None outside the CLI (the API composes its config itself)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    skip = ("hydra.", "hydra/", "logger", "job=", "store.stage=", "store.verify=", "paths.artifacts=")
+    keep = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(skip)]
+    return " ".join(["python -m actexp.run job=store", *map(shlex.quote, keep)])
 
 
 def _finished(layout: vs.StoreLayout, cfg):
@@ -83,7 +100,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     headers.sort(key=lambda h: h["shard"])
     model = layout.identity
     dims = len(chunk_list) * model["hidden_size"]
-    metadata = common.metadata(cfg, model, mean) | {"dims": dims, "corpus": corpus.id}
+    metadata = common.metadata(cfg, model, mean) | {"dims": dims, "corpus": corpus.id, "command": command(),
+                                                     "cwd": os.getcwd()}
     location = backend.finish_store(layout, headers, cfg.store.download)
     manifest = vs.write_manifest(layout, headers, metadata, location)
     metrics = {"store_id": layout.id, "shards": len(headers), "docs": sum(h["rows"] for h in headers),
