@@ -2,17 +2,19 @@
 apart from the job, a file of pairs, fits stored and reused, W&B read back, and bad input."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import scipy.stats
+import torch
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
-from actexp.corpus import bundled_samples
 from actexp.errors import UserError
-from actexp.jobs.common import chunks as chunks_from_cfg
-from helpers import compose_cfg, run_cli
+from helpers import compose_cfg, pooling_spec, reference_model, reference_vector, run_cli, wandb_records
 from test_analyze import MEAN, summary_values
 
 PAIRS = [("A cat sits on the mat.", "A cat is sitting on a mat.", 4.8),
@@ -25,74 +27,165 @@ PAIRS = [("A cat sits on the mat.", "A cat is sitting on a mat.", 4.8),
          ("It is raining heavily.", "A cat is sitting on a mat.", 0.2)]
 
 
+# The fit set and the corpus of the mean: short texts, so that every variant costs a second.
+FIT_TEXTS = ["The dog barked at the mailman.", "A woman is slicing an onion.", "Two boys are playing football.",
+             "The train arrived late again this morning.", "A bird sings in the tree.", "He is reading a newspaper.",
+             "The soup tastes of garlic and lemon.", "Snow covered the mountain road.", "A girl rides her bicycle.",
+             "The meeting was moved to Friday.", "Someone is playing the piano loudly.", "The river flooded the fields."]
+LONG_CHUNKS = ["last", "exp0.023", "exp0.067", "exp0.159"]
+VARIANTS = ["raw", "centered", "global_mean", "abtt", "whitening", "centered+global_mean", "centered+abtt",
+            "centered+whitening"]
+
+
 def _pairs_file(tmp_path):
     path = tmp_path / "pairs.tsv"
     path.write_text("left\tright\tgold\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in PAIRS))
     return path
 
 
+def _fit_file(path, texts=FIT_TEXTS):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _overrides(folder, fit_file, *more):
+    """job=sts on the pairs and the fit set in `folder`: fits on fit_file, the mean of the same texts."""
+    return ["job=sts", f"sts.pairs={folder / 'pairs.tsv'}", "sts.columns=[left,right,gold]", "sts.fit=corpus",
+            "corpus=files", f"corpus.path={fit_file}", "centering.min_count=2", "centering.tail_start=4",
+            "sts.whitening_dims=6", f"paths.artifacts={folder / 'art'}", *more]
+
+
+@pytest.fixture(scope="module")
+def every_variant(tmp_path_factory):
+    """(folder, sts.json, metrics) of job=sts with every variant; the folder holds pairs.tsv, fit.jsonl,
+    the mean and the two fits in art/."""
+    folder = tmp_path_factory.mktemp("sts")
+    _pairs_file(folder)
+    overrides = _overrides(folder, _fit_file(folder / "fit.jsonl"), f"sts.variants=[{','.join(VARIANTS)}]")
+    metrics = jobs.run("sts", compose_cfg(*overrides), folder / "run")
+    return folder, json.loads((folder / "run" / "sts.json").read_text()), metrics
+
+
 def _cosine(x, y):
     return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
-def test_each_variant_on_a_pairs_file_equals_scipy_on_vectors_made_apart(tmp_path):
-    """Fit set: the 20 bundled samples (corpus=samples); variants raw and abtt, per chunk and all."""
-    overrides = ["job=sts", f"sts.pairs={_pairs_file(tmp_path)}", "sts.columns=[left,right,gold]", "sts.fit=corpus",
-                 "corpus=samples", "sts.variants=[raw,abtt]", "sts.abtt_dims=2", f"paths.artifacts={tmp_path}"]
-    metrics = jobs.run("sts", compose_cfg(*overrides), tmp_path / "run")
-    made = json.loads((tmp_path / "run" / "sts.json").read_text())
-    assert made["pairs"]["n_pairs"] == len(PAIRS) and made["pairs"]["split"] == "file"
+def _reference_vectors(cfg, texts, mean_file):
+    """{text: (raw, centred)} [4H] float64, one text at a time: output_hidden_states of a copy of the model
+    without its final norm (helpers.reference_model), h_t - mu_t by hand with mu read from the mean's file."""
+    backend = LocalBackend.from_config(cfg)
+    ref, spec = reference_model(backend.lm.model), pooling_spec("long")
+    stored = safetensors.torch.load_file(mean_file)
+    out = {}
+    for text in texts:
+        ids = backend.lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        mu = stored["mean"][:len(ids)]  # [T, H]: mu_t of the positions the mean's corpus reached ...
+        if len(ids) > len(mu):  # ... and its tail value for every later one
+            mu = torch.cat([mu, stored["tail"].expand(len(ids) - len(mu), -1)])
+        out[text] = (reference_vector(ref, ids, spec).numpy(), reference_vector(ref, ids, spec, mu=mu).numpy())
+    return out, backend.lm.hidden_size
+
+
+def test_every_variant_equals_numpy_on_vectors_made_one_text_at_a_time(every_variant):
+    """Each variant's Spearman and Pearson, per chunk and all chunks, against scipy on cosines of vectors
+    made apart from the job, with each fit from np.cov and np.linalg.eigh of that base's fit-set vectors."""
+    folder, made, metrics = every_variant
+    cfg = compose_cfg(*_overrides(folder, folder / "fit.jsonl"))
+    texts = {p[0] for p in PAIRS} | {p[1] for p in PAIRS}
+    one, h = _reference_vectors(cfg, sorted(texts | set(FIT_TEXTS)), made["centering"]["mean"]["path"])
+    gold = [s for _, _, s in PAIRS]
     got = {(r["metric"], r["variant"], r["chunk"]): r["value"] for r in made["records"]}
-    # The reference: vectors of each text computed one at a time, the fit from numpy's own covariance.
-    cfg = compose_cfg(*overrides)
-    backend, chunks = LocalBackend.from_config(cfg), chunks_from_cfg(cfg.pooling)
-    one = {t: backend.vectors([t], chunks).raw[0].double().numpy() for t in {p[0] for p in PAIRS} | {p[1] for p in PAIRS}}
-    fit_x = np.stack([backend.vectors([d.text], chunks).raw[0].double().numpy() for d in bundled_samples()])
-    h, gold = backend.lm.hidden_size, [s for _, _, s in PAIRS]
-    for c, label in enumerate(["last", "exp0.023", "exp0.067", "exp0.159"]):
-        part = slice(c * h, (c + 1) * h)
-        raw = [_cosine(one[a][part], one[b][part]) for a, b, _ in PAIRS]
-        assert got[("spearman", "raw", label)] == pytest.approx(scipy.stats.spearmanr(raw, gold).statistic, abs=1e-6)
-        assert got[("pearson", "raw", label)] == pytest.approx(scipy.stats.pearsonr(raw, gold).statistic, abs=1e-6)
-        values, vectors = np.linalg.eigh(np.cov(fit_x[:, part].T))
-        top = vectors[:, -2:]  # the two largest directions of this chunk's fit
+    assert len(got) == 2 * len(VARIANTS) * 5
+    for variant in VARIANTS:
+        base, _, method = variant.rpartition("+") if "+" in variant else ("raw", "", variant)
+        if variant == "centered":
+            base, method = "centered", "raw"
+        b = 0 if base == "raw" else 1
+        fit_x = np.stack([one[t][b] for t in FIT_TEXTS])  # [12, 4H]: the fit set's vectors of this base
+        parts = {t: [] for t in texts}
+        for c in range(4):
+            part = slice(c * h, (c + 1) * h)
+            mu = fit_x[:, part].mean(0)
+            values, vectors = np.linalg.eigh(np.cov(fit_x[:, part].T))
+            values, vectors = values[::-1], vectors[:, ::-1]  # descending
+            for t in texts:
+                v = one[t][b][part]
+                if method == "global_mean":
+                    v = v - mu
+                elif method == "abtt":  # sts.abtt_dims = 3
+                    v = v - mu - vectors[:, :3] @ (vectors[:, :3].T @ (v - mu))
+                elif method == "whitening":  # sts.whitening_dims = 6
+                    v = (v - mu) @ vectors[:, :6] / np.sqrt(values[:6])
+                parts[t].append(v)
+        for c, label in enumerate([*LONG_CHUNKS, "all"]):
+            pick = (lambda t: np.concatenate(parts[t])) if label == "all" else (lambda t: parts[t][c])
+            cos = [_cosine(pick(a), pick(b)) for a, b, _ in PAIRS]
+            assert got[("spearman", variant, label)] == pytest.approx(scipy.stats.spearmanr(cos, gold).statistic,
+                                                                      abs=1e-9), (variant, label)
+            assert got[("pearson", variant, label)] == pytest.approx(scipy.stats.pearsonr(cos, gold).statistic,
+                                                                     abs=1e-6), (variant, label)
+    assert metrics["sts/spearman/raw/all"] == got[("spearman", "raw", "all")]
+    assert made["pairs"]["n_pairs"] == len(PAIRS) and made["pairs"]["split"] == "file"
+    assert made["fits"]["raw"]["fit_set"]["texts"] == len(FIT_TEXTS)
+    assert (folder / "run" / "sts_scatter.png").stat().st_size > 10_000
+    # A fit keeps the directions its 12 texts span, 11 of a chunk's 128.
+    stored = safetensors.torch.load_file(made["fits"]["centered"]["path"])
+    assert [tuple(stored[f"eigvecs{c}"].shape) for c in range(4)] == [(h, len(FIT_TEXTS) - 1)] * 4
 
-        def abtt(v):
-            v = v - fit_x[:, part].mean(0)
-            return v - top @ (top.T @ v)
 
-        cos = [_cosine(abtt(one[a][part]), abtt(one[b][part])) for a, b, _ in PAIRS]
-        assert got[("spearman", "abtt", label)] == pytest.approx(scipy.stats.spearmanr(cos, gold).statistic, abs=1e-6)
-    assert metrics["spearman/raw/all"] == got[("spearman", "raw", "all")]
-    assert made["fits"]["raw"]["fit_set"]["name"] == "corpus-samples" and made["fits"]["raw"]["fit_set"]["texts"] == 20
-    assert (tmp_path / "run" / "sts_scatter.png").stat().st_size > 10_000
+def test_each_field_of_a_fits_identity_makes_a_new_fit_and_a_foreign_fit_is_refused(every_variant, tmp_path):
+    folder, made, _ = every_variant
+    shutil.copytree(folder / "art", tmp_path / "art")  # the fixture's mean and fits, changed here only
+    shutil.copy(folder / "pairs.tsv", tmp_path)
+
+    def fit_of(*more, fit_file=folder / "fit.jsonl", variant="global_mean"):
+        """The fit folder (named by the identity's hash) that job=sts with these overrides used, and sts.json."""
+        out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
+        jobs.run("sts", compose_cfg(*_overrides(tmp_path, fit_file, f"sts.variants=[{variant}]", *more)), out)
+        done = json.loads((out / "sts.json").read_text())
+        return Path(done["fits"]["centered" if "+" in variant else "raw"]["path"]).parent, done
+
+    raw, centred = (Path(made["fits"][b]["path"]).parent.name for b in ("raw", "centered"))
+    seen = {raw, centred}  # the base: raw and centred vectors have a fit each
+    assert len(seen) == 2 and fit_of()[0].name == raw  # the same identity: the same fit, reused
+    fit_set = _fit_file(tmp_path / "fit.jsonl")
+    # A model field that the folder's readable name leaves out: only the identity tells the fits apart.
+    changed = {"model": fit_of("model.attn_implementation=eager")[0], "pooling": fit_of("pooling=short")[0],
+               "fit set at another path": fit_of(fit_file=fit_set)[0]}
+    _fit_file(fit_set, [*FIT_TEXTS[:-1], "The lake froze over in January."])  # as many texts, one other
+    changed["fit set content"] = fit_of(fit_file=fit_set)[0]
+    changed["mean"], other_mean = fit_of("centering.min_count=3", variant="centered+global_mean")
+    assert other_mean["centering"]["mean"]["sha256"] != made["centering"]["mean"]["sha256"]
+    for field, fit_folder in changed.items():
+        assert fit_folder.name not in seen and (fit_folder / "fit.safetensors").is_file(), field
+        seen.add(fit_folder.name)
+    assert len(list((tmp_path / "art" / "fits").glob("*/fit.safetensors"))) == len(seen)
+    # A fit copied into another identity's folder is refused, naming what differs, never reused.
+    shutil.copy(changed["model"] / "fit.safetensors", tmp_path / "art" / "fits" / raw / "fit.safetensors")
+    with pytest.raises(UserError, match=r"holds another fit than this folder's: it has model attn_implementation="
+                                        r"\"eager\" \(this model has attn_implementation=\"sdpa\"\); remove .* "
+                                        "and run again to fit it anew"):
+        fit_of()
 
 
-def test_fits_are_stored_reused_and_whitening_on_too_few_texts_is_one_line(tmp_path, caplog):
-    base = ["job=sts", f"sts.pairs={_pairs_file(tmp_path)}", "sts.columns=[left,right,gold]", "sts.fit=corpus",
-            "corpus=samples", f"paths.artifacts={tmp_path}"]
-    jobs.run("sts", compose_cfg(*base, "sts.variants=[global_mean]"), tmp_path / "a")
-    [fit_file] = (tmp_path / "fits").glob("*/fit.safetensors")
+def test_fits_are_reused_and_what_the_fit_set_cannot_serve_is_one_line(every_variant, tmp_path, caplog):
+    folder, made, _ = every_variant
+    fit_file = Path(made["fits"]["raw"]["path"])
     before = fit_file.stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        jobs.run("sts", compose_cfg(*base, "sts.variants=[abtt]"), tmp_path / "b")
-    assert "reusing the raw fit on corpus-samples (20 texts)" in caplog.text and fit_file.stat().st_mtime_ns == before
-    recorded = json.loads((tmp_path / "b" / "sts.json").read_text())["fits"]["raw"]
-    assert recorded["path"] == str(fit_file)
-    # Another layer choice is another model identity: its own fit, never this one.
-    jobs.run("sts", compose_cfg(*base, "sts.variants=[abtt]", "model.layers=[0]"), tmp_path / "f")
-    assert len(list((tmp_path / "fits").glob("*/fit.safetensors"))) == 2
-    # 20 texts span at most 19 dims: whitening all 128 (or 32) is refused before any forward pass, 16 runs.
-    for k in ("null", "32"):
-        with pytest.raises(UserError, match=f"whitening keeps {128 if k == 'null' else 32} dims but the fit set's "
-                                            "20 texts span at most 19"):
-            jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]", f"sts.whitening_dims={k}"), tmp_path / "c")
+        jobs.run("sts", compose_cfg(*_overrides(folder, folder / "fit.jsonl", "sts.variants=[abtt]")), tmp_path / "b")
+    assert "reusing the raw fit on corpus-files (12 texts)" in caplog.text and fit_file.stat().st_mtime_ns == before
+    assert json.loads((tmp_path / "b" / "sts.json").read_text())["fits"]["raw"]["path"] == str(fit_file)
+    # 12 texts span at most 11 dims: whitening all 128 (or 32), or ABTT of 128, refused before any forward pass.
+    span = "the fit set's 12 texts span at most 11"
+    for variant, setting, message in [("whitening", "sts.whitening_dims=null", f"whitening keeps 128 dims but {span}"),
+                                      ("whitening", "sts.whitening_dims=32", f"whitening keeps 32 dims but {span}"),
+                                      ("abtt", "sts.abtt_dims=128", "sts.abtt_dims=128 would remove every direction .* "
+                                                                    "12 texts span \\(at most 11\\)")]:
+        with pytest.raises(UserError, match=message):
+            jobs.run("sts", compose_cfg(*_overrides(folder, folder / "fit.jsonl", f"sts.variants=[{variant}]", setting)),
+                     tmp_path / "c")
     assert not (tmp_path / "c").exists()
-    jobs.run("sts", compose_cfg(*base, "sts.variants=[whitening]", "sts.whitening_dims=16"), tmp_path / "e")
-    white = json.loads((tmp_path / "e" / "sts.json").read_text())["records"]
-    assert {r["variant"] for r in white} == {"whitening"} and all(np.isfinite(r["value"]) for r in white)
-    with pytest.raises(UserError, match="sts.abtt_dims=128 would remove every direction .* 20 texts span \\(at most 19\\)"):
-        jobs.run("sts", compose_cfg(*base, "sts.variants=[abtt]", "sts.abtt_dims=128"), tmp_path / "g")
 
 
 def test_bad_sts_settings_are_one_line(tmp_path):
@@ -101,9 +194,14 @@ def test_bad_sts_settings_are_one_line(tmp_path):
              (f"sts.pairs={tmp_path}/absent.tsv", "absent.tsv is not a file"),
              ("sts.fit=test", "sts.fit=test: use stsb .* or corpus"),
              ("sts.abtt_dims=0", "sts.abtt_dims=0 is out of range")]
+    # Each text paired with itself: cosines of 1 within a few ulps, a constant whose rounding is no ranking.
+    same = tmp_path / "same.tsv"
+    same.write_text("left\tright\tgold\n" + "".join(f"{a}\t{a}\t{s}\n" for a, _, s in PAIRS[:5]))
+    cases.append((f"sts.pairs={same}", "every variant gave every pair the same cosine: no correlation is defined"))
     for override, message in cases:
         with pytest.raises(UserError, match=message):
-            jobs.run("sts", compose_cfg("job=sts", override, f"paths.artifacts={tmp_path}"), tmp_path / "run")
+            jobs.run("sts", compose_cfg("job=sts", "sts.columns=[left,right,gold]", "sts.variants=[raw]", override,
+                                        f"paths.artifacts={tmp_path}"), tmp_path / "run")
     r = run_cli("job=sts", f"sts.pairs={tmp_path}/absent.tsv", "logger=none", f"paths.artifacts={tmp_path}", cwd=tmp_path)
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: sts.pairs="), r.stderr
@@ -123,8 +221,14 @@ def test_stsb_with_every_variant_from_the_cli_logs_to_wandb(tmp_path):
     assert len(made["records"]) == 8 * 5 * 2 and made["pairs"]["n_pairs"] == 1379
     assert made["centering"]["mean"]["docs"] == 64 and made["fits"]["centered"]["fit_set"]["name"] == "stsb-train"
     [offline] = (run_dir / "wandb").glob("offline-run-*")
+    # Logged numbers: one-part keys (the table's and the plot's fields are nested under their names).
+    logged = [i.key or i.nested_key[0] for record in wandb_records(offline)
+              if record.WhichOneof("record_type") == "history" for i in record.history.item if len(i.nested_key) < 2]
+    names = {f"sts/{r['metric']}/{r['variant']}/{r['chunk']}" for r in made["records"]}
+    # Each metric once, under the README's name, and nothing under a second name (not W&B's own _step ...).
+    assert sorted(k for k in logged if not k.startswith("_")) == sorted(names | {"best_spearman"})
     values = summary_values(offline)
+    assert all(values[f"sts/{r['metric']}/{r['variant']}/{r['chunk']}"] == r["value"] for r in made["records"])
     spearman = {(r["variant"], r["chunk"]): r["value"] for r in made["records"] if r["metric"] == "spearman"}
-    assert values["sts/spearman/centered+whitening/all"] == spearman[("centered+whitening", "all")]
     # Whitening fitted on STS-B's own sentences beats raw cosines here (tiny: 54.5 vs 39.0 measured).
     assert spearman[("whitening", "all")] > spearman[("raw", "all")] + 0.05

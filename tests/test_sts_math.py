@@ -1,15 +1,19 @@
-"""The pure parts of job=sts: rank correlation, the post-processing fits, the pairs loader."""
+"""The pure parts of job=sts: rank correlation, the post-processing fits and their files, the pairs loader."""
 
 import json
 
 import numpy as np
 import pytest
 import scipy.stats
+import torch
 
+from actexp import fits as fit_store
 from actexp import postprocess
+from actexp.artifacts import _tensors_sha256, write_checked
 from actexp.correlation import average_ranks, pearson, spearman
 from actexp.errors import UserError
 from actexp.pairs import from_file, stsb
+from actexp.storage import digest
 
 
 def test_spearman_and_pearson_match_scipy_with_ties():
@@ -68,6 +72,62 @@ def test_each_chunk_is_processed_with_its_own_fit():
         assert np.allclose(np.cov(part.T), np.eye(a.shape[1]), atol=1e-10)
     swapped = postprocess.apply_per_chunk("whitening", x, fits[::-1])
     assert not np.allclose(np.cov(swapped[0].T), np.eye(a.shape[1]), atol=0.1)
+
+
+def test_a_list_constant_within_rounding_has_no_correlation():
+    gold = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert np.mean([0.7] * 7) != 0.7  # the float mean is 1e-16 off: what made Pearson 0.0 instead of undefined
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(7, 300))
+    self_cosines = (v * v).sum(1) / np.linalg.norm(v, axis=1) ** 2  # 1 within a few ulps, not exactly
+    assert len(set(self_cosines)) > 1
+    for constant in ([0.7] * 7, self_cosines, [0.0] * 7):
+        assert np.isnan(pearson(constant, gold)) and np.isnan(pearson(gold, constant))
+        assert np.isnan(spearman(constant, gold)) and np.isnan(spearman(gold, constant))
+    barely = [0.7 + 1e-12 * i for i in range(7)]  # differences far above rounding are data
+    assert pearson(barely, gold) == pytest.approx(1.0) and spearman(barely, gold) == pytest.approx(1.0)
+
+
+def test_a_fit_keeps_the_directions_its_texts_span_and_refuses_more():
+    x = _fit_set(n=6, h=12)  # 6 texts span 5 of 12 dims
+    f = postprocess.fit(x)
+    assert f.eigvecs.shape == (12, 5) and f.eigvals.shape == (5,)
+    values, vectors = np.linalg.eigh(np.cov(x.T))
+    white = postprocess.apply("whitening", x, f, whitening_dims=5)
+    reference = (x - x.mean(0)) @ vectors[:, ::-1][:, :5] / np.sqrt(values[::-1][:5])
+    assert np.allclose(np.abs(white), np.abs(reference), atol=1e-8)
+    assert np.allclose(postprocess.apply("abtt", x, f, abtt_dims=5), 0, atol=1e-9)  # all 5 spanned removed
+    with pytest.raises(ValueError, match="whitening keeps 12 dims, but the fit set's 6 texts span 5"):
+        postprocess.apply("whitening", x, f)
+    with pytest.raises(ValueError, match="ABTT of 6 directions, but the fit set's 6 texts span 5"):
+        postprocess.apply("abtt", x, f, abtt_dims=6)
+    assert np.array_equal(x, _fit_set(n=6, h=12))  # the caller's vectors are left as they were
+
+
+def test_checksums_are_those_every_stored_file_already_has():
+    """The value of artifacts' tensor checksum, computed once before hashing stopped copying each
+    tensor's bytes: means and fits written before keep matching their headers."""
+    tensors = {"mean": torch.arange(6, dtype=torch.float64).reshape(2, 3) / 7, "count": torch.tensor([3, 1]),
+               "half": torch.arange(4, dtype=torch.float32)[::2]}
+    assert _tensors_sha256(tensors) == "529aad56a124c6fcefab92d947d63d8c119ed7754b5cdd4614e16875f89d2b2c"
+
+
+def test_a_fit_file_of_the_unversioned_format_is_refused_in_one_line(tmp_path):
+    """Format 1 kept all H eigenvectors; its files are never looked up (the format is in the identity's
+    hash), and one put into a format-2 folder is refused, not read as if it were of format 2."""
+    identity = {"model": {"model": "m", "revision": None, "random_init": True, "seed": 0, "layers": "all",
+                          "prepend_bos": False, "max_tokens": 8, "dtype": "float32"},
+                "pooling": [{"kind": "last"}], "fit_set": {"name": "s", "texts": 6}, "base": "raw", "mean_sha256": None}
+    x = _fit_set(n=6, h=12)
+    made, path, _ = fit_store.load_or_fit(tmp_path, identity, lambda: x, 1)
+    assert path.parent.name.endswith(digest(fit_store.stored_identity(identity)))
+    assert not path.parent.name.endswith(digest(identity))  # where format 1 kept the same fit
+    old = np.linalg.eigh(np.cov(x.T))
+    write_checked(path, {"mean0": torch.from_numpy(x.mean(0)), "eigvals0": torch.from_numpy(old[0][::-1].copy()),
+                         "eigvecs0": torch.from_numpy(old[1][:, ::-1].copy())}, identity | {"count": 6})
+    with pytest.raises(UserError, match=r"holds another fit than this folder's: it has format=null \(this run asks "
+                                        r"for 2\); remove .* and run again"):
+        fit_store.load_or_fit(tmp_path, identity, lambda: x, 1)
 
 
 def test_stsb_test_split_is_the_published_one():

@@ -157,8 +157,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
             for metric, fn in (("spearman", spearman), ("pearson", pearson)):
                 value = fn(cos, pairs.scores)
-                if math.isnan(value):  # every pair got the same cosine: no correlation is defined
-                    log.warning("sts variant %s, chunk %s: every pair has the same cosine; %s is undefined (null)",
+                if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
+                    log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
+                                "%s is undefined (null)",
                                 variant, label, metric)
                 records.append({"metric": metric, "variant": variant, "chunk": label,
                                 "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
@@ -176,13 +177,13 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
                           {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
                           f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {backend.metadata['model']}")]
-    tracker.metrics({f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records if r["value"] is not None})
     tracker.table("sts", ["metric", "variant", "chunk", "value"], [[r[k] for k in ("metric", "variant", "chunk", "value")]
                                                                   for r in records])
     tracker.images(written[1:])
     log.info(table(spearman_of, list(parsed), labels, pairs))
     wrote(log, written)
-    return {f"spearman/{v}/{c}": value for (v, c), value in spearman_of.items() if value is not None} | {
+    # The metrics under the names the README gives, logged once by the caller (run.py) as every job's are.
+    return {f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records if r["value"] is not None} | {
         "best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})", "best_spearman": spearman_of[best]}
 
 
