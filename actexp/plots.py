@@ -63,27 +63,35 @@ def color_scale(matrices: Sequence[np.ndarray], vmin=None, vmax=None, center=Non
     return ColorScale(center - half, center + half, float(center), rule)
 
 
-def heatmap_figure(sim: np.ndarray, names: Sequence[str], title: str, scale: ColorScale):
-    """The annotated heatmap of a similarity matrix on a given colour scale, as a figure."""
-    n = len(names)
+def heatmap_figure(sims: Sequence[np.ndarray], names: Sequence[str], titles: Sequence[str], scale: ColorScale,
+                   title: Optional[str] = None):
+    """Annotated heatmaps of similarity matrices of the same texts side by side (raw beside centred),
+    all on one colour scale with one colour bar, so equal colours are equal cosines in every panel."""
+    n, k = len(names), len(sims)
     side = max(6.0, 0.55 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1.8, side))
-    image = ax.imshow(sim, cmap=DIVERGING, norm=Normalize(vmin=scale.vmin, vmax=scale.vmax))
-    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), names, fontsize=8)
+    # The panels share the first one's row names: the others need no room for them.
+    fig, axes = plt.subplots(1, k, figsize=(side * k - 1.8 * (k - 1) + 1.8, side + (0.4 if title else 0)), squeeze=False, sharey=True,
+                             layout="constrained")
+    norm = Normalize(vmin=scale.vmin, vmax=scale.vmax)
     size = 7 if n <= 12 else 6 if n <= 24 else 4
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=size, color="black")
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+    for ax, sim, panel in zip(axes[0], sims, titles):
+        image = ax.imshow(sim, cmap=DIVERGING, norm=norm)
+        ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{sim[i, j]:.2f}", ha="center", va="center", fontsize=size, color="black")
+        ax.set_title(panel, fontsize=12)
+    bar = fig.colorbar(image, ax=list(axes[0]), fraction=0.046 / k, pad=0.01, aspect=30)
     bar.set_label(f"cosine similarity ({scale.rule})")
-    ax.set_title(title, fontsize=12)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=13)
     return fig
 
 
-def heatmap(sim: np.ndarray, names: Sequence[str], title: str, path: Path, scale: ColorScale) -> Path:
-    return _save(heatmap_figure(sim, names, title, scale), path)
+def heatmap(sims: Sequence[np.ndarray], names: Sequence[str], titles: Sequence[str], path: Path, scale: ColorScale,
+            title: Optional[str] = None) -> Path:
+    return _save(heatmap_figure(sims, names, titles, scale, title), path)
 
 
 def _panels(labels: Sequence[str], title: str, width: float = 6.5, height: float = 4.5, sharex: bool = False):

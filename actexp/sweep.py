@@ -15,11 +15,11 @@ from hydra.experimental.callback import Callback
 
 # The number a sweep over a job is usually about.
 HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "store": "docs", "csv": "tokens",
-            "compare": "worst_rel_error", "plot": "cosine_offdiag_mean", "visualize": None,
+            "compare": "worst_rel_error", "plot": None, "visualize": None,
             "bench": "extract_vs_bare", "neighbors": "queries", "sts": "best"}
 # (column, metric key after the job's prefix, whether higher is better); anisotropy: nearer 0 is better.
 QUESTION = [("recall@1", "eval/recall@1", True), ("MRR", "eval/mrr", True), ("anisotropy", "geometry/anisotropy", False)]
-PREFIX = {"pipeline": "analyze/", "analyze": ""}
+PREFIX = {"pipeline": "", "analyze": ""}  # the pipeline names its analysis as job=analyze does
 
 
 def headline(record: dict) -> str:

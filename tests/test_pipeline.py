@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -93,11 +94,47 @@ def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experim
     used = json.loads((run_dir / "vectors_long_mode_centered.json").read_text())["centering"]["mean"]
     assert config["centering"]["mean_path"] == used["path"] and config["centering"]["mean"] == used
     assert {"corpus", "docs", "min_count", "tail_start", "sha256"} <= set(used) and used["docs"] == 64
-    assert {"compare/worst_rel_error", "csv/tokens", "plot/cosine_offdiag_mean", "mean/docs"} <= keys
+    assert {"compare/worst_rel_error", "csv/tokens", "plot/cosine_offdiag_mean/centered/all", "mean/docs"} <= keys
     images = {k.split("/")[1] for k in keys if k.startswith("images/")}
     assert len(images) >= 9 and "similarity_long_all" in images
     assert any(k.startswith("compare_report/") for k in keys)  # the report as a table
     assert len(list((offline / "files" / "media" / "images").rglob("*.png"))) >= 9
+
+
+def test_the_pipeline_names_its_analysis_as_job_analyze_does(experiment):
+    """One name per metric: eval/<metric>/<variant>/<chunk> and geometry/..., in W&B and metrics.json,
+    as job=analyze logs them (test_analyze.py), so a pipeline and an analyze run share a panel."""
+    _, run_dir, _ = experiment
+    [offline] = (run_dir / "wandb").glob("offline-run-*")
+    _, _, keys = wandb_summary(offline)
+    recorded = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for names in (keys, set(recorded)):
+        assert {"eval/recall@1/centered/all", "eval/mrr/raw/exp0.067", "geometry/anisotropy/raw/last",
+                "geometry/pc1_share/centered/all"} <= names
+        assert not [k for k in names if k.startswith("analyze/")]
+
+
+def test_the_pipeline_draws_raw_beside_centred_on_one_colour_scale(experiment):
+    _, run_dir, _ = experiment
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    # Every heatmap's off-diagonal cosines, by numpy from the CSVs: all chunks, then each of 128 dims.
+    values = []
+    for variant in ("raw", "centered"):
+        x = read_matrix_csv(run_dir / f"vectors_long_mode_{variant}.csv")[0].double().numpy()  # [20, 512]
+        for chunk, dims in [("all", slice(None))] + [(c, slice(128 * k, 128 * (k + 1))) for k, c in
+                                                     enumerate(["last", "exp0.023", "exp0.067", "exp0.159"])]:
+            u = x[:, dims] / np.linalg.norm(x[:, dims], axis=1, keepdims=True)
+            off = (u @ u.T)[~np.eye(20, dtype=bool)]
+            values.append(off)
+            assert metrics.get(f"plot/cosine_offdiag_mean/{variant}/{chunk}") == pytest.approx(off.mean(), abs=1e-5)
+    lo, hi = min(v.min() for v in values), max(v.max() for v in values)
+    center = 0.0 if lo < 0 < hi else (lo + hi) / 2  # the default rule, over raw and centred together
+    half = max(center - lo, hi - center)
+    assert (metrics["plot/color_vmin"], metrics["plot/color_vmax"]) == pytest.approx((center - half, center + half),
+                                                                                      abs=1e-5)
+    for png in run_dir.glob("similarity_long_*.png"):  # two square panels side by side, and a colour bar
+        with Image.open(png) as im:
+            assert im.size[0] > 1.8 * im.size[1], png
 
 
 @pytest.mark.slow  # 25 s; the default run sweeps job=analyze (test_analyze.py) instead
@@ -123,9 +160,9 @@ def test_sweep_gives_one_folder_and_one_run_per_job_and_a_summary(experiment):
         assert row.split()[:2] == ["0" if pooling == "short" else "1", f"pooling={pooling}"]
         assert " ok " in row and row.count(" -> ") == 3 and row.endswith(job.name)
         values = json.loads((job / "metrics.json").read_text())["metrics"]
-        assert f"{values['analyze/eval/mrr/raw/all']:.3f} -> {values['analyze/eval/mrr/centered/all']:.3f}" in row
+        assert f"{values['eval/mrr/raw/all']:.3f} -> {values['eval/mrr/centered/all']:.3f}" in row
     # Each column marks its best row (every row, when they tie): here the higher centred MRR.
-    mrr = [json.loads((j / "metrics.json").read_text())["metrics"]["analyze/eval/mrr/centered/all"] for j in jobs]
+    mrr = [json.loads((j / "metrics.json").read_text())["metrics"]["eval/mrr/centered/all"] for j in jobs]
     assert f"{max(mrr):.3f} *" in table[2 + mrr.index(max(mrr))] and sum(row.count("*") for row in table[2:4]) >= 3
 
 
@@ -149,14 +186,14 @@ def test_a_pipeline_without_centring_computes_the_raw_variant_alone(tmp_path):
     metrics = jobs.run("pipeline", cfg, tmp_path / "run")
     assert not (tmp_path / "artifacts" / "means").exists() and not any(k.startswith(("mean/", "compare/")) for k in metrics)
     assert sorted(p.name for p in (tmp_path / "run").glob("*.csv")) == ["vectors_short_mode_raw.csv"]
-    assert "analyze/eval/mrr/raw/all" in metrics and not any("/centered/" in k for k in metrics)
+    assert "eval/mrr/raw/all" in metrics and not any("/centered/" in k for k in metrics)
 
 
 def test_the_sweep_table_marks_the_best_row_of_each_question_metric(tmp_path):
     def record(n, overrides, raw, centred=None):
-        metrics = {f"analyze/{m}/raw/all": v for m, v in zip(("eval/recall@1", "eval/mrr", "geometry/anisotropy"), raw)}
+        metrics = {f"{m}/raw/all": v for m, v in zip(("eval/recall@1", "eval/mrr", "geometry/anisotropy"), raw)}
         if centred:
-            metrics |= {f"analyze/{m}/centered/all": v
+            metrics |= {f"{m}/centered/all": v
                         for m, v in zip(("eval/recall@1", "eval/mrr", "geometry/anisotropy"), centred)}
         folder = tmp_path / f"{n}_{'+'.join(overrides)}"
         write_json(folder / "metrics.json", {"job": "pipeline", "status": "ok", "overrides": ["+experiment=x", *overrides],

@@ -20,13 +20,25 @@ def test_a_scale_that_spans_zero_is_symmetric_about_zero_with_ticks_on_both_halv
     sim = _sim([-0.09, 0.5, 0.91])
     scale = plots.color_scale([sim])
     assert (scale.vmin, scale.vmax, scale.center) == pytest.approx((-0.91, 0.91, 0.0))
-    fig = plots.heatmap_figure(sim, ["a", "b", "c"], "t", scale)
+    fig = plots.heatmap_figure([sim], ["a", "b", "c"], ["t"], scale)
     image, bar = fig.axes[0].images[0], fig.axes[1]
     norm = image.norm
     assert 0.5 - norm(-0.09) == pytest.approx(norm(0.09) - 0.5)  # equal distance from 0, equal colour distance
     ticks = [t for t in bar.get_yticks() if scale.vmin <= t <= scale.vmax]
     assert min(ticks) < 0 < max(ticks)
     assert "white at 0, symmetric" in bar.get_ylabel()
+
+
+def test_raw_and_centred_panels_share_one_colour_scale_and_one_bar():
+    raw, centred = _sim([0.8, 0.9, 0.95]), _sim([-0.3, 0.1, 0.6])
+    scale = plots.color_scale([raw, centred])
+    assert (scale.vmin, scale.vmax, scale.center) == pytest.approx((-0.95, 0.95, 0.0))  # over both matrices
+    fig = plots.heatmap_figure([raw, centred], ["a", "b", "c"], ["raw", "centred"], scale, "t")
+    *panels, bar = fig.axes
+    assert [ax.get_title() for ax in panels] == ["raw", "centred"] and bar.get_ylabel().startswith("cosine similarity")
+    norms = [ax.images[0].norm for ax in panels]
+    assert all((n.vmin, n.vmax) == pytest.approx((-0.95, 0.95)) for n in norms)
+    assert norms[0](0.6) == norms[1](0.6)  # the same cosine, the same colour, in either panel
 
 
 def test_an_all_positive_scale_is_centred_on_its_midpoint_and_says_so():

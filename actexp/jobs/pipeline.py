@@ -1,8 +1,9 @@
 """job=pipeline: one whole experiment in one run folder and one W&B run. With a centring
 (centering=corpus_mean): mean (reused when it exists) -> csv raw + centred -> compare -> plot ->
-visualize -> analyze, raw beside centred. With centering=none the raw variant alone: csv -> plot ->
-visualize -> analyze, so a sweep over `centering` computes what its name says. It ends with a short
-summary: where the outputs are, the identity check, the numbers of each variant."""
+visualize -> analyze, raw beside centred (the heatmaps side by side on one colour scale). With
+centering=none the raw variant alone: csv -> plot -> visualize -> analyze, so a sweep over
+`centering` computes what its name says. It ends with a short summary: where the outputs are, the
+identity check, the numbers of each variant."""
 
 import copy
 import logging
@@ -27,8 +28,9 @@ def with_keys(cfg, **updates):
 def run(cfg, out_dir, tracker, backend) -> dict:
     """Every stage shares the run's backend: one model load, one Modal app context."""
 
-    def stage(name, **updates):
-        return {f"{name}/{k}": v for k, v in run_job(name, with_keys(cfg, **updates), out_dir, tracker, backend).items()}
+    def stage(name, prefix=None, **updates):
+        prefix = f"{name}/" if prefix is None else prefix
+        return {f"{prefix}{k}": v for k, v in run_job(name, with_keys(cfg, **updates), out_dir, tracker, backend).items()}
 
     centred = cfg.centering.name != "none"
     variants = ["raw", "centered"] if centred else ["raw"]
@@ -46,7 +48,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
             failed = e
     metrics |= stage("plot", plot__csv=None)
     metrics |= stage("visualize", visualize__csvs=csvs)
-    metrics |= stage("analyze", analyze__source="csv", analyze__csvs=csvs)
+    # The analysis's names say what they measure (eval/..., geometry/...): the same as job=analyze's,
+    # so that a pipeline and an analyze run share W&B panels and sweep columns.
+    metrics |= stage("analyze", prefix="", analyze__source="csv", analyze__csvs=csvs)
     log.info(summary(cfg, out_dir, metrics, failed, variants))
     if failed:
         raise failed
@@ -56,12 +60,12 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
     """The answer of the experiment in five lines (all chunks together)."""
     def pair(metric):
-        values = [metrics.get(f"analyze/{metric}/{v}/all") for v in variants]
+        values = [metrics.get(f"{metric}/{v}/all") for v in variants]
         return " -> ".join(f"{'centred' if v == 'centered' else v} {x:.3f}" for v, x in zip(variants, values))
 
     # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
     retrieval = [f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; "
-                 f"MRR {pair('eval/mrr')}"] if metrics.get("analyze/eval/mrr/raw/all") is not None else []
+                 f"MRR {pair('eval/mrr')}"] if metrics.get("eval/mrr/raw/all") is not None else []
     if "compare/worst_rel_error" in metrics or failed:
         check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
                  f"over {metrics['compare/samples']} samples)")
