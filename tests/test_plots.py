@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from actexp import jobs, plots
 from actexp.errors import UserError
+from actexp.io import write_matrix_csv
 from helpers import compose_cfg
 
 
@@ -74,3 +76,17 @@ def test_an_upside_down_colour_scale_is_refused_before_anything_runs(job):
         with pytest.raises(UserError, match=rf"^plot.vmin={low} is not below plot.vmax={high}: "):
             jobs.check(job, compose_cfg(f"job={job}", f"plot.vmin={low}", f"plot.vmax={high}"))
     jobs.check(job, compose_cfg(f"job={job}", "plot.vmin=-1", "plot.vmax=1"))
+
+
+def test_a_bound_the_cosines_leave_on_the_wrong_side_is_one_line(tmp_path):
+    """plot.vmin alone above every cosine (or vmax alone below) would paint every cell one colour."""
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3]])  # [3, 2]: off-diagonal cosines 0.936 to 0.994
+    write_matrix_csv(tmp_path / "v.csv", x, ["a", "b", "c"])
+    base = ["job=plot", f"plot.csv={tmp_path / 'v.csv'}", "pooling=short", "logger=none"]
+    with pytest.raises(UserError, match=r"^plot.vmin=0.995 is not below the highest cosine of these heatmaps \(0.994\)"):
+        jobs.run("plot", compose_cfg(*base, "plot.vmin=0.995"), tmp_path / "a")
+    with pytest.raises(UserError, match=r"^plot.vmax=0.9 is not above the lowest cosine of these heatmaps \(0.936\)"):
+        jobs.run("plot", compose_cfg(*base, "plot.vmax=0.9"), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    jobs.run("plot", compose_cfg(*base, "plot.vmin=0.9"), tmp_path / "c")
+    assert (tmp_path / "c" / "similarity_short_all.png").is_file()
