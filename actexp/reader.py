@@ -96,12 +96,13 @@ class VectorStore(Rows):
             entry = self.manifest["shards"][k]
             try:
                 table = vs.open_shard(self.folder / entry["file"])
-                problem = vs.schema_problem(table, self.variants, self.dims, self.manifest.get("storage_dtype", "float32"))
+                dtype = self.manifest.get("storage_dtype", "float32")
+                problem = vs.schema_problem(table, self.variants, self.dims, dtype)
                 if problem is None and vs.BATCH_CHECKSUM in entry:
                     problem = vs.batches_problem(table, entry)
                 elif problem is None:  # an older store: the whole shard, once
                     table.validate(full=True)
-                    if vs._table_sha256(table) != entry["sha256"]:
+                    if vs.table_sha256(table) != entry["sha256"]:
                         problem = "its content does not match its sha256 in manifest.json"
             except FileNotFoundError:
                 raise self._damaged(k, "is missing") from None
@@ -119,13 +120,14 @@ class VectorStore(Rows):
         if vs.BATCH_CHECKSUM in entry and (k, group, b) not in self._verified:
             try:
                 ok = vs.batch_checksum(table, group, b) == entry[vs.BATCH_CHECKSUM][group][b]
-            except (pa.ArrowException, ValueError) as e:
+            except (pa.ArrowException, ValueError, IndexError, KeyError) as e:
                 raise self._damaged(k, f"is unreadable ({e})") from None
             if not ok:
                 start = b * entry["batch_rows"]
                 rows = f"rows {start}-{min(start + entry['batch_rows'], entry['rows']) - 1}"
-                what = {"meta": "ids, names and token counts", "raw": "raw vectors", "centered": "centred vectors"}[group]
-                raise self._damaged(k, f"is damaged: the {what} of its {rows} do not match their checksum in manifest.json")
+                what = {"meta": "ids, names and token counts", "raw": "raw vectors", "centered": "centred vectors"}
+                raise self._damaged(k, f"is damaged: the {what[group]} of its {rows} do not match their checksum "
+                                       "in manifest.json")
             self._verified.add((k, group, b))
         return table
 
@@ -134,7 +136,8 @@ class VectorStore(Rows):
         path = self.folder / self.manifest["shards"][k]["file"]
         made, cwd = self.manifest.get("command"), self.manifest.get("cwd")
         if made:  # the store's own command, into the folder the store lies in now
-            command = f"{made} {shlex.quote(f'paths.artifacts={self.folder.parent.parent.resolve()}')} store.verify=true"
+            root = shlex.quote(f"paths.artifacts={self.folder.parent.parent.resolve()}")
+            command = f"{made} {root} store.verify=true"
             in_cwd = f"cd {shlex.quote(cwd)} && " if cwd and cwd != os.getcwd() else ""  # relative paths in it
             fix = f"recompute it with `{in_cwd}{command}`"
         else:

@@ -97,9 +97,10 @@ class StoreLayout:
         try:
             table = open_shard(path)
             table.validate(full=True)  # damaged offsets or strings fail here, not later
-            if _table_sha256(table) != header.get("sha256"):
+            if table_sha256(table) != header.get("sha256"):
                 return None
-            if BATCH_CHECKSUM in header and (batches_problem(table, header) or batch_checksums(table) != header[BATCH_CHECKSUM]):
+            if BATCH_CHECKSUM in header and (batches_problem(table, header)
+                                             or batch_checksums(table) != header[BATCH_CHECKSUM]):
                 return None  # the reader checks these: a shard kept must pass them too
             return header, table.column("id").to_pylist(), table
         except (OSError, pa.ArrowException, KeyError, ValueError):
@@ -120,7 +121,7 @@ def _vector_column(x: torch.Tensor, storage_dtype: str):
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), x.shape[1]), meta
 
 
-def _table_sha256(table: pa.Table) -> str:
+def table_sha256(table: pa.Table) -> str:
     """sha256 of a shard's logical content (not of Arrow's buffers, whose padding may vary), the same
     however its rows are cut into record batches; hashed batch by batch, so nothing is copied."""
     h = hashlib.sha256()
@@ -166,12 +167,10 @@ def schema_problem(table: pa.Table, variants: Sequence[str], dims: int, storage_
     value = pa.uint16() if storage_dtype == "bfloat16" else pa.from_numpy_dtype(np.dtype(storage_dtype))
     expected = [("id", pa.string()), ("name", pa.string()), ("n_tokens", pa.int32()), ("truncated", pa.bool_())] + [
         (v, pa.list_(value, dims)) for v in variants]
-    got = [(f.name, f.type, f.nullable) for f in table.schema]
-    if got != [(n, t, True) for n, t in expected]:
-        def listed(fields):
-            return ", ".join(f"{f[0]}: {f[1]}{'' if len(f) < 3 or f[2] else ' not null'}" for f in fields) or "none"
-        return f"its columns are {listed(got)}, not {listed(expected)}"
-    return None
+    if [(f.name, f.type, f.nullable) for f in table.schema] == [(n, t, True) for n, t in expected]:
+        return None
+    got = ", ".join(f"{f.name}: {f.type}{'' if f.nullable else ' not null'}" for f in table.schema)
+    return f"its columns are {got or 'none'}, not {', '.join(f'{n}: {t}' for n, t in expected)}"
 
 
 def batches_problem(table: pa.Table, entry: dict) -> Optional[str]:
@@ -205,7 +204,7 @@ def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vecto
     per = layout.batch_rows(vectors.raw.shape[1])
     table = pa.Table.from_batches(table.to_batches(max_chunksize=per))  # one chunk per record batch, no copy
     header = {"store_id": layout.id, "shard": index, "rows": table.num_rows, "tokens": int(sum(vectors.n_tokens)),
-              "sha256": _table_sha256(table), "batch_rows": per, BATCH_CHECKSUM: batch_checksums(table)}
+              "sha256": table_sha256(table), "batch_rows": per, BATCH_CHECKSUM: batch_checksums(table)}
     table = table.replace_schema_metadata({"actexp": json.dumps(header)})
     sink = pa.BufferOutputStream()
     with ipc.new_file(sink, table.schema) as writer:
@@ -234,14 +233,15 @@ def shard_headers(layout: StoreLayout) -> List[dict]:
 
 
 def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, location: str = "local") -> Optional[Path]:
-    """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums, where they
-    are; its path, or None when the manifest there already describes these files."""
+    """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums (whole and
+    per record batch), where they are; its path, or None when the manifest there already describes these files."""
     variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
     return storage.write_manifest(layout.folder, metadata | {
         "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
         "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
         "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}
-                   | {k: h[k] for k in ("batch_rows", BATCH_CHECKSUM) if k in h} for h in headers]}, lambda: layout.lock("manifest"), same=_same_content)
+                   | {k: h[k] for k in ("batch_rows", BATCH_CHECKSUM) if k in h} for h in headers]},
+        lambda: layout.lock("manifest"), same=_same_content)
 
 
 def _same_content(old: dict, new: dict) -> bool:

@@ -169,7 +169,8 @@ def test_reads_verify_the_batches_they_touch_and_name_a_damaged_shard(centred, a
     # What a read does not touch is served, checked: the other batches, the other variant, the metadata.
     assert np.array_equal(reader.vectors(slice(0, 26)), raw[:26]) and np.array_equal(reader.vectors([31, 39]), raw[[31, 39]])
     assert np.array_equal(reader.vectors(variant="centered"), centered) and reader.ids == store.ids
-    for read in (lambda: reader.vectors([28]), lambda: reader.vectors(slice(20, 40)), lambda: actexp.open_store(copy).vectors()):
+    for read in (lambda: reader.vectors([28]), lambda: reader.vectors(slice(20, 40)),
+                 lambda: actexp.open_store(copy).vectors()):  # the Python API's reader
         with pytest.raises(UserError, match=f"^{damaged}$"):
             read()
     # Every job that reads a store reads it through the reader.
