@@ -9,12 +9,13 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import PreTrainedTokenizerFast
 
 from actexp import jobs
+from actexp.backends import open_backend
 from actexp.backends.local import LocalBackend
 from actexp.activations import stream
 from actexp.artifacts import load_mean
 from actexp.centering import MeanAccumulator
 from actexp.corpus import bundled_samples
-from actexp.errors import UserError
+from actexp.errors import CheckFailed, UserError
 from actexp.io import write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
@@ -224,7 +225,8 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("PASS")
     lines = (tmp_path / "c1" / "compare_report.csv").read_text().splitlines()
-    assert lines[0] == "sample,chunk,n_tokens,pooled_mean_norm,abs_error,rel_error,cosine" and len(lines) == 21
+    assert lines[0] == "sample,chunk,n_tokens,pooled_mean_norm,abs_error,rel_error,cosine,stream_rel_error"
+    assert len(lines) == 21 and sum(1 for line in lines[1:] if not line.endswith(",")) == 3  # 3 checked on the stream
 
     # The same check from CSVs of the samples, token counts from the sidecar or recomputed.
     cfg = compose_cfg("pooling=long", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN)
@@ -260,6 +262,35 @@ def test_compare_on_samples_and_on_csvs(artifacts, tmp_path):
                                                           "mean": {"path": "/old/mean.safetensors", "sha256": "0" * 64}}})
     with pytest.raises(UserError, match="set centering.mean_path=/old/mean.safetensors"):
         compare("centered.csv")
+
+
+def test_compare_checks_centred_vectors_against_the_stream_not_only_the_identity(artifacts, tmp_path):
+    """raw - centred = W mu holds for any centred vectors made as raw - W mu; compare also pools
+    h_t - mu_t from the model's stream for three samples. CSVs whose raw and centred vectors are
+    both shifted by one vector keep the identity and fail that check."""
+    common = ["job=compare", "pooling=short", "centering=corpus_mean", f"paths.artifacts={artifacts}", *MEAN,
+              "hardware.batch_tokens=1024", f"compare.raw_csv={tmp_path / 'raw.csv'}",  # 1024: the check streams 3 texts
+              f"compare.centered_csv={tmp_path / 'centered.csv'}"]
+    cfg = compose_cfg(*common)
+    samples = bundled_samples()
+    names = [s.name for s in samples]
+
+    def compare(shift, run_dir):
+        for name, vectors in (("raw", out.raw + shift), ("centered", out.centered + shift)):
+            write_matrix_csv(tmp_path / f"{name}.csv", vectors, names)
+        return jobs.run("compare", cfg, run_dir, backend=backend)
+
+    with open_backend(cfg) as backend:  # one model load
+        out = backend.vectors([s.text for s in samples], chunks_from_cfg(cfg.pooling), corpus_mean(cfg))
+        write_json(tmp_path / "raw.json", {"samples": names, "n_tokens": out.n_tokens})
+        found = compare(0.0, tmp_path / "as-made")
+        assert found["passed"] and found["stream_samples"] == 3 and found["worst_stream_rel_error"] < 1e-5
+        shift = 0.01 * out.centered.norm(dim=1).mean() / out.centered.shape[1] ** 0.5  # 1 % of a centred vector
+        with pytest.raises(CheckFailed, match="the centred vectors are not h_t - mu_t pooled: worst relative error"):
+            compare(shift, tmp_path / "shifted")
+    rows = [line.split(",") for line in (tmp_path / "shifted" / "compare_report.csv").read_text().splitlines()[1:]]
+    assert max(float(r[5]) for r in rows) < 1e-4  # the identity alone passes them
+    assert min(float(r[7]) for r in rows if r[7]) > 1e-3
 
 
 def test_compare_counts_the_tokens_the_model_was_given(neox_dir, tmp_path):

@@ -47,6 +47,11 @@ class LazyBackend:
     def vectors(self, texts, chunks, mean=None):
         return self.built.vectors(texts, chunks, mean)
 
+    def centred_by_definition(self, texts, chunks, mean, which):
+        """None where the model runs elsewhere (Modal): its stream is not here to pool."""
+        method = getattr(self.built, "centred_by_definition", None)
+        return None if method is None else method(texts, chunks, mean, which)
+
     def extract_shards(self, shards, stats):
         return self.built.extract_shards(shards, stats)
 

@@ -5,19 +5,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from filelock import Timeout
 
 from .. import artifacts as store
 from .. import vector_store
-from ..activations import stream
+from ..activations import LayerMean, batch_ids, stream, token_budget_batches
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
 from ..errors import UserError
 from ..model import LoadedModel, ModelSpec, identity, load_model
-from ..pooling import Chunk, pool
+from ..pooling import Chunk, pool, weights
 from ..report import progress
 from ..shards import check as check_shard
 from ..storage import hash_cache, remove_temp_files
@@ -113,6 +113,31 @@ class LocalBackend:
                 bar.update(sum(lengths))
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
         return Pooled(raw, centered, [len(x) for x in ids], truncated)
+
+    def centred_by_definition(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: CorpusMean,
+                              which: Sequence[int]) -> Dict[int, torch.Tensor]:
+        """{i: sum_t w_t (h_t - mu_t) [C*H] float64} for the texts `which` (indices into texts): a
+        centred vector as docs/math.md defines it, the mean subtracted from the stream before pooling,
+        for job=compare to check vectors() against (which pools raw - W mu, and so agrees with any
+        other W mu by construction). mu_t is read from the stored tensors here, not through
+        CorpusMean.rows or .to. The texts are batched as vectors() batches them, so each h is the one
+        vectors() pooled (in half precision a text's h depends on its batch); batches holding none
+        of `which` are not run."""
+        ids, _ = self._encode(texts)
+        wanted, out = set(which), {}
+        P = mean.mean.shape[0]
+        layer_mean = LayerMean(self.lm.blocks, self.lm.layer_ids)
+        for batch in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.max_padding):
+            rows = [r for r, i in enumerate(batch) if i in wanted]
+            if not rows:
+                continue
+            h = layer_mean(self.lm.body, batch_ids(self.lm, ids, batch)).cpu()  # [B, T, H] float32
+            for r in rows:
+                n = len(ids[batch[r]])
+                mu = mean.mean[:n] if n <= P else torch.cat([mean.mean, mean.tail.expand(n - P, -1)])  # [n, H]
+                centred = h[r, :n].double() - mu.double()  # [n, H]
+                out[batch[r]] = (weights(tuple(chunks), n) @ centred).reshape(-1)  # [C*H]
+        return out
 
     def _on_device(self, mean: CorpusMean):
         """The mean on the model's device, copied once per run (a run centres with one mean)."""
