@@ -4,39 +4,22 @@ reader checks each record batch once), best of 5, warm page cache.
 
     python scripts/store_reads.py DIR [N_DOCS] [DIMS]      # defaults: 20000 2048 (Pythia-70m, long)
 
-Run it with the actexp of another commit on PYTHONPATH (and another DIR: shards written before the
-batch checksums have none) to compare.
+The store is job=bench's (jobs/bench.synthetic_store); the README's "unchecked" column is the same
+reads by the reader of the commit before batch checksums, of a store it wrote.
 """
 
 import random
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import torch
 
-from actexp import vector_store
-from actexp.corpus import Document
+from actexp.jobs.bench import synthetic_store
 from actexp.neighbors import top_k
 from actexp.reader import VectorStore
 
 IDENTITY = {"model": "bench", "revision": "r", "layers": "all", "prepend_bos": False, "max_tokens": 1, "dtype": "float32"}
-
-
-def write(root: Path, n_docs: int, dims: int) -> Path:
-    layout = vector_store.StoreLayout(root, IDENTITY, {"name": "long", "chunks": []}, "0" * 64, "reads", "float32", 1024)
-    if not (layout.folder / "manifest.json").is_file():
-        gen, headers = torch.Generator().manual_seed(0), []
-        for k, start in enumerate(range(0, n_docs, layout.shard_size)):
-            n = min(layout.shard_size, n_docs - start)
-            docs = [Document(f"{i:016x}", f"doc {i}", "") for i in range(start, start + n)]
-            vectors = SimpleNamespace(raw=torch.randn(n, dims, generator=gen), centered=torch.randn(n, dims, generator=gen),
-                                      n_tokens=[1] * n, truncated=[False] * n)
-            headers.append(vector_store.write_shard(layout, k, docs, vectors))
-        vector_store.write_manifest(layout, headers, {"dims": dims})
-    return layout.folder
 
 
 def best(folder: Path, read, repeats: int = 5) -> float:
@@ -54,7 +37,7 @@ def main() -> None:
     root = Path(sys.argv[1])
     n_docs = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     dims = int(sys.argv[3]) if len(sys.argv) > 3 else 2048
-    folder = write(root, n_docs, dims)
+    folder = synthetic_store(root, IDENTITY, n_docs, dims, shard_size=1024)
     rng = random.Random(0)
     queries = np.random.default_rng(1).standard_normal((4, dims)).astype(np.float32)  # [4, D]
     reads = {

@@ -43,6 +43,7 @@ from ..pooling import pool, weights
 from ..reader import VectorStore
 from ..report import wrote
 from ..schema import CONF
+from ..storage import MANIFEST
 from ..vector_store import StoreLayout
 from .common import chunks
 
@@ -255,21 +256,30 @@ def pool_short(work: Workload, n_texts: int = 2000) -> dict:
     return {"texts": n_texts, "forward_s": forward, "pool_s": pooling, "pool_fraction": pooling / forward}
 
 
-def read_times(work: Workload, n_docs: int = 10000, repeats: int = 5) -> dict:
-    """ms to read 1,000 rows of a 10,000-document store of this model's long vectors (raw and
-    centred, synthetic values): a contiguous slice at a random place, and 1,000 random rows."""
-    layout = StoreLayout(Path(tempfile.mkdtemp(dir=work.scratch)), work.lm.metadata, {"name": "long", "chunks": []},
-                         "0" * 64, "bench-read", "float32", work.cfg.store.shard_size)
-    dims, gen = len(LONG) * work.lm.hidden_size, torch.Generator().manual_seed(0)
-    headers = []
+def synthetic_store(root: Path, identity: dict, n_docs: int, dims: int, shard_size: int) -> Path:
+    """The folder of a store of n_docs raw and centred vectors of N(0, 1) values (seed 0) under root,
+    written once: what the read timings read (here and in scripts/store_reads.py)."""
+    layout = StoreLayout(root, identity, {"name": "long", "chunks": []}, "0" * 64, "bench-read", "float32", shard_size)
+    if (layout.folder / MANIFEST).is_file():
+        return layout.folder
+    gen, headers = torch.Generator().manual_seed(0), []
     for k, start in enumerate(range(0, n_docs, layout.shard_size)):
         n = min(layout.shard_size, n_docs - start)
         docs = [Document(f"{i:016x}", f"doc {i}", "") for i in range(start, start + n)]
         vectors = SimpleNamespace(raw=torch.randn(n, dims, generator=gen), centered=torch.randn(n, dims, generator=gen),
-                                  n_tokens=[1] * n, truncated=[False] * n)
+                                  n_tokens=[1] * n, truncated=[False] * n)  # [n, dims] each
         headers.append(vector_store.write_shard(layout, k, docs, vectors))
     vector_store.write_manifest(layout, headers, {"dims": dims})
-    store, rng = VectorStore.open(layout.folder), random.Random(0)
+    return layout.folder
+
+
+def read_times(work: Workload, n_docs: int = 10000, repeats: int = 5) -> dict:
+    """ms to read 1,000 rows of a 10,000-document store of this model's long vectors (raw and
+    centred, synthetic values): a contiguous slice at a random place, and 1,000 random rows."""
+    dims = len(LONG) * work.lm.hidden_size
+    folder = synthetic_store(Path(tempfile.mkdtemp(dir=work.scratch)), work.lm.metadata, n_docs, dims,
+                             work.cfg.store.shard_size)
+    store, rng = VectorStore.open(folder), random.Random(0)
     times = {"slice_1000_ms": [], "random_1000_ms": []}
     for _ in range(repeats):
         start = rng.randrange(n_docs - 1000)
