@@ -191,7 +191,7 @@ def test_extract_cli_centred_records_the_mean(artifacts, tmp_path):
 
 
 def test_csv_records_what_was_done_to_each_variant(artifacts, tmp_path):
-    cfg = compose_cfg("job=csv", "centering=none", "csv.variants=[raw,centered]", "pooling=short",
+    cfg = compose_cfg("job=csv", "centering=corpus_mean", "csv.variants=[raw,centered]", "pooling=short",
                       f"paths.artifacts={artifacts}", *MEAN)
     jobs.run("csv", cfg, tmp_path)
     raw = json.loads((tmp_path / "vectors_short_mode_raw.json").read_text())["centering"]
