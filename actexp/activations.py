@@ -8,6 +8,7 @@ from typing import Iterator, List, Sequence, Tuple
 
 import torch
 
+from .errors import check_interrupt
 from .model import LoadedModel
 
 
@@ -92,5 +93,6 @@ def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int, max
         raise ValueError("every text needs at least one token")
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
     for batch in token_budget_batches(lengths, batch_tokens, max_padding):
+        check_interrupt()
         h = layer_mean(lm.body, batch_ids(lm, ids, batch))  # [B, T, H]
         yield batch, h, [lengths[i] for i in batch]

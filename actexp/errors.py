@@ -2,6 +2,7 @@
 
 import errno
 import os
+import threading
 
 # A folder the user cannot write to (a read-only mount, another user's folder): fixable by choosing another.
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -17,6 +18,23 @@ class CheckFailed(UserError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what the job kept ("2 of 17 shards saved"): the same command resumes."""
+
+
+_SIGINT = threading.Event()
+
+
+def on_sigint(signum, frame) -> None:
+    """The CLI's Ctrl-C handler: KeyboardInterrupt, remembered. Python drops an exception raised inside
+    a finaliser (filelock's FileLock.__del__ runs after every shard), so a Ctrl-C that lands there
+    would be lost and the job would run on: the long loops call check_interrupt() too."""
+    _SIGINT.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came (and was swallowed somewhere) since the process started."""
+    if _SIGINT.is_set():
+        raise KeyboardInterrupt
 
 
 def one_line(e: BaseException) -> str:

@@ -14,7 +14,7 @@ def _interrupted_while_starting(signum, frame):
 
 
 # Ctrl-C while the imports below load (a second or two): one line, not a traceback. main()
-# restores Python's own handler, so that a job sees KeyboardInterrupt.
+# installs errors.on_sigint, so that a job sees KeyboardInterrupt.
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 import contextlib  # noqa: E402
@@ -30,7 +30,7 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from . import jobs  # noqa: E402
-from .errors import Interrupted, message, one_line, user_fault  # noqa: E402
+from .errors import Interrupted, message, on_sigint, one_line, user_fault  # noqa: E402
 from .io import write_json  # noqa: E402
 from .schema import CONF, register  # noqa: E402
 from .sweep import print_summary  # noqa: E402
@@ -146,7 +146,7 @@ def interrupted(e: BaseException) -> None:
 
 def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # compose errors reach us instead of Hydra's multi-line report
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         _main()
     except KeyboardInterrupt as e:

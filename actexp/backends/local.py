@@ -15,7 +15,7 @@ from .. import vector_store
 from ..activations import LayerMean, batch_ids, stream, token_budget_batches
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
-from ..errors import UserError
+from ..errors import UserError, check_interrupt
 from ..model import LoadedModel, ModelSpec, identity, load_model
 from ..pooling import Chunk, pool, weights
 from ..report import progress
@@ -198,6 +198,7 @@ class LocalBackend:
 
         busy = []
         for k, docs in shards:
+            check_interrupt()
             checked = check_shard(layout, k, [d.id for d in docs])
             if checked.problem is None:
                 yield checked.header
@@ -213,6 +214,7 @@ class LocalBackend:
             finally:
                 lock.release()
         for k, docs, lock in busy:
+            check_interrupt()
             with lock:
                 yield under_lock(k, docs)
 
