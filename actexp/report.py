@@ -1,16 +1,12 @@
 """What a job tells the user. Jobs log; Hydra's job logging (conf/hydra/job_logging/actexp.yaml)
 puts result lines on stdout, warnings and errors on stderr, and both, with times, in run.log."""
 
+import functools
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Iterable
-
-
-class ResultsOnly(logging.Filter):
-    """Lets records below WARNING through: results go to stdout, the rest to stderr."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING
 
 
 def wrote(log: logging.Logger, paths: Iterable[Path]) -> None:
@@ -19,12 +15,61 @@ def wrote(log: logging.Logger, paths: Iterable[Path]) -> None:
         log.info("wrote %s", Path(path).resolve())
 
 
+PROGRESS_LOG = "actexp.progress"  # its lines go to stderr and run.log, never to stdout (conf/hydra/job_logging)
+PROGRESS_ENV = "ACTEXP_PROGRESS_S"  # seconds between two progress lines off a terminal
+PROGRESS_S = 30.0
+
+
+class ResultsOnly(logging.Filter):
+    """Lets records below WARNING through, progress lines excepted: results go to stdout, the rest to stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING and not record.name.startswith(PROGRESS_LOG)
+
+
 def progress(iterable=None, **kwargs):
-    """A tqdm bar on stderr for work that may take more than a couple of seconds: shown on a
-    terminal only, and only once the work has run for 2 s, so quick steps stay quiet."""
+    """Progress of work that may take more than a couple of seconds. On a terminal a tqdm bar on stderr
+    once the work has run for 2 s; off one (a log file, a batch system) a line through the logger
+    actexp.progress every ACTEXP_PROGRESS_S seconds (30 by default) and, after such a line, one at the
+    end: `mean: 3/24 shards (12 %), 00:41 elapsed, 13.67s/shard, 04:47 left`. Quick steps stay quiet."""
     from tqdm import tqdm
 
-    return tqdm(iterable, **({"disable": None, "delay": 2, "leave": False, "dynamic_ncols": True} | kwargs))
+    settings = {"delay": 2, "leave": False, "dynamic_ncols": True} | kwargs
+    if sys.stderr is not None and sys.stderr.isatty():
+        return tqdm(iterable, **settings)
+    interval = float(os.environ.get(PROGRESS_ENV, PROGRESS_S))
+    known = settings.get("total") is not None or hasattr(iterable, "__len__")
+    line = ("{desc}: {n_fmt}" + ("/{total_fmt}" if known else "") + " {unit}s" + (" ({percentage:.0f} %)" if known else "")
+            + ", {elapsed} elapsed, {rate_fmt}" + (", {remaining} left" if known else "") + "{postfix}")
+    return _log_progress()(iterable, **settings | {"mininterval": interval, "delay": interval, "smoothing": 0, "leave": True,
+                                                     "bar_format": line, "file": _Nowhere()})
+
+
+@functools.lru_cache(maxsize=None)
+def _log_progress():
+    """tqdm's counting, rate and time left, written as log lines instead of a bar (tqdm imported late)."""
+    from tqdm import tqdm
+
+    class LogProgress(tqdm):
+        def display(self, msg=None, pos=None):
+            if msg is None:  # tqdm clears a bar with msg=""; a log has nothing to clear
+                logging.getLogger(PROGRESS_LOG).info(" ".join(str(self).split()))
+            return True
+
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown with the next line, not as one
+
+    return LogProgress
+
+
+class _Nowhere:
+    """Where tqdm writes the bar (and the newlines around it) when the lines go to the log instead."""
+
+    def write(self, s: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def plural(n: int, word: str) -> str:

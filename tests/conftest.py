@@ -5,6 +5,7 @@ import torch
 from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from actexp.model import BUNDLED_TOKENIZER
+from actexp.report import PROGRESS_ENV
 
 
 def pytest_addoption(parser):
@@ -23,6 +24,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_progress():
+    """No progress lines off a terminal (report.progress) in the CLI children: tests read stderr's one
+    line; test_progress sets its own interval."""
+    old = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "3600"
+    yield
+    if old is None:
+        os.environ.pop(PROGRESS_ENV, None)
+    else:
+        os.environ[PROGRESS_ENV] = old
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,12 +10,11 @@ import contextlib
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from .. import artifacts as store
 from ..corpus import Corpus
 from ..errors import Interrupted, UserError
 from ..io import write_json
+from .. import report
 from ..report import wrote
 from .common import corpus_of, stats_of
 
@@ -27,15 +26,15 @@ def extract(backend, cfg, corpus: Corpus, stats: store.Stats) -> dict:
     total = corpus.count()
     total_shards = None if total is None else -(-total // cfg.corpus.shard_size)
     n, docs, tokens, computed, shards_computed, seconds = 0, 0, 0, 0, 0, 0.0
-    with tqdm(total=total_shards, unit="shard", desc="mean", disable=None) as bar:
+    with report.progress(total=total_shards, unit="shard", desc="mean", delay=0) as bar:
         try:
             for meta in backend.extract_shards(enumerate(corpus.shards()), stats):
                 n, docs, tokens = n + 1, docs + meta["docs"], tokens + meta["tokens"]
                 if meta.get("computed"):
                     computed, seconds = computed + meta["tokens"], seconds + meta["seconds"]
                     shards_computed += 1
-                bar.update(1)
                 bar.set_postfix(docs=docs, tokens=tokens)
+                bar.update(1)
         except KeyboardInterrupt:
             raise Interrupted(f"{n} of {total_shards or '?'} shards of the corpus mean saved") from None
     if n == 0:

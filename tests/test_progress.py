@@ -1,0 +1,75 @@
+"""Long work is visible off a terminal, and a Ctrl-C is never lost."""
+
+import logging
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from actexp import errors, report
+from actexp.activations import stream
+from actexp.backends.local import LocalBackend
+from helpers import REPO, compose_cfg, run_cli
+
+LINE = r"mean: (\d+)/8 shards \(\d+ %\), \d\d:\d\d elapsed, [^,]+/s(hard)?, \d\d:\d\d left(, docs=\d+, tokens=\d+)?"
+
+
+def test_off_a_terminal_progress_is_a_line_at_a_steady_interval_and_one_at_the_end(monkeypatch, caplog):
+    monkeypatch.setenv(report.PROGRESS_ENV, "0.2")
+    caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
+    with report.progress(total=10, unit="batch", desc="vectors") as bar:  # pytest's stderr is no terminal
+        for _ in range(10):
+            time.sleep(0.05)
+            bar.update(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == report.PROGRESS_LOG]
+    assert 2 <= len(lines) <= 4, lines  # 0.5 s of work: a line about every 0.2 s, not one per update
+    assert all(re.fullmatch(r"vectors: \d+/10 batchs \(\d+ %\), 00:00 elapsed, .+/s, 00:0\d left", x) for x in lines), lines
+    assert lines[-1].startswith("vectors: 10/10 batchs (100 %)")
+
+
+def test_quick_work_off_a_terminal_stays_quiet(monkeypatch, caplog):
+    monkeypatch.setenv(report.PROGRESS_ENV, "5")
+    caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
+    for _ in report.progress(range(100), desc="scan", delay=0):
+        pass
+    assert not [r for r in caplog.records if r.name == report.PROGRESS_LOG]
+
+
+@pytest.mark.slow
+def test_the_cli_off_a_terminal_writes_progress_to_stderr_and_run_log_not_stdout(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_cli("job=mean", "corpus.max_docs=32", "corpus.shard_size=4", "logger=none", f"paths.artifacts={tmp_path / 'a'}",
+                f"hydra.run.dir={run_dir}", cwd=REPO, env={report.PROGRESS_ENV: "0.01"})
+    assert r.returncode == 0, r.stderr
+    shown = [x for x in r.stderr.splitlines() if x.startswith("mean: ")]
+    assert shown and all(re.fullmatch(LINE, x) for x in shown), r.stderr
+    assert shown[-1].startswith("mean: 8/8 shards (100 %)") and shown[-1].endswith("docs=32, tokens=" + shown[-1].split("=")[-1])
+    logged = re.findall(r"\[actexp\.progress\]\[INFO\] - (mean: .*)", (run_dir / "run.log").read_text())
+    assert logged == shown
+    assert "mean: " not in r.stdout and "elapsed" not in r.stdout  # stdout is for results
+
+
+@pytest.fixture
+def ctrl_c_handler():
+    old = signal.signal(signal.SIGINT, errors.on_sigint)
+    yield
+    signal.signal(signal.SIGINT, old)
+    errors._SIGINT.clear()  # this process goes on: forget the Ctrl-C the test sent
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_handler):
+    """Python drops an exception raised in __del__ ("Exception ignored in ..."), as filelock's
+    FileLock.__del__ did to a Ctrl-C in CI: the job ran to the end and exited 0."""
+    class Finalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, inside the finaliser
+            time.sleep(0.1)
+
+    Finalised()  # collected at once: the KeyboardInterrupt is printed and dropped
+    lm = LocalBackend.from_config(compose_cfg()).lm
+    with pytest.raises(KeyboardInterrupt):
+        for _ in stream(lm, [[1, 2, 3]] * 4, batch_tokens=3):
+            pass
