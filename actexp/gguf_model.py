@@ -31,7 +31,7 @@ from typing import Optional
 
 from .errors import UserError
 from .fingerprint import file_sha256
-from .io import file_mode, package_folder, umask
+from .io import file_mode, fsync_folder, package_folder, umask
 from .storage import folder_lock
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,15 @@ def _build(path: Path, sha256: str, folder: Path, gguf: str) -> None:
         # a power cut that would be a finished-looking folder of empty or partial files.
         for f in tmp.iterdir():
             _fsync(f)
-        _fsync(tmp)
+        fsync_folder(tmp)
         os.rename(tmp, folder)
-        _fsync(cache)  # the rename itself
+        fsync_folder(cache)  # the rename itself
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:
+    """A file's bytes to disk (a folder: io.fsync_folder, which some file systems refuse and it allows)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

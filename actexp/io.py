@@ -33,26 +33,32 @@ def file_mode() -> int:
     return 0o666 & ~umask()
 
 
-# A temp file's name says who writes it: .<name>.<pid>@<host>@<pid namespace>.<random>.tmp. Writers
-# that take no lock (the hash cache, the corpus scan cache, run outputs) cannot tell a killed
-# writer's temp file from a live one's by the lock, so they tell it by its writer: on this host and
-# in this pid namespace a writer whose pid is gone is dead, and its file is removed. A pid reused by
-# another process keeps a dead writer's file (until that process ends too): never the reverse.
-# Another host's (or container's) process cannot be asked, so its files are removed only once they
-# are a day old; one write of bytes already in memory never lasts that long.
-TEMP = re.compile(r"\.(\d+)@([A-Za-z0-9-]+)@(\d+)\.[A-Za-z0-9_]+\.tmp\Z")
+# A temp file's name says who writes it: .<name>.<pid>@<host>@<boot>-<pid namespace>.<random>.tmp.
+# Writers that take no lock (the hash cache, the corpus scan cache, run outputs) cannot tell a
+# killed writer's temp file from a live one's by the lock, so they tell it by its writer: on this
+# host, since this boot, in this pid namespace, a writer whose pid is gone is dead, and its file is
+# removed. A pid reused by another process keeps a dead writer's file (until that process ends too):
+# never the reverse. Another machine's (or container's) process cannot be asked, so its files are
+# removed only once they are a day old; one write of bytes already in memory never lasts that long.
+# Host names can repeat, and every machine's first pid namespace has the same inode: the boot id
+# (random per boot, the same in every container of one host) tells machines apart.
+TEMP = re.compile(r"\.(\d+)@([A-Za-z0-9-]+)@([0-9a-f]{8}-\d+|\d+)\.[A-Za-z0-9_]+\.tmp\Z")
 FOREIGN_STALE_AFTER = 24 * 3600  # seconds
 
 
 @functools.lru_cache(maxsize=1)
 def _where() -> str:
-    """This host and pid namespace, as a temp file's name holds them (the pid is asked each time: forks)."""
+    """This host, boot and pid namespace, as a temp file's name holds them (the pid is asked each time: forks)."""
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
     try:
-        namespace = os.stat("/proc/self/ns/pid").st_ino  # two containers may share a host name, never this
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8]
+    except OSError:
+        boot = "0" * 8
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         namespace = 0
-    return f"{host}@{namespace}"
+    return f"{host}@{boot}-{namespace}"
 
 
 def temp_prefix(path: Path) -> str:
@@ -87,6 +93,18 @@ def remove_dead_writers_files(folder: Path) -> None:
                 pass
 
 
+def remove_dead_writers_files_below(folder: Path) -> None:
+    """remove_dead_writers_files in each folder directly below `folder`: the run folders beside a new
+    run, where a killed run's temp files would otherwise stay (no later run writes into its folder)."""
+    try:
+        with os.scandir(folder) as entries:
+            below = [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for sub in below:
+        _sweep_once(sub)
+
+
 _swept = set()  # (pid, folder): the folders whose dead writers' files this process removed; once is enough
 
 
@@ -100,7 +118,7 @@ def _sweep_once(folder: Path) -> None:
             pass
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable: without it a crash can lose the new name (ext4, XFS). Some
     file systems cannot sync a folder (EINVAL): the file itself is synced already."""
     try:
@@ -130,7 +148,7 @@ def write_bytes(path: Path, data) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES):

@@ -240,8 +240,14 @@ def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:
             "converted_sha256": gguf_model.content_sha256(made_from)[:16]}
 
 
+# Keys a loaded model's config gains or changes at load time: the identity names dtype itself, and a
+# config read from its file (the client, before loading) must name the same architecture as the
+# loaded model's (a Modal container, a run after its first forward pass).
+LOAD_TIME_KEYS = {"transformers_version", "dtype", "torch_dtype", "_attn_implementation_autoset", "attn_implementation"}
+
+
 def _config_sha256(config) -> str:
-    values = {k: v for k, v in config.to_dict().items() if k != "transformers_version"}
+    values = {k: v for k, v in config.to_dict().items() if k not in LOAD_TIME_KEYS}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -47,17 +48,37 @@ def progress(iterable=None, **kwargs):
 
 @functools.lru_cache(maxsize=None)
 def _log_progress():
-    """tqdm's counting, rate and time left, written as log lines instead of a bar (tqdm imported late)."""
+    """tqdm's counting, rate and time left, written as log lines instead of a bar (tqdm imported late):
+    a thread writes one every `mininterval` seconds, however long a single step takes."""
     from tqdm import tqdm
 
     class LogProgress(tqdm):
+        def __init__(self, *args, **kwargs):
+            self._logged_n, self._logged_t, self._stop = None, 0.0, threading.Event()
+            super().__init__(*args, **kwargs)
+            threading.Thread(target=self._tick, daemon=True, name="actexp-progress").start()
+
+        def _tick(self):
+            while not self._stop.wait(self.mininterval):
+                if self._time() >= self.start_t + self.delay:
+                    self.refresh()
+
         def display(self, msg=None, pos=None):
-            if msg is None:  # tqdm clears a bar with msg=""; a log has nothing to clear
+            now = self._time()
+            ending = self.disable  # close() sets it before its last display
+            due = now - self._logged_t >= 0.99 * self.mininterval and now >= self.start_t + self.delay
+            if msg is None and (ending and self._logged_n != self.n or not ending and due):
                 logging.getLogger(PROGRESS_LOG).info(" ".join(str(self).split()))
+                self._logged_n, self._logged_t = self.n, now
+                self.last_print_t = now  # so that close() knows a line was shown and adds the last one
             return True
 
         def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
             super().set_postfix(ordered_dict, refresh=False, **kwargs)  # shown with the next line, not as one
+
+        def close(self):
+            self._stop.set()
+            super().close()
 
     return LogProgress
 

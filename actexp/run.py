@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from . import jobs  # noqa: E402
 from .errors import Interrupted, message, on_sigint, one_line, user_fault  # noqa: E402
-from .io import write_json  # noqa: E402
+from .io import remove_dead_writers_files_below, write_json  # noqa: E402
 from .schema import CONF, register  # noqa: E402
 from .sweep import print_summary  # noqa: E402
 from .tracking import NULL, Tracker  # noqa: E402
@@ -57,6 +57,7 @@ def _main(cfg: DictConfig) -> dict:
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     tracker = NULL
+    remove_dead_writers_files_below(out_dir.parent)  # temp files of killed runs beside this one: no one else removes them
     try:
         jobs.check(cfg.job.name, cfg)  # an unknown job or a number out of range fails before a W&B run starts
         name, group = _run_names(cfg, hc)

@@ -3,12 +3,13 @@
 import os
 import signal
 import stat
+import subprocess
 import time
 
-from actexp import jobs
+from actexp import io, jobs
 from actexp.fingerprint import file_sha256
 from actexp.io import FOREIGN_STALE_AFTER, temp_prefix, write_text
-from helpers import compose_cfg
+from helpers import REPO, compose_cfg, run_cli
 
 
 def _writer(folder, name, then):
@@ -92,3 +93,35 @@ def test_a_shard_and_a_mean_rewritten_under_their_locks_remove_the_temp_files_of
     again = jobs.run("mean", cfg, tmp_path / "run2")
     assert again["shards_computed"] == 1 and again["sha256"] == first["sha256"]
     assert [p for p in stale if p.exists()] == []
+
+
+def test_a_new_run_removes_the_temp_files_killed_runs_left_beside_it(tmp_path):
+    """No later run writes into a killed run's folder, so its half-written files are removed by the
+    next run that starts beside it (writers still alive keep theirs)."""
+    killed = subprocess.Popen(["sleep", "0"])
+    killed.wait()
+    old = tmp_path / "experiments" / "extract" / "killed_run"
+    old.mkdir(parents=True)
+    stale = old / f".vector.json.{killed.pid}@{io._where()}.x.tmp"  # as write_bytes names it, of a dead writer
+    live = old / f"{io.temp_prefix(old / 'vector.safetensors')}y.tmp"  # this pytest process's: alive
+    for path in (stale, live):
+        path.write_bytes(b"half a file")
+    r = run_cli("job=extract", "text=hi", "logger=none", f"hydra.run.dir={old.parent / 'new_run'}", cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and live.exists()
+
+
+def test_a_temp_file_of_another_machine_with_this_host_name_waits_a_day(tmp_path):
+    """Host names repeat, and every machine's first pid namespace has the same inode: the boot id in a
+    temp file's name tells another machine's writer (which cannot be asked) from a dead one here."""
+    gone = subprocess.Popen(["sleep", "0"])
+    gone.wait()  # a pid that is dead here, maybe alive there
+    host, boot_namespace = io._where().split("@")
+    boot, namespace = boot_namespace.split("-")
+    other = "0" * 8 if boot != "0" * 8 else "1" * 8
+    theirs = tmp_path / f".entry-a.{gone.pid}@{host}@{other}-{namespace}.x.tmp"
+    ours = tmp_path / f".entry-b.{gone.pid}@{io._where()}.x.tmp"
+    for path in (theirs, ours):
+        path.write_bytes(b"half a file")
+    write_text(tmp_path / "entry-c", "done")  # the folder's first write in this process sweeps it
+    assert theirs.exists() and not ours.exists()

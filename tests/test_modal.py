@@ -195,6 +195,23 @@ def test_a_container_whose_model_is_not_the_one_the_client_identified_refuses_to
         assert backend.vectors(["hi"], chunks).raw.shape == (1, 4 * 16)
 
 
+def test_a_random_model_built_from_a_config_folder_computes_on_modal(stand_in, tmp_path):
+    """The client identifies the model from its config file; the container from the model it built,
+    whose config gained load-time keys (dtype): the same architecture must be the same identity."""
+    from transformers import GPTNeoXConfig
+
+    GPTNeoXConfig(vocab_size=4096, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64).save_pretrained(tmp_path / "config")  # config.json alone, no dtype in it
+    cfg = compose_cfg(*MODAL, "model=hf", f"model.name_or_path={tmp_path / 'config'}", "model.random_init=true",
+                      f"paths.artifacts={tmp_path / 'a'}")
+    with open_backend(cfg) as backend:
+        out = backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
+    lm = load_model(model_spec(cfg))
+    ref = reference_model(lm.model)
+    for i, text in enumerate(TEXTS):
+        assert rel_err(out.raw[i], reference_vector(ref, lm.encode([text])[0][0], LONG)) < 1e-5
+
+
 def test_the_stand_in_refuses_a_second_app_run_like_modal(stand_in):
     with stand_in.app.run():
         with pytest.raises(modal.exception.InvalidError, match="already running"):
@@ -421,3 +438,24 @@ def test_a_bad_shard_found_by_the_modal_merge_sends_the_next_run_back_to_extract
     with pytest.raises(UserError, match="not all extracted: run job=mean mean.stage=extract"):
         jobs.run("mean", compose_cfg(*overrides, "centering.min_count=3", "mean.stage=aggregate"), tmp_path)
     assert jobs.run("mean", compose_cfg(*overrides, "centering.min_count=3"), tmp_path)["shards_computed"] == 1
+
+
+def test_a_downloaded_shard_is_the_one_the_volume_reported(stand_in, tmp_path):
+    """The manifest is written from the headers the volume reported: a shard another run rewrote in
+    between (a retried input) is refused at download, not listed under a checksum it does not have."""
+    from actexp.jobs import common
+    from actexp.jobs.store import layout_of
+
+    cfg = compose_cfg("job=store", *MODAL, "corpus=samples", "store.shard_size=8", f"paths.artifacts={tmp_path / 'a'}",
+                      "store.download=false")
+    jobs.run("store", cfg, tmp_path)
+    layout = layout_of(cfg, common.corpus_of(cfg), None)
+    with open_backend(cfg) as backend:
+        headers = [h for h in backend.store_headers(layout) if h]
+        reported = [dict(h) for h in headers]
+        reported[1]["sha256"] = "0" * 64
+        with pytest.raises(RemoteError, match="shard 1 downloaded from the Modal volume is not the shard the volume "
+                                              "reported"):
+            backend.finish_store(layout, reported, True)
+        assert not layout.shard(1).exists()
+        assert backend.finish_store(layout, headers, True) == "local"

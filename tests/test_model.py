@@ -197,3 +197,15 @@ def test_the_model_loads_at_the_first_forward_pass_not_when_its_identity_is_read
         backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling))
     with open_backend(compose_cfg("model=hf", "hardware=modal", f"model.name_or_path={folder}")) as lazy:
         assert lazy.metadata["checkpoint"] == backend.metadata["checkpoint"]  # no Modal credentials needed
+
+
+@pytest.mark.parametrize("source", ["checkpoint", "random_init", "arch"])
+def test_the_identity_is_the_same_before_and_after_the_model_is_loaded(neox_dir, source):
+    """Means, stores and fits are named before the model loads (from its files) and checked after it
+    (a Modal container compares the identity of the model it built): one model, one identity."""
+    overrides = {"checkpoint": ["model=hf", f"model.name_or_path={neox_dir}"],
+                 "random_init": ["model=hf", f"model.name_or_path={neox_dir}", "model.random_init=true"],
+                 "arch": ["model.random_init=true"]}[source]
+    for dtype in ("float32", "bfloat16"):
+        cfg = compose_cfg(*overrides, f"model.dtype={dtype}")
+        assert load_model(model_spec(cfg)).metadata == model_identity(cfg), dtype

@@ -265,13 +265,20 @@ class ModalBackend:
         if not download:
             return f"modal volume {self.hw.artifacts_volume}"
         volume = self.app_module.artifacts_volume
+        def problem(h: dict) -> Optional[str]:
+            """Why the local copy of a shard is not the one the manifest will name (by its checksum)."""
+            checked = check_shard(layout, h["shard"])
+            if checked.problem is None and checked.header.get("sha256") != h.get("sha256"):
+                return "is not the shard the volume reported (another run rewrote it meanwhile)"
+            return checked.problem
+
         for h in progress(headers, desc="downloading shards", unit="shard"):
             path = layout.shard(h["shard"])
-            if check_shard(layout, h["shard"]).problem is None:
+            if problem(h) is None:
                 continue  # downloaded before
             write_bytes(path, b"".join(volume.read_file(str(path.relative_to(layout.root)))))
-            problem = check_shard(layout, h["shard"]).problem
-            if problem:
+            found = problem(h)
+            if found:
                 path.unlink(missing_ok=True)
-                raise RemoteError(f"shard {h['shard']} downloaded from the Modal volume {problem}: run the job again")
+                raise RemoteError(f"shard {h['shard']} downloaded from the Modal volume {found}: run the job again")
         return "local"
