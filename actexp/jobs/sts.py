@@ -10,6 +10,8 @@ Spearman and Pearson of the cosines against the scores, per variant and chunk.
 """
 
 import difflib
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -55,12 +57,15 @@ def load_pairs(cfg) -> pairs_io.Pairs:
 
 def fit_set(cfg):
     """(texts, description) of the fit set: STS-B train's sentences ("target"), or the corpus group's
-    documents. A file's path is in the description for the record, never in a fit's identity."""
+    documents, by the sha256 of the texts. Where they came from (a path, the corpus id, which names the
+    path) is in the description for the record, never in a fit's identity."""
     if cfg.sts.fit == "stsb":
         train = pairs_io.stsb("train")
         return train.texts(), {"name": "stsb-train", "sha256": train.sha256, "path": str(train.path)}
     corpus = common.corpus_of(cfg)
-    return [d.text for d in corpus.documents()], {"name": f"corpus-{cfg.corpus.name}", "corpus_id": corpus.id}
+    texts = [d.text for d in corpus.documents()]
+    content = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    return texts, {"name": f"corpus-{cfg.corpus.name}", "sha256": content, "corpus_id": corpus.id}
 
 
 def _check_fit(s, methods, n_texts: int, h: int) -> None:
@@ -102,7 +107,7 @@ def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
             computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
         return computed[base]
 
-    by_content = {k: v for k, v in described.items() if k != "path"} | {"texts": len(fit_texts)}
+    by_content = {k: v for k, v in described.items() if k not in ("path", "corpus_id")} | {"texts": len(fit_texts)}
     for base in bases:
         identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
                     "fit_set": by_content, "base": base, "mean_sha256": mean.sha256 if base == "centered" else None}
