@@ -21,7 +21,9 @@ KEYS = {
 def test_bench_writes_bench_json(tmp_path):
     (tmp_path / "tmp").mkdir()
     r = run_cli("job=bench", "bench.docs=6", "bench.mean_docs=3", "bench.repeats=1", "bench.warmup=0",
-                "corpus.shard_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"TMPDIR": str(tmp_path / "tmp")})
+                "corpus.shard_size=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+                env={"TMPDIR": str(tmp_path / "tmp"),  # torch's compile cache is torch's: kept out of the count
+                     "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torch-cache")})
     assert r.returncode == 0, r.stderr
     # Scratch files (means, stores, the children's) live in the run folder and go with the run.
     assert not list((tmp_path / "tmp").iterdir()) and not list((tmp_path / "run").glob(".scratch-*"))
