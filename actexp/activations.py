@@ -1,10 +1,14 @@
 """The layer-reduced residual stream h_t of docs/math.md, for batches of token ids.
 
-Forward hooks on the selected decoder blocks add each block's raw output into one float32
-buffer, so an all-layer stack is never built; the LM head never runs and no KV cache is made.
+Texts are packed into rows without padding between them (positions restart at 0 for each text,
+and attention stays within it), or right-padded one per row (hardware.packing=false). Forward
+hooks on the selected decoder blocks add each block's raw output into one float32 buffer, so an
+all-layer stack is never built; the LM head never runs and no KV cache is made.
 """
 
-from typing import Iterator, List, Sequence, Tuple
+import bisect
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -29,6 +33,76 @@ def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_padding:
                 continue
         batches.append([i])
     return batches
+
+
+@dataclass(frozen=True)
+class Pack:
+    """One forward pass: texts laid out in `rows` rows of `width` token slots. Text texts[k] fills
+    row rows[k] from column starts[k] for lengths[k] tokens; slots no text fills are pads."""
+
+    texts: List[int]  # indices into the ids of the call
+    rows: List[int]
+    starts: List[int]
+    lengths: List[int]
+    n_rows: int
+    width: int
+
+    @property
+    def padded(self) -> bool:
+        """Row k holds text k alone, from column 0, and nothing else: a right-padded batch (positions
+        are the columns: no position ids needed)."""
+        return self.rows == list(range(self.n_rows)) and all(s == 0 for s in self.starts)
+
+    @property
+    def slots(self) -> int:
+        return self.n_rows * self.width
+
+
+def padded_packs(lengths: Sequence[int], batch_tokens: int, max_padding: float = 0.1) -> List[Pack]:
+    """token_budget_batches as packs: one text per row, right-padded to the batch's longest."""
+    return [Pack(b, list(range(len(b))), [0] * len(b), [lengths[i] for i in b], len(b), lengths[b[0]])
+            for b in token_budget_batches(lengths, batch_tokens, max_padding)]
+
+
+def packed_packs(lengths: Sequence[int], batch_tokens: int, width: Optional[int] = None,
+                 max_padding: float = 0.1) -> List[Pack]:
+    """Texts packed into rows without padding between them (best fit, longest first).
+
+    A pack holds at most batch_tokens slots (always at least one row). A text goes into the row
+    whose free tail fits it most tightly, or opens a row while the pack has room; one that fits
+    nowhere waits for the next pack. Pads are only the unfilled tails of rows. Rows are the pack's
+    longest text wide, and a text opens one only if the row's tail beyond it is at most max_padding
+    of its length (as right-padded batches bound their pads), so shorter texts fill the tails or
+    wait for a narrower pack. With a width given, rows are that wide (every pack the same shape,
+    unless a text is longer) and any text may open one: many texts share each row.
+    """
+    remaining = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    packs: List[Pack] = []
+    while remaining:
+        W = max(width or 0, lengths[remaining[0]])
+        max_rows = max(1, batch_tokens // W)
+        free: List[Tuple[int, int]] = []  # (free slots, row) of the rows with room, ascending
+        n_rows, texts, rows, starts, waiting = 0, [], [], [], []
+        for j, i in enumerate(remaining):
+            n = lengths[i]
+            k = bisect.bisect_left(free, (n, -1))
+            if k < len(free):  # the row that fits it most tightly
+                room, row = free.pop(k)
+            elif n_rows < max_rows and (width or W - n <= max_padding * n):
+                room, row, n_rows = W, n_rows, n_rows + 1
+            elif not free and n_rows == max_rows:  # every row is full: the rest waits
+                waiting += remaining[j:]
+                break
+            else:
+                waiting.append(i)
+                continue
+            texts.append(i), rows.append(row), starts.append(W - room)
+            if room > n:
+                bisect.insort(free, (room - n, row))
+        # A fixed width fixes the shape: the last pack keeps every row, the empty ones all pads.
+        packs.append(Pack(texts, rows, starts, [lengths[i] for i in texts], max_rows if width else n_rows, W))
+        remaining = waiting
+    return packs
 
 
 class _StopForward(Exception):
@@ -56,16 +130,20 @@ class LayerMean:
         return hook
 
     @torch.inference_mode()
-    def __call__(self, body: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-        """h [B, T, H] float32 for right-padded input_ids [B, T].
+    def __call__(self, body: torch.nn.Module, input_ids: torch.Tensor,
+                 position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [B, T, H] float32 for input_ids [B, T]: right-padded rows (position_ids None), or packed
+        rows whose position_ids restart at 0 for each text.
 
-        No attention mask: with right padding a causal model never lets a real token see a pad,
-        and positions stay 0..T-1, so every real token's stream is exact; pads are masked later.
+        Right padding needs no attention mask: a causal model never lets a real token see a pad, and
+        positions stay 0..T-1. Packed rows need none either: transformers reads the restarts of
+        position_ids as text boundaries and masks attention across them (block-diagonal causal; the
+        flash and flex kernels attend within each text only). Pads are never pooled.
         """
         handles = [self.blocks[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
         self.sum = None
         try:
-            body(input_ids=input_ids, use_cache=False)
+            body(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         except _StopForward:
             pass
         finally:
@@ -75,24 +153,82 @@ class LayerMean:
         return h
 
 
-def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], batch: Sequence[int]) -> torch.Tensor:
-    """Right-padded input ids [B, T] of one batch (longest first), on the model's device."""
-    width = len(ids[batch[0]])
-    pad = lm.text.bos_id or 0  # any valid id: pad positions are never read
-    input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # [B, T]
-    for row, i in enumerate(batch):
-        input_ids[row, : len(ids[i])] = torch.tensor(ids[i], dtype=torch.long)
-    return input_ids.to(lm.device)
+def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], pack: Pack) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(input_ids [R, W], position_ids [R, W] or None for a padded pack) of one pack, on the model's device.
+    Positions restart at 0 for each text; every pad has position 0, a sequence of its own (a row of
+    pads wider than the model's context would overflow its position table otherwise)."""
+    pad = lm.text.bos_id or 0  # any valid id: pad slots are never pooled
+    input_ids = torch.full((pack.n_rows, pack.width), pad, dtype=torch.long)  # [R, W]
+    position_ids = None if pack.padded else torch.zeros(pack.n_rows, pack.width, dtype=torch.long)  # [R, W]
+    for i, row, start, n in zip(pack.texts, pack.rows, pack.starts, pack.lengths):
+        input_ids[row, start:start + n] = torch.tensor(ids[i], dtype=torch.long)
+        if position_ids is not None:
+            position_ids[row, start:start + n] = torch.arange(n)
+    return _to(input_ids, lm.device), None if position_ids is None else _to(position_ids, lm.device)
 
 
-def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batch_tokens: int, max_padding: float = 0.1
-           ) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
-    """Yield (indices into ids, h [B, T, H] float32, lengths) per token-budget batch."""
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """x on the device without the host waiting for it: pinned memory and a non-blocking copy on CUDA."""
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+
+
+def segments(pack: Pack, h: torch.Tensor) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
+    """(indices into ids, x [n, T, H] right-padded, lengths) covering every text of the pack once: the
+    pooling and the mean take right-padded batches. A padded pack is one segment, h itself; a packed
+    one gives the k-th text of every row as segment k (gathered: at most h's size in all)."""
+    if pack.padded:  # row k holds text k
+        yield pack.texts, h, pack.lengths
+        return
+    by_row: dict = {}
+    for k in sorted(range(len(pack.texts)), key=lambda k: (pack.rows[k], pack.starts[k])):
+        by_row.setdefault(pack.rows[k], []).append(k)
+    for slot in range(max(len(v) for v in by_row.values())):
+        members = [v[slot] for v in by_row.values() if len(v) > slot]
+        T = max(pack.lengths[k] for k in members)
+        rows = torch.tensor([pack.rows[k] for k in members], device=h.device)  # [n]
+        cols = (torch.tensor([pack.starts[k] for k in members], device=h.device)[:, None]
+                + torch.arange(T, device=h.device)).clamp_(max=pack.width - 1)  # [n, T]: past a text's end, never pooled
+        yield [pack.texts[k] for k in members], h[rows[:, None], cols], [pack.lengths[k] for k in members]  # [n, T, H]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How texts become forward passes: packed rows (default) or right-padded ones, within batch_tokens."""
+
+    batch_tokens: int = 8192
+    packing: bool = True
+    max_padding: float = 0.1  # the pads a row may hold beyond a text, as a fraction of its length
+    pack_width: Optional[int] = None  # packed rows' width; None: each pack's longest text
+
+    @classmethod
+    def from_config(cls, hw) -> "Batching":
+        return cls(hw.batch_tokens, hw.packing, hw.max_padding, hw.pack_width)
+
+    def packs(self, lengths: Sequence[int]) -> List[Pack]:
+        if self.packing:
+            return packed_packs(lengths, self.batch_tokens, self.pack_width, self.max_padding)
+        return padded_packs(lengths, self.batch_tokens, self.max_padding)
+
+
+def packing_error(lm: LoadedModel) -> float:
+    """How far a text packed behind another moves from the same text alone (relative): about 1e-7 in
+    float32 where the model honours restarting position ids; of order 1 where it lets the texts
+    attend to each other or ignores the positions (a family whose masks transformers does not build
+    from position ids)."""
+    first, second = list(range(1, 8)), list(range(8, 13))  # valid ids of any vocabulary
+    layer_mean = LayerMean(lm.blocks, lm.layer_ids)
+    pack = Pack([0, 1], [0, 0], [0, len(first)], [len(first), len(second)], 1, len(first) + len(second))
+    packed = layer_mean(lm.body, *batch_ids(lm, [first, second], pack))[0, len(first):]  # [5, H]
+    alone = layer_mean(lm.body, *batch_ids(lm, [second], padded_packs([len(second)], 64)[0]))[0]  # [5, H]
+    return ((packed - alone).norm() / alone.norm()).item()
+
+
+def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batching: Batching) -> Iterator[Tuple[Pack, torch.Tensor]]:
+    """Yield (pack, h [R, W, H] float32) per forward pass over the texts' token ids."""
     lengths = [len(x) for x in ids]
     if min(lengths, default=1) < 1:
         raise ValueError("every text needs at least one token")
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
-    for batch in token_budget_batches(lengths, batch_tokens, max_padding):
+    for pack in batching.packs(lengths):
         check_interrupt()
-        h = layer_mean(lm.body, batch_ids(lm, ids, batch))  # [B, T, H]
-        yield batch, h, [lengths[i] for i in batch]
+        yield pack, layer_mean(lm.body, *batch_ids(lm, ids, pack))  # [R, W, H]

@@ -11,6 +11,7 @@ AT_LEAST_1 = {
     "corpus.shard_size": None,
     "hardware.threads": "null = torch's default",
     "hardware.batch_tokens": None,
+    "hardware.pack_width": "null = each pack's longest text",
     "hardware.max_containers": None,
     "hardware.request_tokens": None,
     "store.shard_size": None,
@@ -24,6 +25,9 @@ AT_LEAST_1 = {
     "bench.doc_tokens": None,
     "bench.mean_docs": None,
     "bench.repeats": None,
+    "bench.min_tokens": "null = the first bench.docs documents as they are",
+    "bench.warmup_docs": "null = all",
+    "bench.seed_docs": "null = all",
     "sts.abtt_dims": None,
     "sts.whitening_dims": "null = all dims",
 }

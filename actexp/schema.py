@@ -87,6 +87,8 @@ class HardwareConfig:
     device: str = "cpu"
     dtype: str = "float32"
     batch_tokens: int = 8192
+    packing: bool = True
+    pack_width: Optional[int] = None
     max_padding: float = 0.1
     threads: Optional[int] = None
     # Modal (hardware=modal)

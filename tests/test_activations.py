@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from actexp.activations import LayerMean, stream, token_budget_batches
+from actexp.activations import Batching, LayerMean, packed_packs, segments, stream, token_budget_batches
 from actexp.backends.local import LocalBackend
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
@@ -65,12 +65,12 @@ BATCH_TOLERANCE = {"float32": 2e-6, "bfloat16": 1e-2}
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_batched_equals_one_text_at_a_time_within_the_dtype_tolerance(dtype):
-    cfg = compose_cfg("pooling=long", f"hardware.dtype={dtype}", "hardware.batch_tokens=2048",
-                      "hardware.max_padding=1000")
+    cfg = compose_cfg("pooling=long", f"hardware.dtype={dtype}", "hardware.batch_tokens=2048", "hardware.pack_width=256")
     backend = LocalBackend.from_config(cfg)
     chunks = chunks_from_cfg(cfg.pooling)
     batched = backend.vectors(TEXTS, chunks)
-    assert len(token_budget_batches(batched.n_tokens, 2048, 1000)) == 1  # all in one padded batch
+    [pack] = backend.batching.packs(batched.n_tokens)  # all in one pack, several texts to a row
+    assert len(set(pack.rows)) < len(TEXTS)
     for i, text in enumerate(TEXTS):
         assert rel_err(batched.raw[i], backend.vectors([text], chunks).raw[0]) < BATCH_TOLERANCE[dtype]
 
@@ -86,26 +86,36 @@ def test_vectors_match_the_reference():
         assert rel_err(out.raw[i], reference_vector(ref, ids, LONG)) < 1e-5
 
 
-def test_stream_yields_every_text_once_with_lengths():
+def test_stream_and_segments_give_every_text_once_with_its_own_tokens():
     lm = _lm()
     ids, _ = lm.encode(TEXTS)
     seen = []
-    for batch, h, lengths in stream(lm, ids, batch_tokens=512):
-        assert h.dtype == torch.float32 and h.shape[:2] == (len(batch), max(lengths))
-        assert lengths == [len(ids[i]) for i in batch]
-        seen += batch
+    for pack, h in stream(lm, ids, Batching(batch_tokens=512)):
+        assert h.dtype == torch.float32 and h.shape[:2] == (pack.n_rows, pack.width)
+        for which, x, lengths in segments(pack, h):
+            assert x.shape[:2] == (len(which), max(lengths)) and lengths == [len(ids[i]) for i in which]
+            seen += which
     assert sorted(seen) == list(range(len(TEXTS)))
 
 
-def test_truncation_keeps_the_head_warns_and_flags(caplog):
-    cfg = compose_cfg("model.max_tokens=8")
-    backend = LocalBackend.from_config(cfg)
-    chunks = chunks_from_cfg(cfg.pooling)
-    with caplog.at_level(logging.WARNING):
-        out = backend.vectors([TEXTS[0], TEXTS[2]], chunks)
-    assert out.truncated == [False, True] and out.n_tokens[1] == 8
-    assert "truncated to model.max_tokens=8" in caplog.text
-    ids = backend.lm.tokenizer(TEXTS[2], add_special_tokens=False)["input_ids"]
-    ref = reference_model(backend.lm.model)
-    assert rel_err(out.raw[1], reference_vector(ref, ids[:8], LONG)) < 1e-5  # the first 8 tokens ...
-    assert rel_err(out.raw[1], reference_vector(ref, ids[-8:], LONG)) > 0.01  # ... not the last 8
+def test_packed_packs_fill_rows_without_overlap_within_the_budget():
+    lengths = [5, 300, 1, 40, 40, 7, 1200, 2, 38, 290, 37, 250, 3, 3]
+    for width in (None, 128):
+        packs = packed_packs(lengths, 1024, width)
+        assert sorted(i for p in packs for i in p.texts) == list(range(len(lengths)))
+        for p in packs:
+            assert p.lengths == [lengths[i] for i in p.texts]
+            assert p.width == max([*p.lengths, width or 0]) and (p.n_rows == 1 or p.slots <= 1024)
+            for row in range(p.n_rows):  # each row: texts side by side from column 0, pads only at its end
+                spans = sorted((s, n) for r, s, n in zip(p.rows, p.starts, p.lengths) if r == row)
+                assert not spans or spans[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+                assert not spans or spans[-1][0] + spans[-1][1] <= p.width
+    # Rows as wide as the pack's longest text, opened only by texts within max_padding of it: the
+    # short ones fill the tails (7 and 3 behind 290, 3 and 2 behind 37 and 38) or wait.
+    packs = packed_packs(lengths, 1024)
+    assert [(p.n_rows, p.width, p.texts) for p in packs[:2]] == [(1, 1200, [6]), (2, 300, [1, 9, 5, 12])]
+    assert sum(p.slots for p in packs) - sum(lengths) <= 0.1 * sum(lengths)
+    # A fixed width: every pack has the same shape (a longer text widens its own), full rows.
+    fixed = packed_packs([5, 40, 40, 7, 38, 37] * 20, 512, width=128)
+    assert {(p.n_rows, p.width) for p in fixed} == {(4, 128)} and len(fixed) == 7  # 3,340 tokens in 512-slot packs
+    assert sum(p.slots for p in fixed) - 167 * 20 < 512  # pads: the last pack's unfilled rows only

@@ -92,7 +92,9 @@ def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed
                                     f"analyze.csvs=[{tmp_path}/vectors_long_mode_raw.csv,{tmp_path}/vectors_long_mode_centered.csv]"),
              tmp_path)
     again = json.loads((tmp_path / "analysis.json").read_text())["results"]
-    assert [r["value"] for r in again] == pytest.approx([r["value"] for r in results], abs=1e-9)
+    # Within float32's batch dependence: the analysis ran one more text ("a private note") than the csv
+    # job, so the packs differ and each vector moves by up to ~1e-7 (README, "How a vector is computed").
+    assert [r["value"] for r in again] == pytest.approx([r["value"] for r in results], abs=1e-6)
     # CSVs of another model (here: block 0 alone) beside these are refused by analyze, named by the
     # field that differs; visualize draws them side by side, each panel naming its model, and warns.
     other = tmp_path / "other"

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 from actexp import jobs
 from actexp.backends import open_backend
 from actexp.backends.local import LocalBackend
-from actexp.activations import stream
+from actexp.activations import segments, stream
 from actexp.artifacts import load_mean
 from actexp.centering import MeanAccumulator
 from actexp.corpus import bundled_samples
@@ -155,9 +155,10 @@ def test_a_run_converts_the_mean_to_float64_once_not_per_batch(artifacts):
     # The same numbers as centring with the float32 mean converted batch by batch (the conversion is exact).
     lm = backend.lm
     ids, _ = lm.encode(TEXTS)
-    for batch, h, lengths in stream(lm, ids, 512):
-        _, centered = pool(h, lengths, chunks, (None, (mean.mean, mean.tail)))
-        assert torch.equal(first.centered[batch], centered)
+    for pack, h in stream(lm, ids, backend.batching):
+        for which, x, lengths in segments(pack, h):
+            _, centered = pool(x, lengths, chunks, (None, (mean.mean, mean.tail)))
+            assert torch.equal(first.centered[which], centered)
 
 
 def test_a_mean_of_another_dtype_is_refused(artifacts):

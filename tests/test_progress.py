@@ -9,7 +9,7 @@ import time
 import pytest
 
 from actexp import errors, report
-from actexp.activations import stream
+from actexp.activations import Batching, stream
 from actexp.backends.local import LocalBackend
 from helpers import REPO, compose_cfg, run_cli
 
@@ -72,5 +72,5 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
     Finalised()  # collected at once: the KeyboardInterrupt is printed and dropped
     lm = LocalBackend.from_config(compose_cfg()).lm
     with pytest.raises(KeyboardInterrupt):
-        for _ in stream(lm, [[1, 2, 3]] * 4, batch_tokens=3):
+        for _ in stream(lm, [[1, 2, 3]] * 4, Batching(batch_tokens=3)):
             pass

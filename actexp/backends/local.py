@@ -1,6 +1,7 @@
 """The in-process backend: the model runs here; shards and means are files under paths.artifacts."""
 
 import ctypes
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from filelock import Timeout
 
 from .. import artifacts as store
 from .. import vector_store
-from ..activations import LayerMean, batch_ids, stream, token_budget_batches
+from ..activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
 from ..centering import CorpusMean, MeanAccumulator
 from ..corpus import Document
 from ..errors import UserError, check_interrupt
@@ -53,13 +54,19 @@ class Pooled:
         return {"raw": self.raw.numpy()} | ({} if self.centered is None else {"centered": self.centered.numpy()})
 
 
-class LocalBackend:
-    """The model in this process; batches are bounded by batch_tokens (padded tokens) and max_padding."""
+# How far a packed text may move from the same text alone before packing is refused for a model
+# (activations.packing_error): about 1e-7 measured where packing works, of order 1 where it does not.
+PACKING_TOLERANCE = {torch.float32: 1e-4}  # half precision: 5e-2
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", batch_tokens: int = 8192, max_padding: float = 0.1,
+
+class LocalBackend:
+    """The model in this process; texts go through it in packs of batching.batch_tokens token slots."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", batching: Batching = Batching(),
                  threads: Optional[int] = None, hash_cache: Optional[Path] = None):
         self.spec, self.device, self.threads, self.hash_cache = spec, device, threads, hash_cache
-        self.batch_tokens, self.max_padding = batch_tokens, max_padding
+        self.batching = batching
+        self._packing_works: Optional[bool] = None  # checked on the model by the first packed call
         self._lm: Optional[LoadedModel] = None
         self._metadata: Optional[dict] = None
         self._device_mean = (None, None)  # (sha256 of the mean, its tensors on the device)
@@ -67,7 +74,7 @@ class LocalBackend:
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
         hw = cfg.hardware
-        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, hw.batch_tokens, hw.max_padding, hw.threads,
+        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, Batching.from_config(hw), hw.threads,
                    hash_cache(cfg.paths.artifacts))
 
     @property
@@ -94,23 +101,39 @@ class LocalBackend:
             raise UserError(f"text {empty[0]} has no tokens: give non-empty texts")
         return ids, truncated
 
+    def checked_batching(self) -> Batching:
+        """self.batching, with packing checked on the model once: a model whose texts do not stay apart
+        in a packed row (its family builds no mask from position ids) runs right-padded batches
+        instead, with a warning."""
+        if self.batching.packing and self._packing_works is None:
+            error = packing_error(self.lm)
+            self._packing_works = error <= PACKING_TOLERANCE.get(self.lm.body.dtype, 5e-2)
+            if not self._packing_works:
+                log.warning("%s does not keep packed texts apart (a text moves by %.1e next to another): its batches "
+                            "are right-padded (hardware.packing=false)", type(self.lm.model).__name__, error)
+        return self.batching if self._packing_works is not False else dataclasses.replace(self.batching, packing=False)
+
     def _batches(self, ids):
-        return stream(self.lm, ids, self.batch_tokens, self.max_padding)
+        return stream(self.lm, ids, self.checked_batching())
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
-        """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given."""
+        """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given. They stay on
+        the device until every pack has run: one copy to the host, not one wait per pack."""
         ids, truncated = self._encode(texts)
         dims = len(chunks) * self.lm.hidden_size
-        raw = torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
-        centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32)  # [N, C*H]
+        device = self.lm.device
+        raw = torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
+        centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
         mu = None if mean is None else self._on_device(mean)
         with progress(total=sum(len(x) for x in ids), desc="vectors", unit="token") as bar:
-            for batch, h, lengths in self._batches(ids):
-                pooled = pool(h, lengths, chunks, (None,) if mu is None else (None, mu))
-                raw[batch] = pooled[0].cpu()
-                if mu is not None:
-                    centered[batch] = pooled[1].cpu()
-                bar.update(sum(lengths))
+            for pack, h in self._batches(ids):
+                for which, x, lengths in segments(pack, h):
+                    pooled = pool(x, lengths, chunks, (None,) if mu is None else (None, mu))
+                    raw[which] = pooled[0]
+                    if mu is not None:
+                        centered[which] = pooled[1]
+                bar.update(sum(pack.lengths))
+        raw, centered = raw.cpu(), None if centered is None else centered.cpu()
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
         return Pooled(raw, centered, [len(x) for x in ids], truncated)
 
@@ -127,16 +150,16 @@ class LocalBackend:
         wanted, out = set(which), {}
         P = mean.mean.shape[0]
         layer_mean = LayerMean(self.lm.blocks, self.lm.layer_ids)
-        for batch in token_budget_batches([len(x) for x in ids], self.batch_tokens, self.max_padding):
-            rows = [r for r, i in enumerate(batch) if i in wanted]
-            if not rows:
+        for pack in self.checked_batching().packs([len(x) for x in ids]):
+            spans = [k for k, i in enumerate(pack.texts) if i in wanted]
+            if not spans:
                 continue
-            h = layer_mean(self.lm.body, batch_ids(self.lm, ids, batch)).cpu()  # [B, T, H] float32
-            for r in rows:
-                n = len(ids[batch[r]])
+            h = layer_mean(self.lm.body, *batch_ids(self.lm, ids, pack)).cpu()  # [R, W, H] float32
+            for k in spans:
+                row, start, n = pack.rows[k], pack.starts[k], pack.lengths[k]
                 mu = mean.mean[:n] if n <= P else torch.cat([mean.mean, mean.tail.expand(n - P, -1)])  # [n, H]
-                centred = h[r, :n].double() - mu.double()  # [n, H]
-                out[batch[r]] = (weights(tuple(chunks), n) @ centred).reshape(-1)  # [C*H]
+                centred = h[row, start:start + n].double() - mu.double()  # [n, H]
+                out[pack.texts[k]] = (weights(tuple(chunks), n) @ centred).reshape(-1)  # [C*H]
         return out
 
     def _on_device(self, mean: CorpusMean):
@@ -161,8 +184,9 @@ class LocalBackend:
         ids, _ = self._encode(texts)
         acc = MeanAccumulator(self.lm.hidden_size, self.lm.device)
         trim = TRIM_HEAP if self.lm.device.type == "cpu" else None  # CUDA has its own caching allocator
-        for _, h, lengths in self._batches(ids):
-            acc.add(h, lengths)
+        for pack, h in self._batches(ids):
+            for _, x, lengths in segments(pack, h):
+                acc.add(x, lengths)
             if trim is not None:
                 del h
                 trim(0)

@@ -85,10 +85,11 @@ class Extractor:
 
     def _configure(self, request: dict) -> None:
         """Every request starts here: refused if the model is not the client's, then its batch settings."""
+        from actexp.activations import Batching
+
         if self._refusal:
             raise RuntimeError(self._refusal)
-        self.backend.batch_tokens = request.get("batch_tokens", 32768)
-        self.backend.max_padding = request.get("max_padding", 0.1)
+        self.backend.batching = Batching(**request.get("batching", {}))  # the client sends its hardware settings
 
     def _vectors(self, request: dict):
         """The local backend's Pooled vectors of request["texts"], centred with the mean named by the request."""

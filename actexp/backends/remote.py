@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .. import artifacts as store
+from ..activations import Batching
 from ..centering import CorpusMean
 from ..corpus import Document
 from ..errors import UserError
@@ -194,7 +195,7 @@ class ModalBackend:
         return {"chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks],
                 "mean": self._remote_mean(mean) if mean is not None else None,
                 "mean_sha256": mean.sha256 if mean is not None else None,
-                "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+                "batching": dataclasses.asdict(Batching.from_config(self.hw))}
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
         if self._text is None:  # only to size the groups (the remote side tokenises): loaded once
@@ -222,7 +223,7 @@ class ModalBackend:
         shards = list(shards)
         headers = self._valid_on_volume("stats", stats, shards)
         requests = [{"index": k, "texts": [d.text for d in docs], "doc_ids": [d.id for d in docs], "stats": stats.spec(),
-                     "batch_tokens": self.hw.batch_tokens, "max_padding": self.hw.max_padding}
+                     "batching": dataclasses.asdict(Batching.from_config(self.hw))}
                     for k, docs in shards if k not in headers]
         return _fan_out(self.extractor.mean_shard, requests, headers, "shards")
 
