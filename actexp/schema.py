@@ -176,9 +176,14 @@ class VisualizeConfig:
 class BenchConfig:
     docs: int = 40
     doc_tokens: int = 256
+    min_tokens: Optional[int] = None
     mean_docs: int = 256
     repeats: int = 3
     warmup: int = 1
+    warmup_docs: Optional[int] = None
+    seed_docs: Optional[int] = None
+    measure: Optional[List[str]] = None
+    invariance: int = 0
     peak_tflops: Optional[float] = None
 
 

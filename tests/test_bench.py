@@ -12,7 +12,7 @@ KEYS = {
                      "seed_style_mean", "store"},
     "peak_mem_mb": {"bare_forward", "extract_long_centered", "seed_style", "corpus_mean_n", "corpus_mean_4n",
                     "store_n", "store_4n"},
-    "ratios": {"extract_vs_bare", "mem_extract_vs_bare", "extract_vs_seed_style", "mean_vs_seed_style",
+    "ratios": {"extract_vs_bare", "mem_extract_vs_bare", "extract_vs_seed_style", "mean_vs_seed_style", "mean_vs_bare",
                "mean_mem_growth", "store_vs_bare", "store_mem_growth"},
 }
 
@@ -34,10 +34,33 @@ def test_bench_writes_bench_json(tmp_path):
     for section, keys in KEYS.items():
         assert set(result[section]) == keys
         assert all(v > 0 for v in result[section].values())
-    assert 0 <= result["padding_waste"] <= 0.1  # hardware.max_padding bounds the pad tokens
+    assert 0 <= result["padding_waste"] <= 0.1 and result["packing"] is True
     assert result["pool_short"]["texts"] == 2000 and result["pool_short"]["pool_s"] > 0
     assert result["read"]["docs"] == 10000 and result["read"]["slice_1000_ms"] > 0
     assert set(result["targets"]) == {"extract_vs_bare", "mem_extract_vs_bare", "mean_vs_seed_style", "mean_mem_growth",
-                                      "padding_waste", "store_vs_bare", "store_mem_growth", "pool_fraction"}
+                                      "padding_waste", "store_vs_bare", "store_mem_growth", "pool_fraction", "mean_vs_bare"}
+    assert result["load_s"] > 0 and result["load_host_mb"] > 0 and result["batch_invariance"] is None
     assert f"wrote {tmp_path / 'run' / 'bench.json'}" in r.stdout
     assert "extract_vs_bare" in r.stdout  # the printed table
+
+
+@pytest.mark.slow
+def test_bench_on_a_spread_of_lengths_with_batch_invariance_and_a_subset_of_timings(tmp_path):
+    r = run_cli("job=bench", "bench.docs=12", "bench.min_tokens=8", "bench.doc_tokens=300", "bench.mean_docs=3",
+                "bench.repeats=1", "bench.warmup_docs=2", "bench.seed_docs=2", "bench.invariance=4",
+                "bench.measure=[bare_forward,extract_long_centered,seed_style]", "corpus.shard_size=2",
+                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "run" / "bench.json").read_text())
+    assert result["documents"] == 12 and 8 <= result["doc_tokens"][0] < result["doc_tokens"][1] <= 300
+    assert set(result["tokens_per_s"]) == {"bare_forward", "extract_long_centered", "seed_style"}
+    assert result["ratios"]["store_vs_bare"] is None and "store_vs_bare" not in result["targets"]
+    invariance = result["batch_invariance"]
+    assert invariance["batches"] == 4 and 0 <= invariance["max_rel_diff"] < 2e-6  # float32: within rounding
+    assert "batch invariance" in r.stdout
+
+
+def test_bench_refuses_a_timing_it_does_not_know(tmp_path):
+    r = run_cli("job=bench", "bench.measure=[bare_forward,extract_lng]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: bench.measure names extract_lng: choose from bare_forward,")
+    assert not (tmp_path / "run").exists()
