@@ -14,6 +14,7 @@ import torch
 
 from .errors import check_interrupt
 from .model import LoadedModel
+from .pooling import on_device as _on
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_padding: float = 0.1) -> List[List[int]]:
@@ -51,7 +52,8 @@ class Pack:
     def padded(self) -> bool:
         """Row k holds text k alone, from column 0, and nothing else: a right-padded batch (positions
         are the columns: no position ids needed)."""
-        return self.rows == list(range(self.n_rows)) and all(s == 0 for s in self.starts)
+        return (self.rows == list(range(self.n_rows)) and all(s == 0 for s in self.starts)
+                and self.width == max(self.lengths))  # a wider row's pads would take positions past the context
 
     @property
     def slots(self) -> int:
@@ -73,8 +75,9 @@ def packed_packs(lengths: Sequence[int], batch_tokens: int, width: Optional[int]
     nowhere waits for the next pack. Pads are only the unfilled tails of rows. Rows are the pack's
     longest text wide, and a text opens one only if the row's tail beyond it is at most max_padding
     of its length (as right-padded batches bound their pads), so shorter texts fill the tails or
-    wait for a narrower pack. With a width given, rows are that wide (every pack the same shape,
-    unless a text is longer) and any text may open one: many texts share each row.
+    wait for a narrower pack. With a width given, rows are that wide and any text may open one:
+    many texts share each row, and every pack but a call's last has the same shape (unless a text
+    is longer than width); the last keeps only the rows it fills.
     """
     remaining = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     packs: List[Pack] = []
@@ -99,8 +102,7 @@ def packed_packs(lengths: Sequence[int], batch_tokens: int, width: Optional[int]
             texts.append(i), rows.append(row), starts.append(W - room)
             if room > n:
                 bisect.insort(free, (room - n, row))
-        # A fixed width fixes the shape: the last pack keeps every row, the empty ones all pads.
-        packs.append(Pack(texts, rows, starts, [lengths[i] for i in texts], max_rows if width else n_rows, W))
+        packs.append(Pack(texts, rows, starts, [lengths[i] for i in texts], n_rows, W))
         remaining = waiting
     return packs
 
@@ -137,8 +139,9 @@ class LayerMean:
 
         Right padding needs no attention mask: a causal model never lets a real token see a pad, and
         positions stay 0..T-1. Packed rows need none either: transformers reads the restarts of
-        position_ids as text boundaries and masks attention across them (block-diagonal causal; the
-        flash and flex kernels attend within each text only). Pads are never pooled.
+        position_ids as text boundaries and masks attention across them (block-diagonal causal for
+        sdpa and eager, a block mask for flex; flash attention only in a batch of one row, which the
+        backend's check finds). Pads are never pooled.
         """
         handles = [self.blocks[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
         self.sum = None
@@ -164,12 +167,7 @@ def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], pack: Pack) -> Tupl
         input_ids[row, start:start + n] = torch.tensor(ids[i], dtype=torch.long)
         if position_ids is not None:
             position_ids[row, start:start + n] = torch.arange(n)
-    return _to(input_ids, lm.device), None if position_ids is None else _to(position_ids, lm.device)
-
-
-def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """x on the device without the host waiting for it: pinned memory and a non-blocking copy on CUDA."""
-    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
+    return _on(input_ids, lm.device), None if position_ids is None else _on(position_ids, lm.device)
 
 
 def segments(pack: Pack, h: torch.Tensor) -> Iterator[Tuple[List[int], torch.Tensor, List[int]]]:
@@ -185,10 +183,11 @@ def segments(pack: Pack, h: torch.Tensor) -> Iterator[Tuple[List[int], torch.Ten
     for slot in range(max(len(v) for v in by_row.values())):
         members = [v[slot] for v in by_row.values() if len(v) > slot]
         T = max(pack.lengths[k] for k in members)
-        rows = torch.tensor([pack.rows[k] for k in members], device=h.device)  # [n]
-        cols = (torch.tensor([pack.starts[k] for k in members], device=h.device)[:, None]
-                + torch.arange(T, device=h.device)).clamp_(max=pack.width - 1)  # [n, T]: past a text's end, never pooled
-        yield [pack.texts[k] for k in members], h[rows[:, None], cols], [pack.lengths[k] for k in members]  # [n, T, H]
+        rows = torch.tensor([pack.rows[k] for k in members])  # [n]
+        cols = (torch.tensor([pack.starts[k] for k in members])[:, None] + torch.arange(T)).clamp_(max=pack.width - 1)  # [n, T]
+        # Built on the host and sent without a wait: the slots past a text's end are never pooled.
+        yield ([pack.texts[k] for k in members], h[_on(rows[:, None], h.device), _on(cols, h.device)],
+               [pack.lengths[k] for k in members])  # [n, T, H]
 
 
 @dataclass(frozen=True)
@@ -215,11 +214,13 @@ def packing_error(lm: LoadedModel) -> float:
     float32 where the model honours restarting position ids; of order 1 where it lets the texts
     attend to each other or ignores the positions (a family whose masks transformers does not build
     from position ids)."""
-    first, second = list(range(1, 8)), list(range(8, 13))  # valid ids of any vocabulary
+    vocab = lm.model.config.vocab_size
+    first, second = [i % vocab for i in range(1, 8)], [i % vocab for i in range(8, 13)]
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
-    pack = Pack([0, 1], [0, 0], [0, len(first)], [len(first), len(second)], 1, len(first) + len(second))
-    packed = layer_mean(lm.body, *batch_ids(lm, [first, second], pack))[0, len(first):]  # [5, H]
-    alone = layer_mean(lm.body, *batch_ids(lm, [second], padded_packs([len(second)], 64)[0]))[0]  # [5, H]
+    # Two rows, as a real pack has: flash attention finds packed texts only in a batch of one row.
+    pack = Pack([0, 1, 2], [0, 0, 1], [0, 7, 0], [7, 5, 7], 2, 12)
+    packed = layer_mean(lm.body, *batch_ids(lm, [first, second, first], pack))[0, 7:]  # [5, H]
+    alone = layer_mean(lm.body, *batch_ids(lm, [second], padded_packs([5], 64)[0]))[0]  # [5, H]
     return ((packed - alone).norm() / alone.norm()).item()
 
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .pooling import Chunk, weights
+from .pooling import Chunk, to_device, weights
 
 
 class MeanAccumulator:
@@ -34,7 +34,7 @@ class MeanAccumulator:
         batch (a loop over its texts left the C heap fragmented and launched a kernel per text)."""
         T = h.shape[1]
         self._grow(T)
-        valid = torch.arange(T, device=h.device)[None, :] < torch.tensor(lengths, device=h.device)[:, None]  # [B, T]
+        valid = torch.arange(T, device=h.device)[None, :] < to_device(lengths, torch.int64, h.device)[:, None]  # [B, T]
         # A copy even when h is float64 already: the caller's h is left as it was.
         self.sum[:T] += h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0).sum(0)  # [T, H]
         self.count[:T] += valid.sum(0)

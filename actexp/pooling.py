@@ -47,10 +47,20 @@ def weights(chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
     return torch.stack([chunk_weights(c, n_tokens) for c in chunks])  # [C, T]
 
 
+def on_device(x: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on a device without the host waiting for the GPU: through pinned memory,
+    non-blocking (torch.tensor(values, device=cuda) waits for every kernel queued before it)."""
+    return x.pin_memory().to(device, non_blocking=True) if torch.device(device).type == "cuda" else x
+
+
+def to_device(values: Sequence, dtype: torch.dtype, device) -> torch.Tensor:
+    return on_device(torch.tensor(values, dtype=dtype), device)
+
+
 def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, device) -> torch.Tensor:
     """Weights of all chunks for a right-padded batch, built on its device: [B, C, width] float64,
     zero past each text's end (the same numbers as weights(), text by text)."""
-    n = torch.tensor(lengths, dtype=torch.float64, device=device)[:, None]  # [B, 1]
+    n = to_device(lengths, torch.float64, device)[:, None]  # [B, 1]
     t = torch.arange(width, dtype=torch.float64, device=device)[None, :]  # [1, T]
     valid = t < n  # [B, T]
     rows = []
@@ -91,7 +101,7 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     """
     B, T, _ = h.shape
     w = batch_weights(chunks, lengths, T, h.device)  # [B, C, T] float64
-    valid = w.new_tensor(lengths)[:, None] > torch.arange(T, device=h.device)  # [B, T]
+    valid = to_device(lengths, torch.int64, h.device)[:, None] > torch.arange(T, device=h.device)  # [B, T]
     # A copy even when h is float64 already: the caller's h is left as it was.
     x = h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything
     raw = torch.bmm(w, x)  # [B, C, H] float64

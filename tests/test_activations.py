@@ -115,7 +115,22 @@ def test_packed_packs_fill_rows_without_overlap_within_the_budget():
     packs = packed_packs(lengths, 1024)
     assert [(p.n_rows, p.width, p.texts) for p in packs[:2]] == [(1, 1200, [6]), (2, 300, [1, 9, 5, 12])]
     assert sum(p.slots for p in packs) - sum(lengths) <= 0.1 * sum(lengths)
-    # A fixed width: every pack has the same shape (a longer text widens its own), full rows.
+    # A fixed width: every pack but the last has the same shape, full rows; the last keeps the rows it fills.
     fixed = packed_packs([5, 40, 40, 7, 38, 37] * 20, 512, width=128)
-    assert {(p.n_rows, p.width) for p in fixed} == {(4, 128)} and len(fixed) == 7  # 3,340 tokens in 512-slot packs
-    assert sum(p.slots for p in fixed) - 167 * 20 < 512  # pads: the last pack's unfilled rows only
+    assert {(p.n_rows, p.width) for p in fixed[:-1]} == {(4, 128)} and len(fixed) == 7  # 3,340 tokens, 512-slot packs
+    assert fixed[-1].width == 128 and fixed[-1].n_rows == 3  # 301 tokens
+    assert sum(p.slots for p in fixed) - 167 * 20 < 128 + 5 * 6  # pads: a few per full row, one row's worth at the end
+
+
+def test_truncation_keeps_the_head_warns_and_flags(caplog):
+    cfg = compose_cfg("model.max_tokens=8")
+    backend = LocalBackend.from_config(cfg)
+    chunks = chunks_from_cfg(cfg.pooling)
+    with caplog.at_level(logging.WARNING):
+        out = backend.vectors([TEXTS[0], TEXTS[2]], chunks)
+    assert out.truncated == [False, True] and out.n_tokens[1] == 8
+    assert "truncated to model.max_tokens=8" in caplog.text
+    ids = backend.lm.tokenizer(TEXTS[2], add_special_tokens=False)["input_ids"]
+    ref = reference_model(backend.lm.model)
+    assert rel_err(out.raw[1], reference_vector(ref, ids[:8], LONG)) < 1e-5  # the first 8 tokens ...
+    assert rel_err(out.raw[1], reference_vector(ref, ids[-8:], LONG)) > 0.01  # ... not the last 8

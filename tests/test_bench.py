@@ -40,6 +40,7 @@ def test_bench_writes_bench_json(tmp_path):
     assert set(result["targets"]) == {"extract_vs_bare", "mem_extract_vs_bare", "mean_vs_seed_style", "mean_mem_growth",
                                       "padding_waste", "store_vs_bare", "store_mem_growth", "pool_fraction", "mean_vs_bare"}
     assert result["load_s"] > 0 and result["load_host_mb"] > 0 and result["batch_invariance"] is None
+    assert result["seed_style_documents"] == 6 and result["seed_style_tokens"] == result["tokens"]
     assert f"wrote {tmp_path / 'run' / 'bench.json'}" in r.stdout
     assert "extract_vs_bare" in r.stdout  # the printed table
 
@@ -55,8 +56,10 @@ def test_bench_on_a_spread_of_lengths_with_batch_invariance_and_a_subset_of_timi
     assert result["documents"] == 12 and 8 <= result["doc_tokens"][0] < result["doc_tokens"][1] <= 300
     assert set(result["tokens_per_s"]) == {"bare_forward", "extract_long_centered", "seed_style"}
     assert result["ratios"]["store_vs_bare"] is None and "store_vs_bare" not in result["targets"]
+    assert result["seed_style_documents"] == 2 and 2 * 8 <= result["seed_style_tokens"] <= 2 * 300 < result["tokens"]
     invariance = result["batch_invariance"]
     assert invariance["batches"] == 4 and 0 <= invariance["max_rel_diff"] < 2e-6  # float32: within rounding
+    assert invariance["bitwise"] == (invariance["max_abs_diff"] == 0)
     assert "batch invariance" in r.stdout
 
 

@@ -31,7 +31,8 @@ from actexp.model import load_model
 from actexp.reader import VectorStore
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, tiny_llama_gguf
 
-MODAL = ["hardware=modal", "model.dtype=float32"]  # float32 so the CPU stand-in equals the local backend
+# float32 and the CPU's packing, so that the CPU stand-in equals the local backend bit for bit
+MODAL = ["hardware=modal", "model.dtype=float32", "hardware.pack_width=null", "hardware.batch_tokens=8192"]
 
 
 def test_app_definition_imports_offline():

@@ -22,9 +22,9 @@ from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector,
 PACKED_TEXTS = TEXTS + [s.text for s in bundled_samples()[:8]] + ["A cat.", "Yes", "Two words", "x"]
 
 
-def _packed_backend(*overrides):
+def _packed_backend(*overrides, width=512, budget=1024):
     """Rows of 512 slots, two to a pack: long texts share their rows with short ones."""
-    cfg = compose_cfg("pooling=long", "hardware.batch_tokens=1024", "hardware.pack_width=512", *overrides)
+    cfg = compose_cfg("pooling=long", f"hardware.batch_tokens={budget}", f"hardware.pack_width={width}", *overrides)
     backend = LocalBackend.from_config(cfg)
     return backend, chunks_from_cfg(cfg.pooling)
 
@@ -102,3 +102,16 @@ def test_packing_off_gives_right_padded_batches_with_the_same_vectors():
     a, b = packed.vectors(PACKED_TEXTS, chunks), padded.vectors(PACKED_TEXTS, chunks)
     assert all(p.padded for p in padded.batching.packs(b.n_tokens))
     assert rel_err(a.raw, b.raw) < 1e-6
+
+
+def test_rows_wider_than_the_models_context_give_their_pads_position_0(gpt2_dir, trusted):
+    """GPT-2's learned positions stop at 256: a row of 400 slots holding one short text (or two) must
+    not hand its pads positions 200..399."""
+    backend, chunks = _packed_backend("model=hf", f"model.name_or_path={gpt2_dir}", width=400, budget=400)
+    texts = [PACKED_TEXTS[2], PACKED_TEXTS[1]]
+    out = backend.vectors(texts, chunks)
+    [pack] = backend.batching.packs(out.n_tokens)
+    assert pack.width == 400 > max(out.n_tokens) and not pack.padded
+    ref = reference_model(backend.lm.model)
+    ids, _ = backend.lm.encode(texts)
+    assert max(rel_err(out.raw[i], reference_vector(ref, x, LONG)) for i, x in enumerate(ids)) < 1e-6

@@ -3,6 +3,7 @@
 import ctypes
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class Pooled:
 # How far a packed text may move from the same text alone before packing is refused for a model
 # (activations.packing_error): about 1e-7 measured where packing works, of order 1 where it does not.
 PACKING_TOLERANCE = {torch.float32: 1e-4}  # half precision: 5e-2
+RESULTS_ON_DEVICE = 1 << 30  # bytes of a call's vectors kept on a GPU until the call ends (Pythia-12B long: 13k texts)
 
 
 class LocalBackend:
@@ -107,7 +109,8 @@ class LocalBackend:
         instead, with a warning."""
         if self.batching.packing and self._packing_works is None:
             error = packing_error(self.lm)
-            self._packing_works = error <= PACKING_TOLERANCE.get(self.lm.body.dtype, 5e-2)
+            # Not finite: the model overflows in its dtype, packed or not; the vectors are refused for it.
+            self._packing_works = not math.isfinite(error) or error <= PACKING_TOLERANCE.get(self.lm.body.dtype, 5e-2)
             if not self._packing_works:
                 log.warning("%s does not keep packed texts apart (a text moves by %.1e next to another): its batches "
                             "are right-padded (hardware.packing=false)", type(self.lm.model).__name__, error)
@@ -118,10 +121,12 @@ class LocalBackend:
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
         """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given. They stay on
-        the device until every pack has run: one copy to the host, not one wait per pack."""
+        the device until every pack has run (one copy to the host, not one wait per pack), unless they
+        would take more than RESULTS_ON_DEVICE bytes of its memory."""
         ids, truncated = self._encode(texts)
         dims = len(chunks) * self.lm.hidden_size
-        device = self.lm.device
+        size = len(texts) * dims * 4 * (1 if mean is None else 2)
+        device = self.lm.device if size <= RESULTS_ON_DEVICE else torch.device("cpu")
         raw = torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
         centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
         mu = None if mean is None else self._on_device(mean)
@@ -129,9 +134,9 @@ class LocalBackend:
             for pack, h in self._batches(ids):
                 for which, x, lengths in segments(pack, h):
                     pooled = pool(x, lengths, chunks, (None,) if mu is None else (None, mu))
-                    raw[which] = pooled[0]
+                    raw[which] = pooled[0].to(device)
                     if mu is not None:
-                        centered[which] = pooled[1]
+                        centered[which] = pooled[1].to(device)
                 bar.update(sum(pack.lengths))
         raw, centered = raw.cpu(), None if centered is None else centered.cpu()
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))

@@ -9,8 +9,8 @@ On the same documents and token-budget batches, after a warm-up, the median of s
   seed_style_mean         every document's per-layer activations written to disk, read back, averaged
 Peak memory: one child process per measurement on the CPU (resident set), or
 torch.cuda.max_memory_allocated on a GPU; the corpus mean at N and 4N documents.
-Load time: the model and tokenizer built in a fresh process from what the store holds (a GGUF model
-converted on its first use: that one-time conversion is not part of it).
+Load time: the model and tokenizer built from what the store holds, first thing (a GGUF model
+converted on its first use: that one-time conversion is not part of it), and the host memory it took.
 """
 
 import json
@@ -200,23 +200,17 @@ def _child_peak(cfg_dict: dict, name: str, docs_file: str, mean_path) -> float:
         return _peak_rss_mb()
 
 
-def _child_load(cfg_dict: dict) -> Tuple[float, float]:
-    """Seconds a fresh process takes to load the model and its tokenizer (imports excluded), and its
-    peak host memory meanwhile (MB): a model loaded straight onto a GPU needs little of it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  imported before the clock starts
+def load(backend) -> Tuple[float, float]:
+    """Seconds this process takes to load the model and its tokenizer (transformers imported before
+    the clock starts), and the peak host memory meanwhile (MB): a model loaded straight onto a GPU
+    needs little of it; on the CPU it is where the model lives."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    cfg = OmegaConf.create(cfg_dict)
     _reset_peak_rss()
     start = time.perf_counter()
-    with open_backend(cfg) as backend:
-        _ = backend.built.lm
-        return time.perf_counter() - start, _peak_rss_mb()
-
-
-def load_seconds(cfg) -> Tuple[float, float]:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        seconds, host_mb = pool.apply(_child_load, (OmegaConf.to_container(cfg, resolve=True),))
-    log.info(f"{'load':<24}{seconds:>10.1f} s (model and tokenizer, in a fresh process; peak host memory {host_mb:,.0f} MB)")
+    _ = backend.built.lm
+    seconds, host_mb = time.perf_counter() - start, _peak_rss_mb()
+    log.info(f"{'load':<24}{seconds:>10.1f} s (model and tokenizer; peak host memory {host_mb:,.0f} MB)")
     return seconds, host_mb
 
 
@@ -319,7 +313,7 @@ def flops_per_token(work: Workload) -> float:
     """2 x the non-embedding parameters, plus attention over the mean context."""
     body = work.lm.body
     params = sum(p.numel() for name, p in body.named_parameters() if "embed" not in name and "wte" not in name)
-    context = work.tokens / len(work.ids)
+    context = sum(len(x) ** 2 for x in work.ids) / work.tokens  # the context a token sees, on average over tokens
     return 2 * params + 2 * len(work.lm.blocks) * context * work.lm.hidden_size
 
 
@@ -338,6 +332,8 @@ def bench_docs(cfg, lm) -> List[Document]:
         while len(pool) < want:
             doc = next(source, None)
             if doc is None:
+                if not pool and k == 0:
+                    raise UserError(f"corpus {cfg.corpus.name} has no documents to fill the bench's with")
                 source = Corpus(cfg.corpus).documents()
                 continue
             pool += lm.tokenizer(doc.text + "\n\n", add_special_tokens=False)["input_ids"]
@@ -372,22 +368,23 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         raise UserError(f"bench.measure names {', '.join(unknown)}: choose from {', '.join(TIMED)}")
     scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=out_dir))  # mean files, stores: in the run folder
     try:
+        loaded = load(backend)
         docs = bench_docs(cfg, backend.built.lm)
         work = Workload(cfg, docs, backend, scratch)
         warm = work if cfg.bench.warmup_docs is None else Workload(cfg, docs[:cfg.bench.warmup_docs], backend, scratch)
-        return _measure(cfg, out_dir, tracker, work, warm)
+        return _measure(cfg, out_dir, tracker, work, warm, loaded)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _measure(cfg, out_dir, tracker, work: Workload, warm: Workload) -> dict:
+def _measure(cfg, out_dir, tracker, work: Workload, warm: Workload, loaded: Tuple[float, float]) -> dict:
+    load_s, load_host_mb = loaded
     work.corpus_mean()  # extract_long_centered centres with it
     warm.mean = work.mean
     names = [n for n in TIMED if n in (cfg.bench.measure or TIMED)]
     seconds, gpu_peaks = median_seconds(work, warm, names, cfg.bench.repeats, cfg.bench.warmup)
     rates = {name: work.tokens_of(name) / seconds[name] for name in names}
     peaks = peak_memory(cfg, work, gpu_peaks)
-    load_s, load_host_mb = load_seconds(cfg)
     slots = sum(pack.slots for pack in work.packs)
     peak = cfg.bench.peak_tflops or (989.0 if work.lm.device.type == "cuda" else None)
 
@@ -398,6 +395,7 @@ def _measure(cfg, out_dir, tracker, work: Workload, warm: Workload) -> dict:
         "model": work.lm.metadata["model"], "identity": work.lm.metadata, "hardware": cfg.hardware.name,
         "device": torch.cuda.get_device_name() if work.lm.device.type == "cuda" else "cpu", "dtype": work.lm.metadata["dtype"],
         "documents": len(work.ids), "tokens": work.tokens, "doc_tokens": [min(map(len, work.ids)), max(map(len, work.ids))],
+        "seed_style_documents": len(work.seed_ids), "seed_style_tokens": work.tokens_of("seed_style"),
         "batch_tokens": cfg.hardware.batch_tokens, "packing": work.backend.built.checked_batching().packing,
         "tokens_per_s": rates, "seconds": seconds, "peak_mem_mb": peaks, "load_s": load_s, "load_host_mb": load_host_mb,
         "ratios": {
@@ -451,8 +449,8 @@ def table(r: dict) -> str:
         check = r["targets"].get(name)
         verdict = "" if check is None else f"  target {check['target']}: {'pass' if check['pass'] else 'MISS'}"
         lines.append(f"{name:<24}{'-' if value is None else f'{value:.3f}':>12}{verdict}")
-    lines.append(f"{'load (s)':<24}{r['load_s']:>12.1f}  model and tokenizer, in a fresh process "
-                 f"({r['load_host_mb']:,.0f} MB of host memory at its peak)")
+    lines.append(f"{'load (s)':<24}{r['load_s']:>12.1f}  model and tokenizer ({r['load_host_mb']:,.0f} MB of host "
+                 "memory at its peak)")
     for name, mfu in (r["mfu"] or {}).items():
         lines.append(f"{'mfu ' + name:<24}{mfu:>12.3f}")
     if r["batch_invariance"]:
