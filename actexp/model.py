@@ -225,9 +225,10 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
 
 
 def _check_gguf(spec: ModelSpec) -> None:
-    if spec.gguf and (spec.name_or_path or spec.weights or spec.random_init or spec.arch or spec.revision):
-        raise UserError(f"model.gguf={spec.gguf} holds the whole model: leave model.name_or_path, model.revision, "
-                        "model.weights, model.arch and model.random_init unset")
+    given = [k for k in ("name_or_path", "revision", "weights", "arch", "random_init") if getattr(spec, k)]
+    if spec.gguf and given:
+        raise UserError(f"model.gguf={spec.gguf} holds the whole model, but model={spec.name} sets "
+                        f"{', '.join('model.' + k for k in given)}: use model=hf model.gguf={spec.gguf}")
 
 
 def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:
@@ -258,19 +259,31 @@ def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = No
 
     transformers.logging.set_verbosity_error()  # no "sequence longer than max length" noise
     transformers.logging.disable_progress_bar()  # "Loading weights" takes a second; a GGUF conversion shows its own
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"hardware.device={device} is not a device torch knows: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("hardware=cuda but torch sees no CUDA device: use hardware=cpu")
+        raise UserError(f"hardware.device={device} but torch sees no CUDA device: use hardware=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"hardware.device={device} but torch sees {torch.cuda.device_count()} CUDA device(s): "
+                        f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     if threads:
         torch.set_num_threads(threads)
     dtype = torch_dtype(spec.dtype)
     _check_gguf(spec)
-    if spec.random_init:
-        model = _random_model(spec, dtype, device)
-    elif spec.weights:
-        model = _model_from_weights(spec, dtype, device)
-    else:
-        model = _pretrained_model(spec, dtype, device, hash_cache)
+    try:
+        if spec.random_init:
+            model = _random_model(spec, dtype, device)
+        elif spec.weights:
+            model = _model_from_weights(spec, dtype, device)
+        else:
+            model = _pretrained_model(spec, dtype, device, hash_cache)
+    except (ValueError, ImportError) as e:
+        if "attn_implementation" not in str(e) and "FlashAttention" not in str(e):
+            raise
+        raise UserError(f"model.attn_implementation={spec.attn_implementation} cannot run here: "
+                        f"{str(e).strip().splitlines()[0][:200]}; use sdpa (the default) or eager") from None
     model.eval().requires_grad_(False)
     blocks = find_blocks(model, spec.blocks)
     meta = identity(spec, model.config, hash_cache)
@@ -351,10 +364,15 @@ def _model_from_weights(spec: ModelSpec, dtype, device):
     path = weights_file(spec)
     model = _architecture(spec, dtype, device)
     try:
-        model.load_state_dict({k: v.to(dtype) for k, v in load_file(path).items()}, strict=True)
+        weights = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"model.weights={path} is not a safetensors file ({str(e).strip() or type(e).__name__}): "
+                        "give the .safetensors file of the weights") from None
+    try:
+        model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True)
     except RuntimeError as e:
-        raise UserError(f"model.weights={path} does not fit the architecture of model={spec.name}: "
-                        f"{str(e).splitlines()[0]}") from None
+        reason = " ".join(line.strip() for line in str(e).splitlines()[1:3])
+        raise UserError(f"model.weights={path} does not fit the architecture of model={spec.name}: {reason[:300]}") from None
     return model
 
 

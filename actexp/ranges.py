@@ -49,9 +49,10 @@ def check(cfg) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             allowed = "a whole number of at least 1" + (f", or {null}" if null else "")
             raise UserError(f"{key}={value} is out of range: give {allowed}")
-    for key in ("hardware.max_padding", "centering.tail_start"):
+    for key in ("hardware.max_padding", "centering.tail_start", "compare.tolerance", "bench.invariance",
+                "corpus.min_chars", "model.seed"):
         value = _get(cfg, key)
-        if value is not None and value < 0:
+        if value is not None and not isinstance(value, bool) and value < 0:
             raise UserError(f"{key}={value} is out of range: give a number of 0 or more")
     low, high = _get(cfg, "plot.vmin"), _get(cfg, "plot.vmax")
     if low is not None and high is not None and low >= high:  # an empty or inverted colour scale

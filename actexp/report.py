@@ -38,12 +38,31 @@ def progress(iterable=None, **kwargs):
     settings = {"delay": 2, "leave": False, "dynamic_ncols": True} | kwargs
     if sys.stderr is not None and sys.stderr.isatty():
         return tqdm(iterable, **settings)
-    interval = float(os.environ.get(PROGRESS_ENV, PROGRESS_S))
+    interval = progress_interval()
     known = settings.get("total") is not None or hasattr(iterable, "__len__")
     line = ("{desc}: {n_fmt}" + ("/{total_fmt}" if known else "") + " {unit}s" + (" ({percentage:.0f} %)" if known else "")
             + ", {elapsed} elapsed, {rate_fmt}" + (", {remaining} left" if known else "") + "{postfix}")
     return _log_progress()(iterable, **settings | {"mininterval": interval, "delay": interval, "smoothing": 0, "leave": True,
                                                      "bar_format": line, "file": _Nowhere()})
+
+
+def progress_interval() -> float:
+    """ACTEXP_PROGRESS_S in seconds: a positive number, else the default (with one warning per value)."""
+    value = os.environ.get(PROGRESS_ENV)
+    try:
+        seconds = float(value) if value is not None else PROGRESS_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:  # NaN, 0, negative, not a number
+        if value not in _WARNED:
+            _WARNED.add(value)
+            logging.getLogger(__name__).warning("%s=%s is not a number of seconds above 0: a progress line every "
+                                                "%g s", PROGRESS_ENV, value, PROGRESS_S)
+        seconds = PROGRESS_S
+    return seconds
+
+
+_WARNED: set = set()
 
 
 @functools.lru_cache(maxsize=None)

@@ -263,3 +263,15 @@ def test_a_jsonl_of_groups_retrieves_any_member(tmp_path):
     assert report["source"]["retrieval"] == "group" and report["source"]["groups"] == 2
     assert next(r for r in report["results"] if r["metric"] == "recall@1")["queries"] == 5
     assert report["texts"][0] == {"name": "labels:1", "group": "cats"}
+
+
+def test_a_labelled_file_that_is_not_utf8_or_is_a_folder_is_one_line(tmp_path):
+    from actexp.labelled import from_jsonl
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "caf\xe9", "group": "a"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin.jsonl is not UTF-8 text \(invalid continuation byte at byte 13\): "
+                                        "save it as UTF-8"):
+        from_jsonl(latin)
+    with pytest.raises(UserError, match=f"{tmp_path} is a folder: give a .jsonl file"):
+        from_jsonl(tmp_path)

@@ -60,6 +60,11 @@ def test_typo_inside_a_yaml_file_fails(tmp_path):
     ("hardware.threads=-3", "hardware.threads=-3 is out of range: give a whole number of at least 1, or null"),
     ("store.shard_size=0", "store.shard_size=0 is out of range: give a whole number of at least 1"),
     ("centering.tail_start=-1", "centering.tail_start=-1 is out of range: give a number of 0 or more"),
+    ("compare.tolerance=-1", "compare.tolerance=-1.0 is out of range: give a number of 0 or more"),
+    ("bench.invariance=-1", "bench.invariance=-1 is out of range: give a number of 0 or more"),
+    ("corpus.min_chars=-1", "corpus.min_chars=-1 is out of range: give a number of 0 or more"),
+    ("model.seed=-1", "model.seed=-1 is out of range: give a number of 0 or more"),
+    ("hardware.pack_width=0", "hardware.pack_width=0 is out of range: give a whole number of at least 1, or null"),
 ])
 def test_numbers_out_of_range_are_refused_when_composed(override, expected):
     from actexp.api import compose_config

@@ -209,3 +209,16 @@ def test_the_identity_is_the_same_before_and_after_the_model_is_loaded(neox_dir,
     for dtype in ("float32", "bfloat16"):
         cfg = compose_cfg(*overrides, f"model.dtype={dtype}")
         assert load_model(model_spec(cfg)).metadata == model_identity(cfg), dtype
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["hardware.device=tpu"], "hardware.device=tpu is not a device torch knows: use cpu, cuda or cuda:N"),
+    (["model.attn_implementation=bogus"], "model.attn_implementation=bogus cannot run here: .*; use sdpa"),
+    (["model.weights=README.md"], "model.weights=.*README.md is not a safetensors file .*: give the .safetensors"),
+    (["model.gguf=README.md"], "model.gguf=README.md holds the whole model, but model=tiny sets model.weights, "
+                               "model.arch: use model=hf model.gguf=README.md"),
+])
+def test_a_model_setting_that_cannot_load_is_one_line(overrides, expected):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(UserError, match=expected):
+        LocalBackend.from_config(cfg).vectors(["hi"], chunks_from_cfg(cfg.pooling))

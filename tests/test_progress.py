@@ -74,3 +74,13 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
     with pytest.raises(KeyboardInterrupt):
         for _ in stream(lm, [[1, 2, 3]] * 4, Batching(batch_tokens=3)):
             pass
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
+def test_an_interval_that_is_no_positive_number_falls_back_to_the_default_with_a_warning(monkeypatch, caplog, value):
+    monkeypatch.setenv(report.PROGRESS_ENV, value)
+    with caplog.at_level(logging.WARNING):
+        for _ in report.progress(range(3), desc="scan"):
+            pass
+    assert report.progress_interval() == report.PROGRESS_S
+    assert f"{report.PROGRESS_ENV}={value} is not a number of seconds above 0" in caplog.text

@@ -137,7 +137,7 @@ def test_bad_gguf_files_and_a_missing_package_are_one_line_each(tmp_path):
     for gguf, message in cases:
         with pytest.raises(UserError, match=message):
             load_model(ModelSpec(name="x", gguf=str(gguf)), hash_cache=tmp_path / "h")
-    with pytest.raises(UserError, match="holds the whole model: leave model.name_or_path, model.revision"):
+    with pytest.raises(UserError, match="holds the whole model, but model=x sets model.revision: use model=hf model.gguf="):
         load_model(ModelSpec(name="x", gguf=GGUF, revision="main"), hash_cache=tmp_path / "h")
     assert not list((tmp_path / "models").glob("*")) or all(p.name == ".locks" for p in (tmp_path / "models").iterdir())
     # From the command line: one `error:` line, exit 2, no traceback.
