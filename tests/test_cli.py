@@ -174,14 +174,17 @@ def test_a_read_only_run_folder_is_one_line_naming_the_settings_that_move_it(tmp
 
 
 def test_a_run_that_fails_for_a_reason_no_check_foresaw_leaves_its_record(tmp_path):
-    """Exit 1 (not input the code knows to be bad: here weights whose header is garbage): the run
-    folder is kept as the record, metrics.json says failed with the line printed, and run.log holds
-    that line and the traceback that stderr leaves out."""
-    weights = tmp_path / "weights.safetensors"
-    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    """Exit 1 (not input the code knows to be bad: here a checkpoint config whose field transformers
+    refuses while building the model): the run folder is kept as the record, metrics.json says failed
+    with the line printed, and run.log holds that line and the traceback that stderr leaves out."""
+    folder = tmp_path / "odd-config"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neox", "hidden_size": 64, "num_hidden_layers": 2,
+                                                    "num_attention_heads": 4, "intermediate_size": "lots",
+                                                    "vocab_size": 4096}))
     out = tmp_path / "run"
-    r = run_cli("job=extract", "text=hi", f"model.weights={weights}", "logger=none", f"hydra.run.dir={out}",
-                cwd=tmp_path)
+    r = run_cli("job=extract", "text=hi", "model=hf", f"model.name_or_path={folder}", "model.random_init=true",
+                "logger=none", f"hydra.run.dir={out}", cwd=tmp_path)
     assert r.returncode == 1, r.stderr
     [line] = r.stderr.splitlines()
     assert line.startswith("error (") and "Traceback" not in r.stderr
