@@ -6,6 +6,8 @@ import stat
 import subprocess
 import time
 
+import pytest
+
 from actexp import io, jobs
 from actexp.fingerprint import file_sha256
 from actexp.io import FOREIGN_STALE_AFTER, temp_prefix, write_text
@@ -95,6 +97,7 @@ def test_a_shard_and_a_mean_rewritten_under_their_locks_remove_the_temp_files_of
     assert [p for p in stale if p.exists()] == []
 
 
+@pytest.mark.slow  # a CLI run: the default pytest run stays under 5 minutes
 def test_a_new_run_removes_the_temp_files_killed_runs_left_beside_it(tmp_path):
     """No later run writes into a killed run's folder, so its half-written files are removed by the
     next run that starts beside it (writers still alive keep theirs)."""

@@ -158,6 +158,7 @@ def test_a_missing_tokenizer_folder_names_its_own_setting(tmp_path):
             load_model(model_spec(compose_cfg(f"model.tokenizer={path}")))
 
 
+@pytest.mark.slow  # over 7 s (a CLI run and a mean): the default pytest run stays under 5 minutes
 def test_vectors_that_overflow_are_refused_with_the_dtype_to_use(tmp_path):
     """float16 is allowed and a model can overflow in it: the MLPs of the tiny model scaled up by 200
     overflow in float16 (not in float32); the refusal names the texts and the dtype to use."""
