@@ -25,14 +25,16 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from . import analysis, jobs
+from .maths import analysis
+from . import jobs
 from .backends import open_backend
-from .errors import UserError, message, user_fault
+from .errors import UserError, user_fault
+from .config.suggest import message
 from .jobs import common
 from .jobs.similarity import cosines
-from .labelled import LabelledTexts, samples  # noqa: F401 (part of the API)
-from .reader import VectorStore
-from .schema import CONF, register
+from .data.labelled import LabelledTexts, samples  # noqa: F401 (part of the API)
+from .store.reader import VectorStore
+from .config.schema import CONF, register
 
 
 def compose_config(*overrides: str):

@@ -1,8 +1,8 @@
 """The exceptions run.py turns into one line: bad input (exit 2) and an interrupted run (exit 130)."""
 
 import errno
-import os
 import threading
+
 
 # A folder the user cannot write to (a read-only mount, another user's folder): fixable by choosing another.
 UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -66,17 +66,3 @@ def user_fault(e: BaseException) -> bool:
     """Bad input the user can fix: ours, a config Hydra or OmegaConf refused, or a folder this user
     cannot write to (Hydra makes the run folder before anything of ours runs)."""
     return isinstance(e, UserError) or type(e).__module__.startswith(("hydra.", "omegaconf.")) or _unwritable(e)
-
-
-def message(e: BaseException) -> str:
-    """What the CLI prints after `error: ` for bad input (and the API raises as a UserError)."""
-    from .suggest import explain
-
-    e = _os_error(e) or e
-    if _unwritable(e) and e.errno == errno.EROFS:
-        return (f"cannot write {os.path.abspath(e.filename)}: {e.strerror}: run where you can write, or move the run folder with "
-                "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m) and the store with paths.artifacts=DIR")
-    if _unwritable(e):  # EACCES/EPERM: reading or writing, Python cannot tell which
-        return (f"cannot use {os.path.abspath(e.filename)}: {e.strerror}: give a path this user may read (inputs) "
-                "or write (hydra.run.dir=DIR, paths.artifacts=DIR)")
-    return explain(e) or one_line(e)

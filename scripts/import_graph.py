@@ -23,13 +23,15 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # The folder rule, bottom first: a module may import its own folder and the folders on earlier
 # lines (a line's folders do not import each other). Top-level modules are named by file.
 LAYERS = [
-    ["errors"],
+    ["errors", "progress"],
     ["maths", "config"],
     ["store"],
-    ["models", "data"],
-    ["report", "backends"],
+    ["models"],
+    ["data", "report"],
+    ["backends"],
     ["jobs"],
-    ["api", "run", "__init__"],
+    ["api", "run"],
+    ["__init__"],
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from actexp.corpus import python_docs
+from actexp.data.corpus import python_docs
 
 VOCAB_SIZE = 4096
 OUT = Path(__file__).resolve().parents[1] / "actexp" / "assets" / "tiny_tokenizer.json"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from actexp.jobs.bench import synthetic_store
-from actexp.neighbors import top_k
-from actexp.reader import VectorStore
+from actexp.maths.neighbors import top_k
+from actexp.store.reader import VectorStore
 
 IDENTITY = {"model": "bench", "revision": "r", "layers": "all", "prepend_bos": False, "max_tokens": 1, "dtype": "float32"}
 

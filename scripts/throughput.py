@@ -15,7 +15,7 @@ from itertools import islice
 from hydra import compose, initialize_config_dir
 
 from actexp.backends.local import LocalBackend
-from actexp.corpus import python_docs
+from actexp.data.corpus import python_docs
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.run import CONF
 

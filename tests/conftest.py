@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from actexp.model import BUNDLED_TOKENIZER
-from actexp.report import PROGRESS_ENV
+from actexp.models.spec import BUNDLED_TOKENIZER
+from actexp.progress import PROGRESS_ENV
 
 
 def pytest_addoption(parser):
@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def quiet_progress():
-    """No progress lines off a terminal (report.progress) in the CLI children: tests read stderr's one
+    """No progress lines off a terminal (actexp.progress) in the CLI children: tests read stderr's one
     line; test_progress sets its own interval."""
     old = os.environ.get(PROGRESS_ENV)
     os.environ[PROGRESS_ENV] = "3600"

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from actexp.schema import CONF, register
+from actexp.config.schema import CONF, register
 
 REPO = Path(__file__).resolve().parents[1]
 register()  # the dataclass schemas, as the CLI registers them
@@ -201,7 +201,7 @@ def tiny_llama_gguf(path, seed=0, hidden=16, layers=1, heads=2, kv_heads=1, inte
     import gguf
     import numpy as np
 
-    from actexp.model import BUNDLED_TOKENIZER
+    from actexp.models.spec import BUNDLED_TOKENIZER
 
     bpe = json.loads(BUNDLED_TOKENIZER.read_text())["model"]
     tokens = sorted(bpe["vocab"], key=bpe["vocab"].get)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from actexp import geometry, labelled, retrieval
-from actexp.analysis import analyze
-from actexp.neighbors import top_k
+from actexp.maths import geometry, retrieval
+from actexp.data import labelled
+from actexp.maths.analysis import analyze
+from actexp.maths.neighbors import top_k
 
 
 def test_identical_partners_are_always_found_first():

@@ -10,13 +10,13 @@ import pytest
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
-from actexp.corpus import bundled_samples
+from actexp.data.corpus import bundled_samples
 from actexp.errors import UserError
-from actexp.io import read_vectors_csv
+from actexp.store.io import read_vectors_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs import neighbors as neighbors_job
 from actexp.jobs.common import corpus_mean
-from actexp.reader import VectorStore
+from actexp.store.reader import VectorStore
 from helpers import compose_cfg, run_cli, wandb_records, wandb_summary
 
 MEAN = "corpus.max_docs=64"  # the corpus of the fixture's mean: 64 docstrings
@@ -266,7 +266,7 @@ def test_a_jsonl_of_groups_retrieves_any_member(tmp_path):
 
 
 def test_a_labelled_file_that_is_not_utf8_or_is_a_folder_is_one_line(tmp_path):
-    from actexp.labelled import from_jsonl
+    from actexp.data.labelled import from_jsonl
 
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"text": "caf\xe9", "group": "a"}\n'.encode("latin-1"))

@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 import actexp
 from actexp.backends import local
-from actexp.io import read_vectors_csv
+from actexp.store.io import read_vectors_csv
 from helpers import REPO, TEXTS, run_cli, run_clis
 
 NOTEBOOK = REPO / "examples" / "quickstart.ipynb"

@@ -2,7 +2,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from actexp.schema import CONF
+from actexp.config.schema import CONF
 from helpers import compose_cfg
 
 GROUPS = ["job", "model", "pooling", "centering", "hardware", "logger"]
@@ -101,7 +101,8 @@ def test_an_unquoted_text_with_a_comma_says_how_to_quote_it(tmp_path):
 def test_a_file_this_user_may_not_open_is_not_called_unwritable():
     import errno
 
-    from actexp.errors import message, user_fault
+    from actexp.config.suggest import message
+    from actexp.errors import user_fault
 
     denied = PermissionError(errno.EACCES, "Permission denied", "/data/a.txt")
     assert user_fault(denied) and message(denied).startswith("cannot use /data/a.txt: Permission denied: give a path")

@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from actexp.corpus import Corpus, bundled_samples, doc_id
+from actexp.data.corpus import Corpus, bundled_samples, doc_id
 from actexp.errors import UserError
 from helpers import compose_cfg
 

@@ -8,7 +8,7 @@ from actexp import jobs
 from actexp.backends.local import LocalBackend
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
-from actexp.model import load_model
+from actexp.models.loading import load_model
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_if
 
 

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from actexp import io, jobs
-from actexp.fingerprint import file_sha256
-from actexp.io import FOREIGN_STALE_AFTER, temp_prefix, write_text
+from actexp.store import io
+from actexp import jobs
+from actexp.store.hashes import file_sha256
+from actexp.store.io import FOREIGN_STALE_AFTER, temp_prefix, write_text
 from helpers import REPO, compose_cfg, run_cli
 
 
@@ -80,7 +81,7 @@ def test_a_write_syncs_the_folder_after_the_rename(tmp_path, monkeypatch):
 
 
 def test_a_shard_and_a_mean_rewritten_under_their_locks_remove_the_temp_files_of_killed_writes(tmp_path):
-    """storage.remove_temp_files: a holder of a file's lock is its only writer, so any temp file of that
+    """store.locks.remove_temp_files: a holder of a file's lock is its only writer, so any temp file of that
     file is a killed write's, whoever wrote it."""
     cfg = compose_cfg("job=mean", "corpus=samples", "corpus.max_docs=4", "corpus.shard_size=2", "centering.min_count=2", f"paths.artifacts={tmp_path / 'a'}")
     first = jobs.run("mean", cfg, tmp_path / "run1")

@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actexp import artifacts as store
+from actexp.store import means
 from actexp import jobs
-from actexp.centering import CorpusMean, finalise
-from actexp.pooling import Chunk
+from actexp.maths.centering import CorpusMean, finalise
+from actexp.maths.pooling import Chunk
 from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
-from actexp.model import load_model
+from actexp.models.loading import load_model
 from actexp.jobs.common import model_spec
 from helpers import (REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis,
                      wandb_records)
@@ -49,7 +49,7 @@ def stats_folder(artifacts):
 
 
 def mean_file(artifacts):
-    [path] = (artifacts / "means").glob(f"*/{store.MEAN_FILE}")
+    [path] = (artifacts / "means").glob(f"*/{means.MEAN_FILE}")
     return path
 
 
@@ -80,9 +80,9 @@ def test_mean_equals_per_document_reference(tmp_path, docs_dir):
     assert rel_err(saved["mean"], ref_sum[seen] / ref_count[seen, None]) < 1e-6
     # Positions no document reached take the count-weighted mean of all positions (tail_start 0).
     assert saved["tail"].shape == (H,) and rel_err(saved["tail"], ref_sum.sum(0) / ref_count.sum()) < 1e-6
-    mean = store.load_mean(mean_file(tmp_path / "art"))
+    mean = means.load_mean(mean_file(tmp_path / "art"))
     assert torch.equal(mean.rows(P)[reached:], saved["tail"].expand(P - reached, H))
-    header = store.load_mean(mean_file(tmp_path / "art")).metadata
+    header = means.load_mean(mean_file(tmp_path / "art")).metadata
     assert header["docs"] == 7 and header["tokens"] == int(ref_count.sum())
     for key in ("model", "revision", "layers", "prepend_bos", "max_tokens", "corpus", "min_count", "tail_start"):
         assert key in header
@@ -110,17 +110,17 @@ def _same(a, b):
 
 def test_resume_after_a_crash_in_extract_is_bit_identical(tmp_path, docs_dir, monkeypatch):
     run_mean(tmp_path / "whole", *files_corpus(docs_dir))
-    real_write, calls = store.write_stats, []
+    real_write, calls = means.write_stats, []
 
     def crash_after_two(*args, **kwargs):
         if len(calls) == 2:
             raise RuntimeError("injected crash after shard 1")
         calls.append(real_write(*args, **kwargs))
 
-    monkeypatch.setattr(store, "write_stats", crash_after_two)
+    monkeypatch.setattr(means, "write_stats", crash_after_two)
     with pytest.raises(RuntimeError, match="injected"):
         run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
-    monkeypatch.setattr(store, "write_stats", real_write)
+    monkeypatch.setattr(means, "write_stats", real_write)
     assert len(list((stats_folder(tmp_path / "resumed") / "shards").iterdir())) == 2
     metrics, _ = run_mean(tmp_path / "resumed", *files_corpus(docs_dir))
     assert 0 < metrics["tokens_computed"] < metrics["tokens"]  # only the missing shards ran
@@ -137,17 +137,17 @@ def test_resume_after_a_crash_in_aggregate_uses_the_checkpoint(tmp_path, docs_di
     def crash(*args, **kwargs):
         raise RuntimeError("injected crash before the mean is saved")
 
-    monkeypatch.setattr(store, "save_mean", crash)
+    monkeypatch.setattr(means, "save_mean", crash)
     with pytest.raises(RuntimeError, match="injected"):
         run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate", "mean.checkpoint_every=1")
     monkeypatch.undo()
     folder = stats_folder(art)
-    assert store.read_stats(folder / store.CHECKPOINT_FILE)[2]["next"] == 3
+    assert means.read_stats(folder / means.CHECKPOINT_FILE)[2]["next"] == 3
     for k in range(3):  # the checkpoint covers these: the merge must not read them again
         (folder / "shards" / f"{k:05d}.safetensors").unlink()
     run_mean(art, *files_corpus(docs_dir), "mean.stage=aggregate")
     assert _same(_tensors(tmp_path / "whole"), _tensors(art))
-    assert not (folder / store.CHECKPOINT_FILE).exists()
+    assert not (folder / means.CHECKPOINT_FILE).exists()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "foreign"])
@@ -163,10 +163,10 @@ def test_corrupt_shard_is_detected_and_redone(tmp_path, docs_dir, damage, caplog
     elif damage == "truncate":
         shard.write_bytes(bytes(data[: len(data) // 2]))
     else:  # a valid file computed in another dtype: its checksum is fine, its header is not
-        sum_, count, meta = store.read_stats(shard)
-        store.write_stats(shard, sum_, count, meta | {"dtype": "bfloat16"})
+        sum_, count, meta = means.read_stats(shard)
+        means.write_stats(shard, sum_, count, meta | {"dtype": "bfloat16"})
         data = bytearray(shard.read_bytes())
-    assert damage == "foreign" or store.read_stats(shard) is None
+    assert damage == "foreign" or means.read_stats(shard) is None
     mean_file(art).unlink()  # a finished mean is reused as it is: merge again
     # The merge alone refuses it and removes it ...
     expected = "dtype=bfloat16 .these sums are for dtype=float32" if damage == "foreign" else "is missing, truncated or corrupt"
@@ -199,7 +199,7 @@ def test_sigkill_at_two_points_then_rerun_is_identical(tmp_path):
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, f"the run ended on its own (status {proc.returncode})"
         on_disk = len(list(art.glob("stats/*/shards/*.safetensors")))
-        assert wanted <= seen <= on_disk < 12 and not list(art.glob(f"means/*/{store.MEAN_FILE}"))
+        assert wanted <= seen <= on_disk < 12 and not list(art.glob(f"means/*/{means.MEAN_FILE}"))
     [shards] = art.glob("stats/*/shards")
     stale = shards / ".00011.safetensors.killed.tmp"  # what a writer killed mid-write leaves
     stale.write_bytes(b"half a shard")
@@ -278,13 +278,13 @@ def test_two_mean_jobs_at_once_share_the_work_and_equal_a_single_run(tmp_path):
 def test_refinalising_keeps_the_other_mean_and_reuses_the_shards(tmp_path, docs_dir):
     art = tmp_path / "art"
     run_mean(art, *files_corpus(docs_dir))
-    [first] = (art / "means").glob(f"*/{store.MEAN_FILE}")
+    [first] = (art / "means").glob(f"*/{means.MEAN_FILE}")
     before = first.read_bytes()
     metrics, _ = run_mean(art, *files_corpus(docs_dir), "centering.min_count=2", "mean.stage=aggregate")
     assert first.read_bytes() == before  # the mean that earlier outputs point to is untouched
     second = Path(metrics["mean"])
     assert second != first and second.parent.name.endswith("-m2-t32")
-    assert store.load_mean(second).metadata["min_count"] == 2 and store.load_mean(first).metadata["min_count"] == 1
+    assert means.load_mean(second).metadata["min_count"] == 2 and means.load_mean(first).metadata["min_count"] == 1
     assert "tokens_computed" not in metrics  # the same shards, merged again
 
 
@@ -295,13 +295,13 @@ def test_an_edited_corpus_folder_gets_a_new_mean(tmp_path, docs_dir):
     (docs_dir / "03.txt").write_text("A new text replaces the old one entirely.")
     metrics, cfg = run_mean(art, *files_corpus(docs_dir))
     assert metrics["shards_computed"] == 4  # never the old mean, silently
-    means = sorted((art / "means").glob(f"*/{store.MEAN_FILE}"), key=lambda p: p.stat().st_mtime)
-    assert len(means) == 2 and means[1] == Path(metrics["mean"])
-    assert not torch.equal(load_file(means[0])["sum"], load_file(means[1])["sum"])
+    files = sorted((art / "means").glob(f"*/{means.MEAN_FILE}"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2 and files[1] == Path(metrics["mean"])
+    assert not torch.equal(load_file(files[0])["sum"], load_file(files[1])["sum"])
     centring = ["centering=corpus_mean", f"paths.artifacts={art}", *files_corpus(docs_dir)]
-    assert corpus_mean(compose_cfg(*centring)).path == means[1]
+    assert corpus_mean(compose_cfg(*centring)).path == files[1]
     (docs_dir / "03.txt").write_text(original)  # the folder as it was: its own mean, not the newest
-    assert corpus_mean(compose_cfg(*centring)).path == means[0]
+    assert corpus_mean(compose_cfg(*centring)).path == files[0]
 
 
 @pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
@@ -334,13 +334,13 @@ def test_a_reused_mean_is_said_to_be_reused_not_written(tmp_path, caplog):
 
 def test_a_mean_padded_to_max_tokens_by_an_earlier_version_still_loads(tmp_path):
     metrics, _ = run_mean(tmp_path / "art", "corpus=samples", "centering.min_count=4")
-    new = store.load_mean(metrics["mean"])
+    new = means.load_mean(metrics["mean"])
     P, reached = new.positions, new.mean.shape[0]
     assert reached < P and new.tail is not None
     pad = P - reached
     old = CorpusMean(new.rows(P), torch.cat([new.sum, new.sum.new_zeros(pad, new.sum.shape[1])]),
                      torch.cat([new.count, new.count.new_zeros(pad)]), None, dict(new.metadata))
-    loaded = store.load_mean(store.save_mean(old, tmp_path / "old.safetensors").path)
+    loaded = means.load_mean(means.save_mean(old, tmp_path / "old.safetensors").path)
     assert loaded.tail is None and torch.equal(loaded.rows(P), new.rows(P))
     chunks = [Chunk("last"), Chunk("exp", 0.067)]
     assert torch.equal(loaded.pooled_mean(chunks, reached + 100), new.pooled_mean(chunks, reached + 100))

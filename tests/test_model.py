@@ -11,8 +11,10 @@ from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_identity, model_spec
-from actexp.corpus import python_docs
-from actexp.model import BUNDLED_WEIGHTS, find_blocks, load_model, select_layers
+from actexp.data.corpus import python_docs
+from actexp.models.spec import BUNDLED_WEIGHTS
+from actexp.models.architecture import find_blocks, select_layers
+from actexp.models.loading import load_model
 from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from transformers import masking_utils
 
-from actexp.activations import packing_error
+from actexp.models.activations import packing_error
 from actexp.backends import local
 from actexp.backends.local import LocalBackend
-from actexp.centering import CorpusMean
-from actexp.corpus import bundled_samples
+from actexp.maths.centering import CorpusMean
+from actexp.data.corpus import bundled_samples
 from actexp.jobs.common import chunks as chunks_from_cfg
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from actexp import jobs, plots
+from actexp import jobs
+from actexp.report import plots
 from actexp.errors import UserError
-from actexp.io import write_matrix_csv
+from actexp.store.io import write_matrix_csv
 from helpers import compose_cfg
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from actexp.pooling import Chunk, chunk_weights, pool, weights
+from actexp.maths.pooling import Chunk, chunk_weights, pool, weights
 from helpers import compose_cfg
 from actexp.jobs.common import chunks as chunks_from_cfg
 

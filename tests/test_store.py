@@ -22,11 +22,11 @@ import torch
 import actexp
 from actexp import jobs
 from actexp.backends.local import LocalBackend
-from actexp.corpus import Corpus
+from actexp.data.corpus import Corpus
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean
-from actexp.reader import VectorStore
+from actexp.store.reader import VectorStore
 from helpers import REPO, compose_cfg, read_only, rel_err, run_cli
 
 CORPUS = ["corpus.max_docs=40", "store.shard_size=16"]  # 3 shards: 16, 16, 8

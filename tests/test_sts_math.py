@@ -7,13 +7,13 @@ import pytest
 import scipy.stats
 import torch
 
-from actexp import fits as fit_store
-from actexp import postprocess
-from actexp.artifacts import _tensors_sha256, write_checked
-from actexp.correlation import average_ranks, pearson, spearman
+from actexp.store import fits as fit_store
+from actexp.maths import postprocess
+from actexp.store.tensors import _tensors_sha256, write_checked
+from actexp.maths.correlation import average_ranks, pearson, spearman
 from actexp.errors import UserError
-from actexp.pairs import from_file, stsb
-from actexp.storage import digest
+from actexp.data.pairs import from_file, stsb
+from actexp.store.layout import digest
 
 
 def test_spearman_and_pearson_match_scipy_with_ties():

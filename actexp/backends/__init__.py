@@ -4,6 +4,7 @@ import a backend directly."""
 import contextlib
 
 from ..errors import UserError
+from ..models.identity import model_identity
 
 
 def make_backend(cfg):
@@ -37,11 +38,9 @@ class LazyBackend:
 
     @property
     def metadata(self) -> dict:
-        """The model identity, from config (model.identity)."""
+        """The model identity, from config (models/identity.py)."""
         if self._backend is not None:
             return self._backend.metadata
-        from ..jobs.common import model_identity
-
         return model_identity(self._cfg)
 
     def vectors(self, texts, chunks, mean=None):

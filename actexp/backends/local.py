@@ -12,18 +12,21 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from filelock import Timeout
 
-from .. import artifacts as store
-from .. import vector_store
-from ..activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
-from ..centering import CorpusMean, MeanAccumulator
-from ..corpus import Document
+from ..store import means
+from ..store import vectors as vector_store
+from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
+from ..maths.centering import CorpusMean, MeanAccumulator
+from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
-from ..model import LoadedModel, ModelSpec, identity, load_model
-from ..pooling import Chunk, pool, weights
-from ..report import progress
-from ..shards import check as check_shard
-from ..storage import hash_cache, remove_temp_files
-from ..vector_store import StoreLayout
+from ..models.loading import LoadedModel, load_model
+from ..models.spec import ModelSpec
+from ..models.identity import identity
+from ..maths.pooling import Chunk, pool, weights
+from ..progress import progress
+from ..store.shards import check as check_shard
+from ..store.layout import hash_cache
+from ..store.locks import remove_temp_files
+from ..store.vectors import StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class Pooled:
 
 
 # How far a packed text may move from the same text alone before packing is refused for a model
-# (activations.packing_error): about 1e-7 measured where packing works, of order 1 where it does not.
+# (models/activations.py: packing_error): about 1e-7 measured where packing works, of order 1 where it does not.
 PACKING_TOLERANCE = {torch.float32: 1e-4}  # half precision: 5e-2
 RESULTS_ON_DEVICE = 1 << 30  # bytes of a call's vectors kept on a GPU until the call ends (Pythia-12B long: 13k texts)
 
@@ -88,7 +91,7 @@ class LocalBackend:
 
     @property
     def metadata(self) -> dict:
-        """The model identity, from its config and files (model.identity): no weights are loaded."""
+        """The model identity, from its config and files (models/identity.py): no weights are loaded."""
         if self._metadata is None:
             self._metadata = self._lm.metadata if self._lm is not None else identity(self.spec, hash_cache=self.hash_cache)
         return self._metadata
@@ -200,18 +203,18 @@ class LocalBackend:
                             "the model overflows in it; use model.dtype=bfloat16 or float32")
         return acc
 
-    def write_shard(self, docs: Sequence[Document], stats: store.Stats, index: int) -> dict:
+    def write_shard(self, docs: Sequence[Document], stats: means.Stats, index: int) -> dict:
         """Compute one shard and write it atomically; its header (with the seconds it took)."""
         start = time.perf_counter()
         acc = self.mean_stats([d.text for d in docs])
         meta = {"shard": index, "doc_ids": [d.id for d in docs], "docs": acc.docs, "tokens": acc.tokens,
                 "stats_id": stats.id, "dtype": self.metadata["dtype"]}
-        store.write_stats(stats.shard(index), acc.sum, acc.count, meta)
+        means.write_stats(stats.shard(index), acc.sum, acc.count, meta)
         return meta | {"seconds": time.perf_counter() - start}
 
     @staticmethod
     def _each_shard(shards: Iterable[Tuple[int, List[Document]]], layout, compute) -> Iterator[dict]:
-        """The header of each (index, documents) shard of `layout` (store.Stats or StoreLayout). A valid
+        """The header of each (index, documents) shard of `layout` (means.Stats or StoreLayout). A valid
         shard on disk is read without a lock (shards are written whole), so finished files stay usable on
         read-only media; a missing or damaged one is compute(k, docs)'d under its lock. A shard whose
         lock another process holds is left to it and done at the end (after waiting for that lock, it
@@ -247,7 +250,7 @@ class LocalBackend:
             with lock:
                 yield under_lock(k, docs)
 
-    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: means.Stats) -> Iterator[dict]:
         """For each (index, documents): the header of its valid mean shard, computing it if needed."""
         return self._each_shard(shards, stats, lambda k, docs: self.write_shard(docs, stats, k))
 
@@ -270,12 +273,12 @@ class LocalBackend:
         """Where the shards are once all are written: here."""
         return "local"
 
-    def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
+    def aggregate(self, stats: means.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
-        return store.merge_shards(stats, n_shards, min_count, tail_start, checkpoint_every)
+        return means.merge_shards(stats, n_shards, min_count, tail_start, checkpoint_every)
 
-    def shard_headers(self, stats: store.Stats) -> List[dict]:
-        return store.shard_headers(stats)
+    def shard_headers(self, stats: means.Stats) -> List[dict]:
+        return means.shard_headers(stats)
 
     def close(self) -> None:
         """Release the model (a run opens one backend and closes it when it ends)."""

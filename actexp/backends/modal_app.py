@@ -70,8 +70,8 @@ class Extractor:
         import torch
 
         from actexp.backends.local import LocalBackend
-        from actexp.model import ModelSpec
-        from actexp.pooling import Chunk
+        from actexp.models.spec import ModelSpec
+        from actexp.maths.pooling import Chunk
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.backend = LocalBackend(ModelSpec(**json.loads(self.spec)), device)
@@ -85,7 +85,7 @@ class Extractor:
 
     def _configure(self, request: dict) -> None:
         """Every request starts here: refused if the model is not the client's, then its batch settings."""
-        from actexp.activations import Batching
+        from actexp.models.activations import Batching
 
         if self._refusal:
             raise RuntimeError(self._refusal)
@@ -93,8 +93,8 @@ class Extractor:
 
     def _vectors(self, request: dict):
         """The local backend's Pooled vectors of request["texts"], centred with the mean named by the request."""
-        from actexp.artifacts import load_mean
-        from actexp.pooling import Chunk
+        from actexp.store.means import load_mean
+        from actexp.maths.pooling import Chunk
 
         self._configure(request)
         mean = None
@@ -124,7 +124,7 @@ class Extractor:
         """{index, texts, doc_ids, stats: {identity, corpus_id, shard_size}} -> the shard's header; the file is
         written atomically on the artifacts volume and committed, so a preempted input that runs
         again is harmless."""
-        from actexp.corpus import Document
+        from actexp.data.corpus import Document
 
         self._configure(request)
         docs = [Document(i, i, t) for i, t in zip(request["doc_ids"], request["texts"])]
@@ -136,8 +136,8 @@ class Extractor:
     def store_shard(self, request: dict) -> dict:
         """{index, texts, doc_ids, names, chunks, mean, mean_sha256, layout} -> the shard's header; the
         Arrow file is written atomically on the artifacts volume and committed (idempotent)."""
-        from actexp import vector_store
-        from actexp.corpus import Document
+        from actexp.store import vectors as vector_store
+        from actexp.data.corpus import Document
 
         start = time.perf_counter()
         docs = [Document(i, n, t) for i, n, t in zip(request["doc_ids"], request["names"], request["texts"])]
@@ -159,14 +159,14 @@ def _identity_mismatch(sent, here: dict):
 
 def _layout(spec: dict):
     """The vector store named by a request, on the volume (which has no file locks)."""
-    from actexp.vector_store import StoreLayout
+    from actexp.store.vectors import StoreLayout
 
     return StoreLayout(Path(ARTIFACTS_DIR), **spec, locking=False)
 
 
 def _stats(spec: dict):
     """The sums named by a request, on the volume (which has no file locks)."""
-    from actexp.artifacts import Stats
+    from actexp.store.means import Stats
 
     return Stats(Path(ARTIFACTS_DIR), **spec, locking=False)
 
@@ -174,12 +174,12 @@ def _stats(spec: dict):
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600, memory=32768)
 def aggregate(request: dict) -> dict:
     """Merge the shards on the volume into the mean of the requested settings (CPU only)."""
-    from actexp import artifacts as store
+    from actexp.store import means
 
     artifacts_volume.reload()
     stats = _stats(request["stats"])
     try:
-        mean = store.merge_shards(stats, request["n_shards"], request["min_count"], request["tail_start"],
+        mean = means.merge_shards(stats, request["n_shards"], request["min_count"], request["tail_start"],
                                   request["checkpoint_every"])
     finally:
         artifacts_volume.commit()  # keep the merge checkpoint, or the removal of a corrupt shard
@@ -191,7 +191,7 @@ def check_shards(request: dict) -> dict:
     """{kind: stats | store, spec, doc_ids: {index: [ids]}} -> {index: header} of the shards on the
     volume that pass the one shard check (actexp.shards.check), run here, next to the bytes: a
     corrupt shard is left out, so the client recomputes it."""
-    from actexp.shards import valid_headers
+    from actexp.store.shards import valid_headers
 
     artifacts_volume.reload()
     files = _stats(request["spec"]) if request["kind"] == "stats" else _layout(request["spec"])
@@ -200,15 +200,15 @@ def check_shards(request: dict) -> dict:
 
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)
 def shard_headers(spec: dict) -> list:
-    from actexp import artifacts as store
+    from actexp.store import means
 
     artifacts_volume.reload()
-    return store.shard_headers(_stats(spec))
+    return means.shard_headers(_stats(spec))
 
 
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=600)
 def store_headers(spec: dict) -> list:
-    from actexp import vector_store
+    from actexp.store import vectors as vector_store
 
     artifacts_volume.reload()
     return vector_store.shard_headers(_layout(spec))

@@ -15,20 +15,24 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from .. import artifacts as store
-from ..activations import Batching
-from ..centering import CorpusMean
-from ..corpus import Document
+from ..store import means
+from ..models.activations import Batching
+from ..maths.centering import CorpusMean
+from ..data.corpus import Document
 from ..errors import UserError
-from ..io import write_bytes
-from ..fingerprint import hub_commit
-from ..gguf_model import in_package
-from ..model import ModelSpec, from_hub, identity, model_config, text_encoder
-from ..pooling import Chunk
-from ..report import progress
-from ..shards import check as check_shard
-from ..storage import hash_cache
-from ..vector_store import StoreLayout
+from ..store.io import write_bytes
+from ..models.hub import hub_commit
+from ..models.gguf import in_package
+from ..models.spec import ModelSpec, from_hub
+from ..models.identity import identity
+from ..models.architecture import model_config
+from ..models.tokenizing import text_encoder
+from ..maths.pooling import Chunk
+from ..progress import progress
+from ..store.shards import check as check_shard
+from ..store.layout import MANIFEST, hash_cache
+from ..store.tensors import header_of_stream
+from ..store.vectors import StoreLayout
 from .local import Pooled
 
 log = logging.getLogger(__name__)
@@ -111,7 +115,7 @@ class ModalBackend:
     @staticmethod
     def _pinned(spec: ModelSpec) -> ModelSpec:
         """A hub model with its revision pinned to the commit this machine resolves it to (its Hugging
-        Face cache, else the hub), as model.identity does: the containers load exactly that commit,
+        Face cache, else the hub), as models/identity.py does: the containers load exactly that commit,
         so the identity the client records, and the mean and store ids, name the model that ran."""
         if not from_hub(spec):
             return spec
@@ -176,12 +180,12 @@ class ModalBackend:
         """The mean's path on the artifacts volume: the copy there is used only if its checksum is
         the local mean's; otherwise the local file is uploaded over it. Checked once per run (the
         containers check the checksum again when they first read it)."""
-        relpath = f"means/{mean.metadata['mean_id']}/{store.MEAN_FILE}"
+        relpath = f"means/{mean.metadata['mean_id']}/{means.MEAN_FILE}"
         if (relpath, mean.sha256) in self._means_sent:
             return relpath
         volume = self.app_module.artifacts_volume
         try:
-            remote_sha = store.header_of_stream(volume.read_file(relpath)).get("sha256")
+            remote_sha = header_of_stream(volume.read_file(relpath)).get("sha256")
         except (FileNotFoundError, ValueError):  # missing, or not a safetensors file: replaced below
             remote_sha = None
         if remote_sha != mean.sha256:
@@ -214,10 +218,10 @@ class ModalBackend:
                        [t for r in results for t in r["truncated"]])
 
     # -- corpus mean ---------------------------------------------------------------------------
-    def shard_headers(self, stats: store.Stats) -> List[dict]:
+    def shard_headers(self, stats: means.Stats) -> List[dict]:
         return self._function("shard_headers").remote(stats.spec())
 
-    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: store.Stats) -> Iterator[dict]:
+    def extract_shards(self, shards: Iterable[Tuple[int, List[Document]]], stats: means.Stats) -> Iterator[dict]:
         """Fan the shards not yet on the volume out over the GPUs; the successful ones are kept even
         when others fail, so running the job again resumes."""
         shards = list(shards)
@@ -232,7 +236,7 @@ class ModalBackend:
         return self._function("check_shards").remote(
             {"kind": kind, "spec": files.spec(), "doc_ids": {k: [d.id for d in docs] for k, docs in shards}})
 
-    def aggregate(self, stats: store.Stats, n_shards: int, min_count: int, tail_start: int,
+    def aggregate(self, stats: means.Stats, n_shards: int, min_count: int, tail_start: int,
                   checkpoint_every: int) -> CorpusMean:
         """Merge on Modal (next to the shards), then download the mean into the local store."""
         try:
@@ -240,11 +244,11 @@ class ModalBackend:
                 "stats": stats.spec(), "n_shards": n_shards, "min_count": min_count, "tail_start": tail_start,
                 "checkpoint_every": checkpoint_every})
         except UserError:  # a shard on the volume was bad and removed there: extract must run again here too
-            (stats.folder / store.MANIFEST).unlink(missing_ok=True)
+            (stats.folder / MANIFEST).unlink(missing_ok=True)
             raise
         data = b"".join(self.app_module.artifacts_volume.read_file(reply["path"]))
         write_bytes(stats.mean_path(min_count, tail_start), data)
-        return store.load_mean(stats.mean_path(min_count, tail_start))
+        return means.load_mean(stats.mean_path(min_count, tail_start))
 
     # -- vector store --------------------------------------------------------------------------
     def store_headers(self, layout: StoreLayout) -> List[dict]:

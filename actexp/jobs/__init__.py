@@ -3,11 +3,11 @@
 import importlib
 from pathlib import Path
 
-from .. import ranges
+from ..config import ranges
 from ..backends import open_backend
 from ..errors import UserError
-from ..suggest import check_keys
-from ..tracking import NULL
+from ..config.suggest import check_keys
+from ..report.tracking import NULL
 
 NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",
          "pipeline", "bench", "sts")

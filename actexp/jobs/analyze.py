@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import labelled, plots
-from ..analysis import analyze
+from ..data import labelled
+from ..report import plots
+from ..maths.analysis import analyze
 from ..errors import UserError
-from ..io import write_json
-from ..reader import VectorStore
-from ..report import plural, wrote
+from ..store.io import write_json
+from ..store.reader import VectorStore
+from ..report.console import plural, wrote
 from . import common
 
 log = logging.getLogger(__name__)

@@ -32,20 +32,20 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from .. import vector_store
-from ..activations import batch_ids, segments, stream
-from ..artifacts import Stats, load_mean
+from ..store import vectors as vector_store
+from ..models.activations import batch_ids, segments, stream
+from ..store.means import Stats, load_mean
 from ..backends import open_backend
-from ..centering import MeanAccumulator
-from ..corpus import Corpus, Document
+from ..maths.centering import MeanAccumulator
+from ..data.corpus import Corpus, Document
 from ..errors import UserError
-from ..io import write_json
-from ..pooling import pool, weights
-from ..reader import VectorStore
-from ..report import wrote
-from ..schema import CONF
-from ..storage import MANIFEST
-from ..vector_store import StoreLayout
+from ..store.io import write_json
+from ..maths.pooling import pool, weights
+from ..store.reader import VectorStore
+from ..report.console import wrote
+from ..config.schema import CONF
+from ..store.layout import MANIFEST
+from ..store.vectors import StoreLayout
 from .common import chunks
 
 log = logging.getLogger(__name__)

@@ -11,14 +11,16 @@ from typing import List, Optional
 from omegaconf import OmegaConf
 
 from .. import __version__
-from ..artifacts import Stats, load_mean, mismatch
-from ..storage import hash_cache
-from ..storage import root as store_root
-from ..centering import CorpusMean
+from ..store.means import Stats, load_mean
+from ..store.layout import mismatch
+from ..store.layout import hash_cache
+from ..store.layout import root as store_root
+from ..maths.centering import CorpusMean
 from ..errors import UserError
-from ..io import read_vectors_csv, vectors_csv_path
-from ..model import ModelSpec, identity
-from ..pooling import Chunk
+from ..store.io import read_vectors_csv, vectors_csv_path
+from ..models.spec import ModelSpec
+from ..models.identity import model_identity
+from ..maths.pooling import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +74,9 @@ def model_spec(cfg) -> ModelSpec:
     return ModelSpec.from_config(cfg.model, cfg.hardware)
 
 
-def model_identity(cfg) -> dict:
-    """The identity of the configured model (artifacts.mismatch), from config alone."""
-    return identity(model_spec(cfg), hash_cache=hash_cache(cfg.paths.artifacts))
-
-
 def corpus_of(cfg):
     """The corpus group's documents, their scan kept in the artifact store (Corpus.id)."""
-    from ..corpus import Corpus
+    from ..data.corpus import Corpus
 
     return Corpus(cfg.corpus, hash_cache(cfg.paths.artifacts))
 

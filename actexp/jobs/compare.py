@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
-from ..corpus import bundled_samples
+from ..data.corpus import bundled_samples
 from ..errors import CheckFailed, UserError
-from ..io import read_matrix_csv, write_text
-from ..model import model_config, text_encoder
-from ..report import plural, wrote
-from ..storage import hash_cache
+from ..store.io import read_matrix_csv, write_text
+from ..models.architecture import model_config
+from ..models.tokenizing import text_encoder
+from ..report.console import plural, wrote
+from ..store.layout import hash_cache
 from . import common
 
 log = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ a sidecar .json beside each holds the text names, token counts, model, pooling a
 
 import logging
 
-from ..corpus import Corpus, bundled_samples
+from ..data.corpus import Corpus, bundled_samples
 from ..errors import UserError
-from ..io import vectors_csv_path, write_json, write_matrix_csv
-from ..report import plural, wrote
+from ..store.io import vectors_csv_path, write_json, write_matrix_csv
+from ..report.console import plural, wrote
 from . import common
 
 log = logging.getLogger(__name__)

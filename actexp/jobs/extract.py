@@ -3,9 +3,9 @@
 import json
 import logging
 
-from ..inputs import read_text
-from ..io import write_json, write_safetensors
-from ..report import wrote
+from ..data.inputs import read_text
+from ..store.io import write_json, write_safetensors
+from ..report.console import wrote
 from . import common
 
 log = logging.getLogger(__name__)

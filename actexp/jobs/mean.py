@@ -10,23 +10,23 @@ import contextlib
 import logging
 from pathlib import Path
 
-from .. import artifacts as store
-from ..corpus import Corpus
+from ..store import means
+from ..data.corpus import Corpus
 from ..errors import Interrupted, UserError
-from ..io import write_json
-from .. import report
-from ..report import wrote
+from ..store.io import write_json
+from .. import progress as progress_lines
+from ..report.console import wrote
 from .common import corpus_of, stats_of
 
 log = logging.getLogger(__name__)
 STAGES = ("all", "extract", "aggregate", "progress")
 
 
-def extract(backend, cfg, corpus: Corpus, stats: store.Stats) -> dict:
+def extract(backend, cfg, corpus: Corpus, stats: means.Stats) -> dict:
     total = corpus.count()
     total_shards = None if total is None else -(-total // cfg.corpus.shard_size)
     n, docs, tokens, computed, shards_computed, seconds = 0, 0, 0, 0, 0, 0.0
-    with report.progress(total=total_shards, unit="shard", desc="mean", delay=0) as bar:
+    with progress_lines.progress(total=total_shards, unit="shard", desc="mean", delay=0) as bar:
         try:
             for meta in backend.extract_shards(enumerate(corpus.shards()), stats):
                 n, docs, tokens = n + 1, docs + meta["docs"], tokens + meta["tokens"]
@@ -39,14 +39,14 @@ def extract(backend, cfg, corpus: Corpus, stats: store.Stats) -> dict:
             raise Interrupted(f"{n} of {total_shards or '?'} shards of the corpus mean saved") from None
     if n == 0:
         raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
-    store.write_manifest(stats, n, docs, tokens)
+    means.write_manifest(stats, n, docs, tokens)
     return {"shards": n, "shards_computed": shards_computed, "docs": docs, "tokens": tokens,
             "tokens_computed": computed, "extract_seconds": seconds,
             "tokens_per_s": computed / seconds if computed else None}
 
 
-def aggregate(backend, cfg, stats: store.Stats) -> dict:
-    manifest = store.read_manifest(stats)
+def aggregate(backend, cfg, stats: means.Stats) -> dict:
+    manifest = means.read_manifest(stats)
     if manifest is None:
         raise UserError(f"the shards of {stats.id} are not all extracted: run job=mean mean.stage=extract first")
     mean = backend.aggregate(stats, manifest["n_shards"], cfg.centering.min_count, cfg.centering.tail_start,
@@ -55,7 +55,7 @@ def aggregate(backend, cfg, stats: store.Stats) -> dict:
             "sha256": mean.sha256}
 
 
-def progress(backend, corpus: Corpus, stats: store.Stats, final: Path) -> dict:
+def progress(backend, corpus: Corpus, stats: means.Stats, final: Path) -> dict:
     total = corpus.count()
     headers = backend.shard_headers(stats)
     docs, tokens = sum(h.get("docs", 0) for h in headers), sum(h.get("tokens", 0) for h in headers)
@@ -80,7 +80,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     done = None
     if cfg.mean.stage == "all" and final.is_file():
         with contextlib.suppress(UserError):  # a corrupt mean is merged again below
-            done = store.load_mean(final)
+            done = means.load_mean(final)
     if done is not None and done.metadata.get("mean_id") != metrics["mean_id"]:
         raise UserError(f"{final} holds the mean {done.metadata.get('mean_id')}, not this config's: remove it and "
                         "run the same command again")

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from ..artifacts import mismatch
-from ..corpus import bundled_samples
+from ..store.layout import mismatch
+from ..data.corpus import bundled_samples
 from ..errors import UserError
-from ..io import write_json, write_text
-from ..neighbors import top_k
-from ..reader import Rows, VectorStore
-from ..report import progress, wrote
+from ..store.io import write_json, write_text
+from ..maths.neighbors import top_k
+from ..store.reader import Rows, VectorStore
+from ..progress import progress
+from ..report.console import wrote
 from . import common
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import logging
 from omegaconf import OmegaConf
 
 from ..errors import CheckFailed
-from ..io import vectors_csv_path
+from ..store.io import vectors_csv_path
 from . import run as run_job
 
 log = logging.getLogger(__name__)

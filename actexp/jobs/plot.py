@@ -6,12 +6,12 @@ colour scale (plot.vmin, plot.vmax, plot.center), so colours compare across pane
 import logging
 from pathlib import Path
 
-from .. import plots
-from ..analysis import chunk_key
+from ..report import plots
+from ..maths.analysis import chunk_key
 from ..errors import UserError
-from ..io import vectors_csv_path
-from ..report import plural, wrote
-from ..retrieval import cosine_matrix
+from ..store.io import vectors_csv_path
+from ..report.console import plural, wrote
+from ..maths.retrieval import cosine_matrix
 from . import common
 
 log = logging.getLogger(__name__)

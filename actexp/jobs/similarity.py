@@ -4,9 +4,9 @@ import logging
 
 import torch
 
-from ..inputs import read_text
-from ..io import write_json
-from ..report import wrote
+from ..data.inputs import read_text
+from ..store.io import write_json
+from ..report.console import wrote
 from . import common
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """job=store: the vectors of every document of the corpus group, raw and (with a mean) centred from
-one forward pass, in a sharded, resumable, memory-mapped store (vector_store.py; read it with
+one forward pass, in a sharded, resumable, memory-mapped store (store/vectors.py; read it with
 actexp.reader.VectorStore).
 
 all: each shard not yet on disk (or on the Modal volume) is computed and written atomically;
@@ -13,12 +13,13 @@ import os
 import shlex
 from typing import Optional
 
-from .. import vector_store as vs
-from ..storage import MANIFEST
-from ..storage import root as store_root
-from ..corpus import Corpus
+from ..store import vectors as vs
+from ..store.layout import MANIFEST
+from ..store.layout import root as store_root
+from ..data.corpus import Corpus
 from ..errors import Interrupted, UserError
-from ..report import plural, progress, wrote
+from ..report.console import plural, wrote
+from ..progress import progress
 from . import common
 
 log = logging.getLogger(__name__)

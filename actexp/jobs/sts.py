@@ -20,14 +20,15 @@ from typing import Dict, List
 import numpy as np
 from omegaconf import OmegaConf
 
-from .. import fits as fit_store
-from .. import pairs as pairs_io
-from .. import plots, postprocess
-from ..analysis import chunk_key
-from ..correlation import pearson, spearman
+from ..store import fits as fit_store
+from ..data import pairs as pairs_io
+from ..report import plots
+from ..maths import postprocess
+from ..maths.analysis import chunk_key
+from ..maths.correlation import pearson, spearman
 from ..errors import UserError
-from ..io import write_json
-from ..report import wrote
+from ..store.io import write_json
+from ..report.console import wrote
 from . import common
 
 log = logging.getLogger(__name__)

@@ -4,9 +4,9 @@ dimensions of one vector CSV, or of two side by side (raw vs centred)."""
 import logging
 from pathlib import Path
 
-from .. import plots
-from ..storage import model_label
-from ..report import plural, wrote
+from ..report import plots
+from ..store.layout import model_label
+from ..report.console import plural, wrote
 from . import common
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,8 @@
 the schema's keys and the options in conf/)."""
 
 import dataclasses
+import errno
+import os
 import difflib
 import re
 import typing
@@ -9,7 +11,7 @@ from typing import List, Optional
 
 from omegaconf import OmegaConf
 
-from .errors import UserError
+from ..errors import UserError, _os_error, _unwritable, one_line
 from .schema import CONF, Config
 
 
@@ -85,3 +87,15 @@ def explain(error: BaseException) -> Optional[str]:
         return (f"cannot parse an override{f' at {at.group(1)!r}' if at else ''}: a value with commas, spaces, quotes or "
                 "brackets needs inner quotes, e.g. 'text=\"Hello, world\"'")
     return None
+
+
+def message(e: BaseException) -> str:
+    """What the CLI prints after `error: ` for bad input (and the API raises as a UserError)."""
+    e = _os_error(e) or e
+    if _unwritable(e) and e.errno == errno.EROFS:
+        return (f"cannot write {os.path.abspath(e.filename)}: {e.strerror}: run where you can write, or move the run folder with "
+                "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m) and the store with paths.artifacts=DIR")
+    if _unwritable(e):  # EACCES/EPERM: reading or writing, Python cannot tell which
+        return (f"cannot use {os.path.abspath(e.filename)}: {e.strerror}: give a path this user may read (inputs) "
+                "or write (hydra.run.dir=DIR, paths.artifacts=DIR)")
+    return explain(e) or one_line(e)

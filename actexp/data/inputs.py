@@ -4,7 +4,7 @@ import hashlib
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def decode_text(data: bytes) -> str:

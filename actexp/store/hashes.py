@@ -17,13 +17,12 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .errors import UserError
+
+from ..errors import UserError
 from .io import write_text
 
-# Files of a checkpoint or tokenizer folder that change what the model computes.
-MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".pt", ".txt", ".model", ".tiktoken", ".gguf")
+
 CACHE_FROM = 1 << 20  # smaller files are hashed each time: that is as quick as looking them up
-COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -72,37 +71,3 @@ def folder_sha256(folder: Path, suffixes: Iterable[str], cache: Optional[Path] =
     for f in files:
         h.update(f"{f.relative_to(folder).as_posix()}\0{file_sha256(f, cache)}\0".encode())
     return h.hexdigest()
-
-
-def checkpoint_sha256(folder: Path, trust_remote_code: bool, cache: Optional[Path] = None) -> str:
-    """The content of a checkpoint (or tokenizer) folder: config, tokenizer and weight files, and
-    its Python files when trust_remote_code runs them."""
-    return folder_sha256(folder, MODEL_SUFFIXES + ((".py",) if trust_remote_code else ()), cache)[:16]
-
-
-@functools.lru_cache(maxsize=32)
-def hub_commit(repo_id: str, revision: Optional[str]) -> Optional[str]:
-    """The commit a hub revision (None = main) points to: a commit as it is, the local cache's
-    ref, else the hub's answer if reachable; None if nobody can tell."""
-    if revision and COMMIT.fullmatch(revision):
-        return revision
-    from huggingface_hub import constants
-
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "refs" / (revision or "main")
-    if ref.is_file():
-        return ref.read_text().strip()
-    from .model import hub_reachable
-
-    if not hub_reachable():
-        return None
-    from huggingface_hub import HfApi
-
-    try:
-        commit = HfApi().model_info(repo_id, revision=revision).sha
-    except Exception:  # a wrong id or revision: loading says so in one line
-        return None
-    try:  # as the hub client does for a branch: the next offline run finds the same commit
-        write_text(ref, commit)
-    except (OSError, UserError):
-        pass
-    return commit

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @functools.lru_cache(maxsize=1)

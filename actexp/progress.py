@@ -1,23 +1,19 @@
-"""What a job tells the user. Jobs log; Hydra's job logging (conf/hydra/job_logging/actexp.yaml)
-puts result lines on stdout, warnings and errors on stderr, and both, with times, in run.log."""
+"""Progress of long work, for every layer that does it (the store, the corpus, the backends, jobs): a
+tqdm bar on a terminal, a log line at a steady interval off one. Hydra's job logging
+(conf/hydra/job_logging/actexp.yaml) keeps these lines out of stdout, where results go."""
 
 import functools
 import logging
 import os
 import sys
 import threading
-from pathlib import Path
-from typing import Iterable
-
-
-def wrote(log: logging.Logger, paths: Iterable[Path]) -> None:
-    """The last lines of a job: every file it wrote, one absolute path per line."""
-    for path in paths:
-        log.info("wrote %s", Path(path).resolve())
-
 
 PROGRESS_LOG = "actexp.progress"  # its lines go to stderr and run.log, never to stdout (conf/hydra/job_logging)
+
+
 PROGRESS_ENV = "ACTEXP_PROGRESS_S"  # seconds between two progress lines off a terminal
+
+
 PROGRESS_S = 30.0
 
 
@@ -110,7 +106,3 @@ class _Nowhere:
 
     def flush(self) -> None:
         pass
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"

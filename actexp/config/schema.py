@@ -13,9 +13,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 # The config groups: a checkout keeps conf/ beside the package; an installed wheel carries it inside.
-CONF = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE = Path(__file__).resolve().parents[1]
+CONF = PACKAGE.parent / "conf"
 if not CONF.is_dir():
-    CONF = Path(__file__).resolve().parent / "conf"
+    CONF = PACKAGE / "conf"
 
 
 @dataclass

@@ -12,7 +12,7 @@ from numbers import Number
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def _has_wandb_key() -> bool:

@@ -1,5 +1,5 @@
 """The per-position corpus mean of docs/math.md: accumulate, merge, finalise, and pooled_mean(T)
-for centring after the fact. Pure torch: files are the artifact store's business (artifacts.py).
+for centring after the fact. Pure torch: files are the artifact store's business (store/means.py).
 
 Sufficient statistics only: a float64 sum [P, H] and a count [P] of documents longer than t.
 """

@@ -19,11 +19,13 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import postprocess
-from .artifacts import mismatch, read_checked, read_header, write_checked
-from .errors import UserError
-from .storage import digest, folder_lock, model_label, remove_temp_files
-from .storage import root as store_root
+from ..maths import postprocess
+from .layout import mismatch
+from .tensors import read_checked, read_header, write_checked
+from ..errors import UserError
+from .layout import digest, model_label
+from .locks import folder_lock, remove_temp_files
+from .layout import root as store_root
 
 log = logging.getLogger(__name__)
 FIT_FILE = "fit.safetensors"

@@ -12,7 +12,7 @@ polars (read_ipc) open them as they are. Vectors are fixed-size lists of float32
 bfloat16, which Arrow has no type for, is stored as its uint16 bit patterns (field metadata says so).
 The store id names everything that changes the numbers: the model identity (dtype included), the
 pooling chunks, the sha256 of the centring mean, the corpus's content, the shard size and the
-storage dtype. The guarantees are the mean store's (artifacts.py): atomic shards with a checksum,
+storage dtype. The guarantees are the mean store's (means.py): atomic shards with a checksum,
 resume, and one writer per shard under its lock.
 
 Two checksums, for two readers: the sha256 of a shard's whole content (its header), which a writer
@@ -34,10 +34,10 @@ import pyarrow.ipc as ipc
 import torch
 import xxhash
 
-from . import storage
-from .storage import digest, folder_lock, model_label
-from .corpus import Document
-from .errors import UserError
+from . import locks
+from .layout import digest, model_label
+from .locks import folder_lock
+from ..errors import UserError
 from .io import write_bytes
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
@@ -52,7 +52,7 @@ class StoreLayout:
     """Where the vectors of one model, pooling, mean and corpus live, under the store at `root`."""
 
     root: Path
-    identity: dict  # the model's (model.identity)
+    identity: dict  # the model's (models/identity.py)
     pooling: dict  # {"name": ..., "chunks": [{kind, alpha}, ...]}
     mean_sha256: Optional[str]  # the centring mean's checksum; None: raw vectors only
     corpus_id: str
@@ -184,8 +184,9 @@ def batches_problem(table: pa.Table, entry: dict) -> Optional[str]:
     return None
 
 
-def shard_table(docs: Sequence[Document], vectors, storage_dtype: str) -> pa.Table:
-    """The rows of one shard: id, name, n_tokens, truncated, raw [, centered]."""
+def shard_table(docs: Sequence, vectors, storage_dtype: str) -> pa.Table:
+    """The rows of one shard: id, name, n_tokens, truncated, raw [, centered]. `docs` have an id and a
+    name (data.corpus.Document); the store needs nothing else of them."""
     fields = [pa.field("id", pa.string()), pa.field("name", pa.string()), pa.field("n_tokens", pa.int32()),
               pa.field("truncated", pa.bool_())]
     arrays = [pa.array([d.id for d in docs]), pa.array([d.name for d in docs]),
@@ -198,7 +199,7 @@ def shard_table(docs: Sequence[Document], vectors, storage_dtype: str) -> pa.Tab
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def write_shard(layout: StoreLayout, index: int, docs: Sequence[Document], vectors) -> dict:
+def write_shard(layout: StoreLayout, index: int, docs: Sequence, vectors) -> dict:
     """Write one shard atomically, its header (store id, index, rows, tokens, checksum) in the schema."""
     table = shard_table(docs, vectors, layout.storage_dtype)
     per = layout.batch_rows(vectors.raw.shape[1])
@@ -236,7 +237,7 @@ def write_manifest(layout: StoreLayout, headers: List[dict], metadata: dict, loc
     """manifest.json: the run's metadata (as vector.json), the shards' rows and checksums (whole and
     per record batch), where they are; its path, or None when the manifest there already describes these files."""
     variants = [v for v in VARIANTS if v == "raw" or layout.mean_sha256 is not None]
-    return storage.write_manifest(layout.folder, metadata | {
+    return locks.write_manifest(layout.folder, metadata | {
         "store_id": layout.id, "location": location, "storage_dtype": layout.storage_dtype,
         "variants": variants, "rows": sum(h["rows"] for h in headers), "tokens": sum(h["tokens"] for h in headers),
         "shards": [{"file": f"shards/{h['shard']:05d}.arrow", "rows": h["rows"], "sha256": h["sha256"]}

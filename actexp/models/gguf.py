@@ -12,7 +12,7 @@ temporary name, synced to disk and renamed into place, so a killed conversion or
 leaves nothing that looks finished.
 
 The weights are the quantised model's values exactly, as floats: its activations are those of the
-4-bit model, not of the full-precision one (model.identity says which quantisation).
+4-bit model, not of the full-precision one (models/identity.py says which quantisation).
 """
 
 import atexit
@@ -29,10 +29,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
-from .fingerprint import file_sha256
-from .io import file_mode, fsync_folder, package_folder, umask
-from .storage import folder_lock
+from ..errors import UserError
+from ..store.hashes import file_sha256
+from ..store.io import file_mode, fsync_folder, package_folder, umask
+from ..store.locks import folder_lock
 
 log = logging.getLogger(__name__)
 INFO = "gguf.json"  # what a converted folder was made from; written last, so its presence means finished
@@ -117,7 +117,7 @@ def _build(path: Path, sha256: str, folder: Path, gguf: str) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """A file's bytes to disk (a folder: io.fsync_folder, which some file systems refuse and it allows)."""
+    """A file's bytes to disk (a folder: store.io.fsync_folder, which some file systems refuse and it allows)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -140,7 +140,7 @@ def content_sha256(made: dict) -> str:
 
 def check(folder: Path, hash_cache: Optional[Path]) -> None:
     """Refuse a converted folder whose files are not exactly the ones its conversion wrote: each of
-    them by sha256 (hashed once per version of the file, fingerprint.py), and no file added beside
+    them by sha256 (hashed once per version of the file, store/hashes.py), and no file added beside
     them (AutoConfig and AutoTokenizer read any special_tokens_map.json, added_tokens.json, ...)."""
     written = info(folder)["files"]
     present = {p.name for p in folder.iterdir() if p.name != INFO and not p.name.startswith(".")}

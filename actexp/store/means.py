@@ -1,5 +1,5 @@
 """The artifact store of corpus means: where its files live, their ids and checksums (the locks,
-ids and manifests both stores share are in storage.py).
+ids and manifests both stores share are in layout.py and locks.py).
 
     <root>/stats/<stats-id>/shards/00000.safetensors   per shard: float64 sum [p, H], count [p], doc ids
     <root>/stats/<stats-id>/manifest.json              written once every shard is on disk
@@ -19,25 +19,26 @@ a time and equal inputs write equal bytes.
 """
 
 import contextlib
-import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from . import shards
-from .centering import CorpusMean, MeanAccumulator
-from .errors import UserError
-from .io import write_safetensors
-from .report import progress
-from . import storage
-from .storage import MANIFEST, digest, folder_lock, model_label, remove_temp_files
+from ..maths.centering import CorpusMean, MeanAccumulator
+from ..errors import UserError
+from ..progress import progress
+from .layout import MANIFEST, digest, model_label
+from . import locks
+from .locks import folder_lock, remove_temp_files
+from .tensors import read_checked, read_header, write_checked
+
 
 MEAN_FILE = "corpus_mean.safetensors"
+
+
 CHECKPOINT_FILE = "aggregate.ckpt.safetensors"
 
 
@@ -94,38 +95,6 @@ class Stats:
         return None
 
 
-def _tensors_sha256(tensors: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].contiguous().view(torch.uint8).numpy())  # the buffer itself: no copy of a GB fit
-    return h.hexdigest()
-
-
-def write_checked(path: Path, tensors: dict, meta: dict) -> str:
-    """Write tensors atomically with their checksum in the header; the checksum."""
-    tensors = {k: v.cpu() for k, v in tensors.items()}
-    digest = _tensors_sha256(tensors)
-    write_safetensors(path, tensors, {k: json.dumps(v) for k, v in meta.items()} | {"sha256": digest})
-    return digest
-
-
-def _decode(metadata: Optional[dict]) -> dict:
-    """A header as written by write_checked: JSON values, and the checksum as a plain string."""
-    return {k: v if k == "sha256" else json.loads(v) for k, v in (metadata or {}).items()}
-
-
-def read_checked(path: Path, names: Tuple[str, ...], optional: Tuple[str, ...] = ()) -> Optional[Tuple[dict, dict]]:
-    """(tensors, header) of a file written by write_checked, or None if missing, truncated or corrupt."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            header = _decode(f.metadata())
-            tensors = {k: f.get_tensor(k) for k in names + tuple(k for k in optional if k in f.keys())}
-        return (tensors, header) if header.get("sha256") == _tensors_sha256(tensors) else None
-    except (SafetensorError, OSError, KeyError, ValueError):
-        return None
-
-
 def write_stats(path: Path, sum_: torch.Tensor, count: torch.Tensor, meta: dict) -> Path:
     """A shard or checkpoint: float64 sum and int64 count, with a checksum over both."""
     write_checked(path, {"sum": sum_, "count": count}, meta)
@@ -160,42 +129,13 @@ def load_mean(path: Path) -> CorpusMean:
     return CorpusMean(t["mean"], t["sum"], t["count"], t.get("tail"), meta, Path(path))
 
 
-def read_header(path: Path) -> Optional[dict]:
-    """The metadata of a safetensors file without reading its tensors, or None if unreadable."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            return _decode(f.metadata())
-    except (SafetensorError, OSError, ValueError):
-        return None
-
-
-def header_of_stream(chunks: Iterable[bytes]) -> dict:
-    """The metadata of a safetensors file from the first chunks of its bytes (the rest is not read)."""
-    data, need = b"", None
-    for chunk in chunks:
-        data += chunk
-        if need is None and len(data) >= 8:
-            need = 8 + struct.unpack("<Q", data[:8])[0]
-        if need is not None and len(data) >= need:
-            return _decode(json.loads(data[8:need]).get("__metadata__"))
-    raise ValueError("truncated safetensors header")
-
-
-def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
-    """The first identity field where a mean's metadata differs from the model, described; None if it fits."""
-    for key, value in model_identity.items():
-        if meta.get(key) != value:
-            return f"{key}={json.dumps(meta.get(key))} (this model has {key}={json.dumps(value)})"
-    return None
-
-
 def shard_headers(stats: Stats) -> List[dict]:
     """The headers of the shard files on disk (unreadable ones count as empty)."""
     return [read_header(p) or {} for p in sorted((stats.folder / "shards").glob("*.safetensors"))]
 
 
 def write_manifest(stats: Stats, n_shards: int, docs: int, tokens: int) -> None:
-    storage.write_manifest(stats.folder, {"n_shards": n_shards, "docs": docs, "tokens": tokens, "stats_id": stats.id},
+    locks.write_manifest(stats.folder, {"n_shards": n_shards, "docs": docs, "tokens": tokens, "stats_id": stats.id},
                            lambda: stats.lock("merge"))
 
 

@@ -2,7 +2,7 @@
 anything runs, so a bad value is one line naming the key and its range instead of a failure deep
 in a job (or, worse, a silent meaning: max_docs=0 as "all", max_tokens=-3 as "drop 3 tokens")."""
 
-from .errors import UserError
+from ..errors import UserError
 
 # Keys whose values are whole numbers of at least 1 -> what null means (None: null is not allowed).
 AT_LEAST_1 = {

@@ -1,5 +1,5 @@
-"""One check of a shard file, for the mean's sums (artifacts.Stats) and the vector store
-(vector_store.StoreLayout) alike, wherever its bytes lie: in the local store, or on a Modal volume,
+"""One check of a shard file, for the mean's sums (means.Stats) and the vector store
+(vectors.StoreLayout) alike, wherever its bytes lie: in the local store, or on a Modal volume,
 where a CPU function runs this same check next to them (modal_app.check_shards).
 
 A shard is kept only if it is readable, its checksum matches its content, its header says it

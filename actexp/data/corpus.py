@@ -25,14 +25,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
-from .errors import UserError
+from ..errors import UserError
 from .inputs import decode_text
-from .io import write_json
-from .report import progress
+from ..store.io import write_json
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
-SAMPLES_DIR = Path(__file__).parent / "samples"
+SAMPLES_DIR = Path(__file__).parent.parent / "samples"
 TEXT_SUFFIXES = (".txt", ".md")
 SOURCES = ("stdlib_docs", "samples", "files", "hf")
 
@@ -131,7 +131,7 @@ def jsonl_docs(path: Path, text_field: str) -> Iterator[Document]:
 
 
 def hf_docs(name: str, split: str, text_field: str) -> Iterator[Document]:
-    from .model import hub_reachable
+    from ..models.hub import hub_reachable
 
     if not hub_reachable():
         raise UserError(f"corpus=hf cannot reach the Hugging Face hub to stream {name!r}: "

@@ -1,0 +1,56 @@
+"""Where things live in the artifact store and what they are called: its root, the hash cache, readable
+ids built from model identities (means.py: corpus means; vectors.py: corpus vectors; fits.py), and
+the comparison of a stored identity with the one a run asks for."""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+
+
+
+MANIFEST = "manifest.json"
+
+
+def root(artifacts) -> Path:
+    """The store's folder as an absolute path (paths.artifacts may be relative or start with ~)."""
+    return Path(artifacts).expanduser().resolve()
+
+
+def hash_cache(artifacts) -> Path:
+    """Where the hashes of model files are kept between runs (hashes.file_sha256)."""
+    return root(artifacts) / "hashes"
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def model_label(m: dict) -> str:
+    """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
+    revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
+        f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
+        f"{m['quantization']}-g{m['gguf_sha256'][:8]}" if m.get("gguf_sha256") else
+        f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
+    layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
+    bos = "bos" if m["prepend_bos"] else "nobos"
+    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
+
+
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+
+
+
+def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
+    """The first identity field where a mean's metadata differs from the model, described; None if it fits."""
+    for key, value in model_identity.items():
+        if meta.get(key) != value:
+            return f"{key}={json.dumps(meta.get(key))} (this model has {key}={json.dumps(value)})"
+    return None
