@@ -17,13 +17,13 @@ LINE = r"mean: (\d+)/8 shards \(\d+ %\), \d\d:\d\d elapsed, [^,]+, [^,]+ left(, 
 
 
 def test_off_a_terminal_progress_is_a_line_at_a_steady_interval_and_one_at_the_end(monkeypatch, caplog):
-    monkeypatch.setenv(report.PROGRESS_ENV, "0.2")
-    caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
+    monkeypatch.setenv(progress.PROGRESS_ENV, "0.2")
+    caplog.set_level(logging.INFO, logger=progress.PROGRESS_LOG)
     with progress.progress(total=10, unit="batch", desc="vectors") as bar:  # pytest's stderr is no terminal
         bar.update(1)
         time.sleep(1.5)  # one long step: lines come from the clock, not from updates
         bar.update(9)
-    lines = [r.getMessage() for r in caplog.records if r.name == report.PROGRESS_LOG]
+    lines = [r.getMessage() for r in caplog.records if r.name == progress.PROGRESS_LOG]
     assert all(re.fullmatch(r"vectors: \d+/10 batchs \(\d+ %\), 00:0\d elapsed, [^,]+, 00:\d\d left", x) for x in lines), lines
     during = [x for x in lines if x.startswith("vectors: 1/10 batchs (10 %)")]
     assert 3 <= len(during) <= 7, lines  # about one every 0.2 s after the first 0.2 s
@@ -31,18 +31,18 @@ def test_off_a_terminal_progress_is_a_line_at_a_steady_interval_and_one_at_the_e
 
 
 def test_quick_work_off_a_terminal_stays_quiet(monkeypatch, caplog):
-    monkeypatch.setenv(report.PROGRESS_ENV, "5")
-    caplog.set_level(logging.INFO, logger=report.PROGRESS_LOG)
+    monkeypatch.setenv(progress.PROGRESS_ENV, "5")
+    caplog.set_level(logging.INFO, logger=progress.PROGRESS_LOG)
     for _ in progress.progress(range(100), desc="scan", delay=0):
         pass
-    assert not [r for r in caplog.records if r.name == report.PROGRESS_LOG]
+    assert not [r for r in caplog.records if r.name == progress.PROGRESS_LOG]
 
 
 @pytest.mark.slow
 def test_the_cli_off_a_terminal_writes_progress_to_stderr_and_run_log_not_stdout(tmp_path):
     run_dir = tmp_path / "run"
     r = run_cli("job=mean", "corpus.max_docs=32", "corpus.shard_size=4", "logger=none", f"paths.artifacts={tmp_path / 'a'}",
-                f"hydra.run.dir={run_dir}", cwd=REPO, env={report.PROGRESS_ENV: "0.05"})
+                f"hydra.run.dir={run_dir}", cwd=REPO, env={progress.PROGRESS_ENV: "0.05"})
     assert r.returncode == 0, r.stderr
     shown = [x for x in r.stderr.splitlines() if x.startswith("mean: ")]
     assert shown and all(re.fullmatch(LINE, x) for x in shown), r.stderr
@@ -78,9 +78,9 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])
 def test_an_interval_that_is_no_positive_number_falls_back_to_the_default_with_a_warning(monkeypatch, caplog, value):
-    monkeypatch.setenv(report.PROGRESS_ENV, value)
+    monkeypatch.setenv(progress.PROGRESS_ENV, value)
     with caplog.at_level(logging.WARNING):
         for _ in progress.progress(range(3), desc="scan"):
             pass
     assert progress.progress_interval() == progress.PROGRESS_S
-    assert f"{report.PROGRESS_ENV}={value} is not a number of seconds above 0" in caplog.text
+    assert f"{progress.PROGRESS_ENV}={value} is not a number of seconds above 0" in caplog.text
