@@ -156,7 +156,6 @@ class LocalBackend:
         of `which` are not run."""
         ids, _ = self._encode(texts)
         wanted, out = set(which), {}
-        P = mean.mean.shape[0]
         layer_mean = LayerMean(self.lm.blocks, self.lm.layer_ids)
         for pack in self.checked_batching().packs([len(x) for x in ids]):
             spans = [k for k, i in enumerate(pack.texts) if i in wanted]
@@ -165,8 +164,7 @@ class LocalBackend:
             h = layer_mean(self.lm.body, *batch_ids(self.lm, ids, pack)).cpu()  # [R, W, H] float32
             for k in spans:
                 row, start, n = pack.rows[k], pack.starts[k], pack.lengths[k]
-                mu = mean.mean[:n] if n <= P else torch.cat([mean.mean, mean.tail.expand(n - P, -1)])  # [n, H]
-                centred = h[row, start:start + n].double() - mu.double()  # [n, H]
+                centred = h[row, start:start + n].double() - mean.rows(n).double()  # [n, H]
                 out[pack.texts[k]] = (weights(tuple(chunks), n) @ centred).reshape(-1)  # [C*H]
         return out
 

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from . import pooling
 from .pooling import Chunk, to_device, weights
 
 
@@ -96,14 +97,14 @@ class CorpusMean:
         return self.metadata.get("max_tokens", self.mean.shape[0])
 
     def rows(self, n: int) -> torch.Tensor:
-        """mu_t for t < n: [n, H] float32."""
-        return self._rows(n, self.mean, self.tail)
+        """mu_t for t < n, row by row: [n, H] float32 (the tail repeated past P)."""
+        self._check_length(n)
+        P = self.mean.shape[0]
+        return self.mean[:n] if n <= P else torch.cat([self.mean, self.tail.expand(n - P, -1)])
 
-    def _rows(self, n: int, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
+    def _check_length(self, n: int) -> None:
         if n > self.positions:
             raise ValueError(f"a text of {n} tokens is longer than the corpus mean ({self.positions} positions)")
-        P = mean.shape[0]
-        return mean[:n] if n <= P else torch.cat([mean, tail.expand(n - P, -1)])
 
     @functools.cached_property
     def float64(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -123,8 +124,9 @@ class CorpusMean:
         return self.metadata.get("sha256")
 
     def pooled_mean(self, chunks: Sequence[Chunk], n_tokens: int) -> torch.Tensor:
-        """sum_t w_t mu_t per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
-        return (weights(tuple(chunks), n_tokens) @ self._rows(n_tokens, *self.float64)).reshape(-1)
+        """pooled_mean(T) per chunk for a text of n_tokens: [C*H] float64 (= raw - centred)."""
+        self._check_length(n_tokens)
+        return pooling.pooled_mean(weights(tuple(chunks), n_tokens), *self.float64).reshape(-1)
 
     def recenter(self, raw: torch.Tensor, n_tokens: Sequence[int], chunks: Sequence[Chunk]) -> torch.Tensor:
         """Centred vectors from raw ones [N, C*H] and their token counts, without the model."""

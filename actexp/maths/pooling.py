@@ -29,16 +29,10 @@ class Chunk:
 
 
 def chunk_weights(chunk: Chunk, n_tokens: int) -> torch.Tensor:
-    """Weights w_t over t = 0..n_tokens-1 for one chunk, summing to 1."""
+    """Weights w_t over t = 0..n_tokens-1 for one chunk, summing to 1: [T] float64."""
     if n_tokens < 1:
         raise ValueError("pooling needs at least one token")
-    t = torch.arange(n_tokens, dtype=torch.float64)  # [T]
-    if chunk.kind == "last":
-        return (t == n_tokens - 1).to(torch.float64)
-    if chunk.kind == "mean":
-        return torch.full((n_tokens,), 1.0 / n_tokens, dtype=torch.float64)
-    w = torch.tensor(1.0 - chunk.alpha, dtype=torch.float64) ** (n_tokens - 1 - t)  # [T]
-    return w / w.sum()
+    return batch_weights((chunk,), [n_tokens], n_tokens, "cpu")[0, 0]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -58,8 +52,8 @@ def to_device(values: Sequence, dtype: torch.dtype, device) -> torch.Tensor:
 
 
 def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, device) -> torch.Tensor:
-    """Weights of all chunks for a right-padded batch, built on its device: [B, C, width] float64,
-    zero past each text's end (the same numbers as weights(), text by text)."""
+    """The weight formulas of docs/math.md, for all chunks of a right-padded batch, built on its device:
+    [B, C, width] float64, zero past each text's end."""
     n = to_device(lengths, torch.float64, device)[:, None]  # [B, 1]
     t = torch.arange(width, dtype=torch.float64, device=device)[None, :]  # [1, T]
     valid = t < n  # [B, T]
@@ -77,13 +71,15 @@ def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, d
 
 
 def pooled_mean(w: torch.Tensor, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
-    """sum_t w_t mu_t [..., C, H] float64 for weights w [..., C, T], where mu_t is mean[t] [P, H] for
-    t < P and tail [H] from P on. A float64 mean (CorpusMean.to) is used as it is, not copied."""
+    """pooled_mean(T) of docs/math.md, sum_t w_t mu_t [..., C, H] float64 for weights w [..., C, T],
+    where mu_t is mean[t] [P, H] for t < P and tail [H] from P on. A float64 mean (CorpusMean.to) is
+    used as it is, not copied. The one place it is computed: CorpusMean.pooled_mean calls it per text.
+
+    The rows past P are the tail repeated, not a separate sum of weights times the tail, so a mean
+    padded to max_tokens with its tail (as an earlier version stored it) gives the same bits."""
     T, P = w.shape[-1], mean.shape[0]
-    out = torch.matmul(w[..., : min(T, P)], mean[:T].to(torch.float64))  # [..., C, H]
-    if T > P:
-        out = out + w[..., P:].sum(-1, keepdim=True) * tail.to(torch.float64)
-    return out
+    rows = mean[:T] if T <= P else torch.cat([mean, tail.expand(T - P, -1)])  # [T, H]: mu_t, row by row
+    return torch.matmul(w, rows.to(torch.float64))  # [..., C, H]
 
 
 def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
