@@ -32,7 +32,7 @@ from typing import Optional
 from ..errors import UserError
 from ..store.hashes import file_sha256
 from ..store.io import file_mode, fsync_folder, package_folder, umask
-from ..store.locks import folder_lock
+from ..store.locks import folder_lock, made_once
 
 log = logging.getLogger(__name__)
 INFO = "gguf.json"  # what a converted folder was made from; written last, so its presence means finished
@@ -88,10 +88,8 @@ def converted(gguf: str, hash_cache: Optional[Path]) -> Path:
     sha256 = file_sha256(path, hash_cache)
     cache = _process_cache() if hash_cache is None else Path(hash_cache).parent / "models"
     folder = cache / f"{path.stem}-{sha256[:16]}-c{CONVERSION}"
-    if not (folder / INFO).is_file():
-        with folder_lock(cache, folder.name):
-            if not (folder / INFO).is_file():  # else another process converted it while we waited
-                _build(path, sha256, folder, gguf)
+    made_once(lambda: folder if (folder / INFO).is_file() else None, lambda: folder_lock(cache, folder.name),
+              lambda: _build(path, sha256, folder, gguf))
     check(folder, hash_cache)
     return folder
 

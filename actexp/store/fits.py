@@ -24,7 +24,7 @@ from .layout import mismatch
 from .tensors import read_checked, read_header, write_checked
 from ..errors import UserError
 from .layout import digest, model_label
-from .locks import folder_lock, remove_temp_files
+from .locks import folder_lock, made_once, remove_temp_files
 from .layout import root as store_root
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,21 @@ def load_or_fit(artifacts, identity: dict, vectors: Callable[[], np.ndarray], n_
     """The fits of `identity` (one per chunk), their file and its tensors' checksum: read if stored,
     else fitted on vectors() [N, C*H] and stored. A stored file of another identity is refused."""
     path = fit_path(artifacts, identity)
+
+    def fit():
+        if path.is_file():
+            log.warning("%s is unreadable or does not match its checksum: fitting it again", path)
+        return _fit_and_write(path, identity, vectors(), n_chunks)
+
+    return made_once(lambda: _stored(path, identity, n_chunks), lambda: folder_lock(path.parent, "fit"), fit)
+
+
+def _stored(path: Path, identity: dict, n_chunks: int) -> Optional[Tuple[List[postprocess.Fit], Path, str]]:
+    """load_or_fit's answer from the stored file, or None if there is none or it is damaged."""
     names = tuple(f"{k}{c}" for c in range(n_chunks) for k in ("mean", "eigvals", "eigvecs"))
-    stored = _read(path, identity, names)  # a finished fit is read without a lock
+    stored = _read(path, identity, names)
     if stored is None:
-        # Fitted under the lock: a second run with the same identity waits, then reuses this one.
-        with folder_lock(path.parent, "fit"):
-            stored = _read(path, identity, names)
-            if stored is None:
-                if path.is_file():
-                    log.warning("%s is unreadable or does not match its checksum: fitting it again", path)
-                return _fit_and_write(path, identity, vectors(), n_chunks)
+        return None
     tensors, header = stored
     fits = [postprocess.Fit(*(tensors[f"{k}{c}"].numpy() for k in ("mean", "eigvals", "eigvecs")), header["count"])
             for c in range(n_chunks)]

@@ -9,7 +9,7 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, ContextManager, Optional, TypeVar
 
 from filelock import FileLock
 
@@ -42,6 +42,21 @@ class _NoLock(contextlib.nullcontext):
 
     def release(self) -> None:
         pass
+
+
+T = TypeVar("T")
+
+
+def made_once(read: Callable[[], Optional[T]], lock: Callable[[], ContextManager], make: Callable[[], T]) -> T:
+    """What read() finds; else, holding lock(), what read() finds now (another process may have made
+    it while this one waited); else what make() makes. A finished file is read without a lock, as on
+    read-only media, and several processes that want the same file compute it once."""
+    found = read()
+    if found is not None:
+        return found
+    with lock():
+        found = read()
+        return found if found is not None else make()
 
 
 def remove_temp_files(path: Path) -> None:

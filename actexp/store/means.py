@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..progress import progress
 from .layout import MANIFEST, digest, model_label
 from . import locks
-from .locks import folder_lock, remove_temp_files
+from .locks import folder_lock, made_once, remove_temp_files
 from .tensors import read_checked, read_header, write_checked
 
 
@@ -165,32 +165,41 @@ def merge_shards(stats: Stats, n_shards: int, min_count: int, tail_start: int, c
     shared. Under the merge lock, so a second writer finds the finished mean and reuses it.
     """
     final = stats.mean_path(min_count, tail_start)
+    return made_once(lambda: _finished(final), lambda: stats.lock("merge"),
+                     lambda: _merge(stats, n_shards, min_count, tail_start, checkpoint_every))
+
+
+def _finished(path: Path) -> Optional[CorpusMean]:
+    """The mean at path if it is there and whole (a mean id fixes its content), else None."""
     with contextlib.suppress(UserError):
-        return load_mean(final)  # finished (a mean id fixes its content): read without a lock, as read-only stores are
-    with stats.lock("merge"):
-        with contextlib.suppress(UserError):
-            return load_mean(final)  # finished by another process (a mean id fixes its content)
-        ckpt_path = stats.folder / CHECKPOINT_FILE
-        remove_temp_files(ckpt_path)
-        remove_temp_files(final)
-        acc, first = MeanAccumulator(stats.identity["hidden_size"]), 0
-        ckpt = read_stats(ckpt_path)
-        if ckpt is not None and ckpt[2].get("n_shards") == n_shards and ckpt[2].get("stats_id") == stats.id:
-            acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
-            first = ckpt[2]["next"]
-        for k in progress(range(first, n_shards), desc="merging shards", unit="shard"):
-            _merge_one(stats, acc, k)
-            if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
-                write_stats(ckpt_path, acc.sum, acc.count, {"next": k + 1, "n_shards": n_shards, "docs": acc.docs,
-                                                            "tokens": acc.tokens, "stats_id": stats.id})
-        meta = stats.identity | {"corpus": stats.corpus_id, "stats_id": stats.id,
-                                 "mean_id": stats.mean_id(min_count, tail_start), "docs": acc.docs,
-                                 "tokens": acc.tokens, "shards": n_shards}
-        try:
-            mean = CorpusMean.from_stats(acc.sum, acc.count, stats.identity["max_tokens"], min_count, tail_start, meta)
-        except ValueError as e:
-            raise UserError(f"{e}: lower centering.min_count or centering.tail_start (job=mean mean.stage=aggregate "
-                            "reuses the shards) or use a larger corpus") from None
-        save_mean(mean, final)
-        ckpt_path.unlink(missing_ok=True)
-        return mean
+        return load_mean(path)
+    return None
+
+
+def _merge(stats: Stats, n_shards: int, min_count: int, tail_start: int, checkpoint_every: int) -> CorpusMean:
+    """merge_shards' work, holding the merge lock."""
+    final = stats.mean_path(min_count, tail_start)
+    ckpt_path = stats.folder / CHECKPOINT_FILE
+    remove_temp_files(ckpt_path)
+    remove_temp_files(final)
+    acc, first = MeanAccumulator(stats.identity["hidden_size"]), 0
+    ckpt = read_stats(ckpt_path)
+    if ckpt is not None and ckpt[2].get("n_shards") == n_shards and ckpt[2].get("stats_id") == stats.id:
+        acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])
+        first = ckpt[2]["next"]
+    for k in progress(range(first, n_shards), desc="merging shards", unit="shard"):
+        _merge_one(stats, acc, k)
+        if (k + 1) % checkpoint_every == 0 and k + 1 < n_shards:
+            write_stats(ckpt_path, acc.sum, acc.count, {"next": k + 1, "n_shards": n_shards, "docs": acc.docs,
+                                                        "tokens": acc.tokens, "stats_id": stats.id})
+    meta = stats.identity | {"corpus": stats.corpus_id, "stats_id": stats.id,
+                             "mean_id": stats.mean_id(min_count, tail_start), "docs": acc.docs,
+                             "tokens": acc.tokens, "shards": n_shards}
+    try:
+        mean = CorpusMean.from_stats(acc.sum, acc.count, stats.identity["max_tokens"], min_count, tail_start, meta)
+    except ValueError as e:
+        raise UserError(f"{e}: lower centering.min_count or centering.tail_start (job=mean mean.stage=aggregate "
+                        "reuses the shards) or use a larger corpus") from None
+    save_mean(mean, final)
+    ckpt_path.unlink(missing_ok=True)
+    return mean
