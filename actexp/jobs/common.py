@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 from typing import List, Optional
 
-from omegaconf import OmegaConf
 
 from .. import __version__
 from ..store.means import Stats, load_mean
@@ -35,6 +34,12 @@ def chunks(pooling_cfg) -> List[Chunk]:
         return [Chunk(c.kind, c.get("alpha")) for c in pooling_cfg.chunks]
     except ValueError as e:
         raise UserError(f"pooling={pooling_cfg.name}: {e}") from None
+
+
+def pooling_record(pooling_cfg) -> dict:
+    """The pooling as every record names it (store ids, fit identities, sidecars, manifests): its name
+    and its chunks, each {kind, alpha}."""
+    return {"name": pooling_cfg.name, "chunks": [{"kind": c.kind, "alpha": c.alpha} for c in chunks(pooling_cfg)]}
 
 
 def mean_command(artifacts: Optional[str] = None) -> str:
@@ -160,8 +165,7 @@ def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
     return {
         "actexp_version": __version__,
         "model": model,
-        "pooling": {"name": cfg.pooling.name, "chunks": OmegaConf.to_container(cfg.pooling.chunks),
-                    "labels": [c.label for c in chunks(cfg.pooling)]},
+        "pooling": pooling_record(cfg.pooling) | {"labels": [c.label for c in chunks(cfg.pooling)]},
         "centering": centering_metadata(mean),
     }
 

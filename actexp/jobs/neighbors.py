@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..store.layout import mismatch
 from ..data.corpus import bundled_samples
@@ -55,7 +54,7 @@ def _open_store(cfg, mean):
     made = store.manifest
     if cfg.neighbors.queries:
         differs = mismatch(made["model"], common.model_identity(cfg))
-        if differs is None and made["pooling"]["chunks"] != OmegaConf.to_container(cfg.pooling.chunks):
+        if differs is None and made["pooling"]["chunks"] != common.pooling_record(cfg.pooling)["chunks"]:
             differs = f"pooling={made['pooling']['name']} (this config has pooling={cfg.pooling.name})"
         if differs:
             raise UserError(f"the store {store.folder.name} was written for another model or pooling ({differs}): "

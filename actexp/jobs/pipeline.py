@@ -25,6 +25,16 @@ def with_keys(cfg, **updates):
     return cfg
 
 
+def with_mean(cfg, out_dir, tracker, backend):
+    """(cfg, metrics of the mean job): with centering.mean_path auto, the mean job makes (or reuses) the
+    corpus mean of the corpus group, and the returned cfg names that very file, so that later stages
+    centre with it; else cfg as it is (the user named a mean) and no metrics."""
+    if cfg.centering.mean_path != "auto":
+        return cfg, {}
+    made = run_job("mean", with_keys(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
+    return with_keys(cfg, centering__mean_path=made["mean"]), made
+
+
 def run(cfg, out_dir, tracker, backend) -> dict:
     """Every stage shares the run's backend: one model load, one Modal app context."""
 
@@ -35,9 +45,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     centred = cfg.centering.name != "none"
     variants = ["raw", "centered"] if centred else ["raw"]
     metrics = {}
-    if centred and cfg.centering.mean_path == "auto":  # else the stages use the mean the user named
-        metrics = stage("mean", mean__stage="all")
-        cfg = with_keys(cfg, centering__mean_path=metrics["mean/mean"])  # the later stages centre with this very file
+    if centred:
+        cfg, made = with_mean(cfg, out_dir, tracker, backend)
+        metrics = {f"mean/{k}": v for k, v in made.items()}
     metrics |= stage("csv", csv__variants=variants)
     csvs = [str(vectors_csv_path(out_dir, cfg.pooling.name, v)) for v in variants]
     failed = None

@@ -27,8 +27,7 @@ STAGES = ("all", "progress")
 
 
 def layout_of(cfg, corpus: Corpus, mean) -> vs.StoreLayout:
-    pooling = {"name": cfg.pooling.name, "chunks": [{"kind": c.kind, "alpha": c.alpha} for c in common.chunks(cfg.pooling)]}
-    return vs.StoreLayout(store_root(cfg.paths.artifacts), common.model_identity(cfg), pooling,
+    return vs.StoreLayout(store_root(cfg.paths.artifacts), common.model_identity(cfg), common.pooling_record(cfg.pooling),
                           None if mean is None else mean.sha256, corpus.id, vs.check_storage_dtype(cfg.store.storage_dtype),
                           cfg.store.shard_size, batch_kb=cfg.store.batch_kb)
 

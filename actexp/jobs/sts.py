@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from ..store import fits as fit_store
 from ..data import pairs as pairs_io
@@ -85,18 +84,6 @@ def _check_fit(s, methods, n_texts: int, h: int) -> None:
                             f"set sts.whitening_dims to {n_texts - 1} or fewer, or fit on more texts")
 
 
-def _mean(cfg, out_dir, tracker, backend):
-    """The per-position corpus mean of the corpus group: computed (or reused) by the mean job when
-    centering.mean_path is auto, as the pipeline does, so a sweep over model.layers gets each its own."""
-    from . import run as run_job
-    from .pipeline import with_keys
-
-    if cfg.centering.mean_path == "auto":
-        made = run_job("mean", with_keys(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
-        cfg = with_keys(cfg, centering__mean_path=made["mean"])
-    return common.corpus_mean(cfg, required=True, tracker=tracker)
-
-
 def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
     """{base: [Fit per chunk]} and what each was made from: stored fits reused, missing ones fitted on
     the fit set's vectors, computed once (raw and centred from one pass) and only if a fit is missing."""
@@ -110,7 +97,7 @@ def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
 
     by_content = {k: v for k, v in described.items() if k not in ("path", "corpus_id")} | {"texts": len(fit_texts)}
     for base in bases:
-        identity = {"model": backend.metadata, "pooling": OmegaConf.to_container(cfg.pooling.chunks),
+        identity = {"model": backend.metadata, "pooling": common.pooling_record(cfg.pooling)["chunks"],
                     "fit_set": by_content, "base": base, "mean_sha256": mean.sha256 if base == "centered" else None}
         fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
                                                         lambda base=base: fit_vectors(base), len(chunks))
@@ -125,68 +112,104 @@ def cosines(x: np.ndarray, pair_a: np.ndarray, pair_b: np.ndarray) -> np.ndarray
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     s = cfg.sts
+    parsed = _variants(s)
+    pairs = load_pairs(cfg)
+    chunks = common.chunks(cfg.pooling)
+    methods = {m for _, m in parsed.values() if m}
+    fit_texts, described = fit_set(cfg) if methods else ([], {})
+    _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"])  # before any forward pass
+    mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
+    vectors = _vectors(backend, pairs, chunks, mean)
+    bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
+    fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
+    settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
+    scores = _cosines(parsed, vectors, fitted, settings, chunks, pairs)
+    records = _correlations(scores, pairs, parsed, fit_records)
+    return _report(cfg, Path(out_dir), tracker, backend.metadata, mean, pairs, parsed, chunks, records, scores,
+                   {"fits": fit_records, "settings": settings})
+
+
+def _variants(s) -> Dict[str, tuple]:
+    """{variant: (base, method)} of sts.variants, and sts.fit checked."""
     parsed = {v: _parse(v) for v in s.variants}
     if not parsed:
         raise UserError("sts.variants is empty: give at least one variant, e.g. [raw,centered]")
     if s.fit not in FIT_SETS:
         raise UserError(f"sts.fit={s.fit}: use stsb (STS-B train sentences) or corpus (the corpus group's documents)")
-    pairs = load_pairs(cfg)
-    chunks = common.chunks(cfg.pooling)
-    labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
-    methods = {m for _, m in parsed.values() if m}
-    fit_texts, described = fit_set(cfg) if methods else ([], {})
-    _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"])  # before any forward pass
-    mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
-    texts = pairs.texts()
-    index = {t: i for i, t in enumerate(texts)}
-    pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
-    log.info("sts: %d pairs, %d distinct texts (%s, %s)", len(pairs), len(texts), pairs.source, pairs.split)
-    vectors = backend.vectors(texts, chunks, mean).by_variant()  # {"raw"[, "centered"]: [N, C*H]}
-    h = vectors["raw"].shape[1] // len(chunks)
+    return parsed
 
-    bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
-    fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
-    settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
-    records, scores = [], {}
+
+def _mean(cfg, out_dir, tracker, backend):
+    """The corpus mean to centre with, made by the mean job first when centering.mean_path is auto (as
+    the pipeline's mean stage does), so a sweep over model.layers gets each its own."""
+    from .pipeline import with_mean
+
+    cfg, _ = with_mean(cfg, out_dir, tracker, backend)
+    return common.corpus_mean(cfg, required=True, tracker=tracker)
+
+
+def _vectors(backend, pairs, chunks, mean) -> dict:
+    """{"raw"[, "centered"]: [N, C*H]} of the pairs' distinct texts, in pairs.texts() order: one pass."""
+    texts = pairs.texts()
+    log.info("sts: %d pairs, %d distinct texts (%s, %s)", len(pairs), len(texts), pairs.source, pairs.split)
+    return backend.vectors(texts, chunks, mean).by_variant()
+
+
+def _cosines(parsed, vectors, fitted, settings, chunks, pairs) -> Dict[tuple, np.ndarray]:
+    """{(variant, chunk label): the cosine of each pair [P]}, per chunk and for all chunks side by side."""
+    index = {t: i for i, t in enumerate(pairs.texts())}
+    pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
+    labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
+    scores = {}
     for variant, (base, method) in parsed.items():
         x = vectors[base].astype(np.float64)
         try:
-            parts = ([x[:, c * h:(c + 1) * h] for c in range(len(chunks))] if method is None
+            parts = (postprocess.per_chunk(x, len(chunks)) if method is None
                      else postprocess.apply_per_chunk(method, x, fitted[base], **settings))
         except ValueError as e:
             raise UserError(f"sts variant {variant}: {e}") from None
         for label, part in [*zip(labels, parts), ("all", np.concatenate(parts, 1))]:
             cos = cosines(part, pair_a, pair_b)
-            scores[(variant, label)] = cos
             if not np.isfinite(cos).all():
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
-                value = fn(cos, pairs.scores)
-                if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
-                    log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
-                                "%s is undefined (null)",
-                                variant, label, metric)
-                records.append({"metric": metric, "variant": variant, "chunk": label,
-                                "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
-                                "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
-    out = Path(out_dir)
+            scores[(variant, label)] = cos
+    return scores
+
+
+def _correlations(scores, pairs, parsed, fit_records) -> List[dict]:
+    """One record per metric (Spearman, Pearson), variant and chunk; null where every cosine is the same."""
+    records = []
+    for (variant, label), cos in scores.items():
+        base, method = parsed[variant]
+        for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+            value = fn(cos, pairs.scores)
+            if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
+                log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
+                            "%s is undefined (null)", variant, label, metric)
+            records.append({"metric": metric, "variant": variant, "chunk": label,
+                            "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
+                            "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
+    return records
+
+
+def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, records, scores, made_with) -> dict:
+    """sts.json, the scatter plot, the W&B table and the table on stdout; the metrics."""
     spearman_of = {(r["variant"], r["chunk"]): r["value"] for r in records if r["metric"] == "spearman"}
     defined = [k for k, v in spearman_of.items() if v is not None]
     if not defined:
         raise UserError("every variant gave every pair the same cosine: no correlation is defined; "
                         "check the texts of the pairs file")
     best = max(defined, key=lambda k: spearman_of[k])
-    written = [write_json(out / "sts.json", common.metadata(cfg, backend.metadata, mean) | {
-        "pairs": pairs.describe(), "fits": fit_records, "settings": settings, "records": records,
-        "best": {"variant": best[0], "chunk": best[1], "spearman": spearman_of[best]}}),
+    written = [write_json(out / "sts.json", common.metadata(cfg, model, mean) | {"pairs": pairs.describe()} | made_with | {
+        "records": records, "best": {"variant": best[0], "chunk": best[1], "spearman": spearman_of[best]}}),
         plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
                           {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
-                          f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {backend.metadata['model']}")]
+                          f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {model['model']}")]
     tracker.table("sts", ["metric", "variant", "chunk", "value"], [[r[k] for k in ("metric", "variant", "chunk", "value")]
                                                                   for r in records])
     tracker.images(written[1:])
-    log.info(table(spearman_of, list(parsed), labels, pairs))
+    log.info(table(spearman_of, list(parsed), [chunk_key(c.label) for c in chunks], pairs))
     wrote(log, written)
     # The metrics under the names the README gives, logged once by the caller (run.py) as every job's are.
     return {f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records if r["value"] is not None} | {

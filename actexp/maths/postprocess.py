@@ -70,9 +70,17 @@ def apply(method: str, x: np.ndarray, f: Fit, abtt_dims: int = 3, whitening_dims
     raise ValueError(f"unknown post-processing {method!r}: one of {', '.join(METHODS)}")
 
 
+def per_chunk(x: np.ndarray, n_chunks: int) -> List[np.ndarray]:
+    """Vectors [N, C*H] as the C views [N, H] of their pooling chunks (chunk c holds dims c*H..(c+1)*H-1)."""
+    h = x.shape[1] // n_chunks
+    if h * n_chunks != x.shape[1]:
+        raise ValueError(f"{x.shape[1]} dims do not split into {n_chunks} chunks")
+    return [x[:, c * h:(c + 1) * h] for c in range(n_chunks)]
+
+
 def apply_per_chunk(method: str, x: np.ndarray, fits: List[Fit], **settings) -> List[np.ndarray]:
     """x [N, C*H] -> one post-processed [N, H or k] array per chunk, each with its own chunk's fit."""
     h = x.shape[1] // len(fits)
     if h * len(fits) != x.shape[1] or any(len(f.mean) != h for f in fits):
         raise ValueError(f"{x.shape[1]} dims do not split into {len(fits)} chunks of the fits' {len(fits[0].mean)} dims")
-    return [apply(method, x[:, c * h:(c + 1) * h], f, **settings) for c, f in enumerate(fits)]
+    return [apply(method, part, f, **settings) for part, f in zip(per_chunk(x, len(fits)), fits)]

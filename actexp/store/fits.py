@@ -56,8 +56,7 @@ def foreign(header: dict, identity: dict) -> Optional[str]:
 
 def _fit_and_write(path: Path, identity: dict, x: np.ndarray, n_chunks: int):
     """Fit each chunk of x [N, C*H] and write the fits; call it holding the folder's lock."""
-    h = x.shape[1] // n_chunks
-    fits = [postprocess.fit(x[:, c * h:(c + 1) * h]) for c in range(n_chunks)]
+    fits = [postprocess.fit(part) for part in postprocess.per_chunk(x, n_chunks)]
     tensors = {f"{k}{c}": torch.from_numpy(getattr(f, k)) for c, f in enumerate(fits) for k in ("mean", "eigvals", "eigvecs")}
     remove_temp_files(path)
     return fits, path, write_checked(path, tensors, stored_identity(identity) | {"count": len(x)})

@@ -12,6 +12,7 @@ from typing import Optional
 
 
 MANIFEST = "manifest.json"
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit of a hub repository
 
 
 def root(artifacts) -> Path:
@@ -29,20 +30,30 @@ def digest(obj) -> str:
 
 
 def model_label(m: dict) -> str:
-    """A model identity, readable: model, revision or seed, layers, BOS, max_tokens, dtype."""
+    """A model identity, readable: model, where its weights come from, layers, BOS, max_tokens, dtype."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(m["model"])).strip("_")[-40:]
-    revision = (m["revision"][:8] if COMMIT.fullmatch(m["revision"] or "") else m["revision"]) or (
-        f"seed{m['seed']}" if m["random_init"] else f"w{m['weights'][:8]}" if m.get("weights") else
-        f"{m['quantization']}-g{m['gguf_sha256'][:8]}" if m.get("gguf_sha256") else
-        f"c{m['checkpoint'][:8]}" if m.get("checkpoint") else "main")
     layers = "all" if m["layers"] == "all" else "L" + "_".join(map(str, m["layers"]))
     bos = "bos" if m["prepend_bos"] else "nobos"
-    return f"{name}-{revision}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
+    return f"{name}-{_weights_label(m)}-{layers}-{bos}-T{m['max_tokens']}-{m['dtype']}"
+
+
+def _weights_label(m: dict) -> str:
+    """Where a model's weights come from, in a few characters: its hub revision (a commit's first 8 hex
+    digits), the seed of random weights, a weights file, a GGUF file or a checkpoint folder by content."""
+    if m["revision"]:
+        return m["revision"][:8] if COMMIT.fullmatch(m["revision"]) else m["revision"]
+    if m["random_init"]:
+        return f"seed{m['seed']}"
+    if m.get("weights"):
+        return f"w{m['weights'][:8]}"
+    if m.get("gguf_sha256"):
+        return f"{m['quantization']}-g{m['gguf_sha256'][:8]}"
+    if m.get("checkpoint"):
+        return f"c{m['checkpoint'][:8]}"
+    return "main"
 
 
 
-
-COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 
