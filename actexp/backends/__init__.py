@@ -1,5 +1,5 @@
-"""Where the forward pass runs. A run opens one backend with `open_backend(cfg)`; jobs never
-import a backend directly."""
+"""Where the forward pass runs (this machine or Modal); imports data, report, models, store and below,
+never jobs. A run opens one backend with `open_backend(cfg)`; jobs never import a backend directly."""
 
 import contextlib
 

@@ -1,4 +1,5 @@
-"""One module per job, each exposing `run(cfg, out_dir, tracker, backend) -> dict of metrics`."""
+"""One module per job, each exposing `run(cfg, out_dir, tracker, backend) -> dict of metrics`; imports
+backends and everything below, never run.py or api.py."""
 
 import importlib
 from pathlib import Path

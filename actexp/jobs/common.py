@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 from typing import List, Optional
 
-
 from .. import __version__
 from ..store.means import Stats, load_mean
 from ..store.layout import mismatch

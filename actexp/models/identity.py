@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-
 from . import gguf
 from ..errors import UserError
 from ..store.hashes import file_sha256, folder_sha256

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-
 from . import gguf
 from ..errors import UserError
 from .spec import BUNDLED_TOKENIZER, ModelSpec, local_source

@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
-
 from ..errors import UserError
 from .io import write_text
 

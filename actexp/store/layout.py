@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 
-
-
 MANIFEST = "manifest.json"
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit of a hub repository
 
@@ -51,12 +49,6 @@ def _weights_label(m: dict) -> str:
     if m.get("checkpoint"):
         return f"c{m['checkpoint'][:8]}"
     return "main"
-
-
-
-
-
-
 
 
 def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
