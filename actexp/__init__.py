@@ -7,7 +7,9 @@
 The Python API (api.py) is imported on first use, so `import actexp` stays instant.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("actexp")  # pyproject.toml's, the one place it is written
 __all__ = ["Session", "Vectors", "Similarity", "Mean", "UserError", "analyze", "compose_config", "open_store", "samples",
            "LabelledTexts"]
 

@@ -25,16 +25,16 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from .maths import analysis
 from . import jobs
 from .backends import open_backend
-from .errors import UserError, user_fault
 from .config.suggest import message
+from .errors import UserError, user_fault
 from .jobs import common
 from .jobs.similarity import cosines
+from .maths import analysis
 from .data.labelled import LabelledTexts, samples  # noqa: F401 (part of the API)
-from .store.reader import VectorStore
 from .config.schema import CONF, register
+from .store.reader import VectorStore
 
 
 def compose_config(*overrides: str):

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = "actexp"
-ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+# The checkout in which it runs (run it from the repository's root), else the one that holds it.
+ROOT = Path.cwd() / PACKAGE if (Path.cwd() / PACKAGE / "__init__.py").is_file() else Path(__file__).resolve().parents[1] / PACKAGE
 
 # The folder rule, bottom first: a module may import its own folder and the folders on earlier
 # lines (a line's folders do not import each other). Top-level modules are named by file.
@@ -41,7 +42,8 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
-    """Package modules that `path` imports (from-imports of a package resolve to its submodules)."""
+    """Package modules that `path` imports: `from x import y` names module x.y if it is one, else x
+    (a name that x defines: x's __init__.py for a package)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -52,7 +54,7 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         else:
             continue
         for target in targets:
@@ -60,14 +62,13 @@ def imports_of(path: Path, name: str, modules: set[str]) -> set[str]:
                 target = target.rpartition(".")[0]
             if target and target != name:
                 found.add(target)
-    # `from actexp.x import y` names both actexp.x and actexp.x.y; keep the most specific.
-    return {t for t in found if not any(o.startswith(t + ".") for o in found) or t == PACKAGE}
+    return found
 
 
 def graph() -> dict[str, set[str]]:
     paths = {module_name(p): p for p in ROOT.rglob("*.py")}
     modules = set(paths)
-    return {name: imports_of(path, name, modules) - {PACKAGE} for name, path in sorted(paths.items())}
+    return {name: imports_of(path, name, modules) for name, path in sorted(paths.items())}
 
 
 def back_edges(edges: dict[str, set[str]]) -> list[tuple[str, str]]:

@@ -12,20 +12,20 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from filelock import Timeout
 
-from ..store import means
-from ..store import vectors as vector_store
-from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
-from ..maths.centering import CorpusMean, MeanAccumulator
 from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
+from ..maths.centering import CorpusMean, MeanAccumulator
+from ..maths.pooling import Chunk, pool, weights
+from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
+from ..models.identity import identity
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import ModelSpec
-from ..models.identity import identity
-from ..maths.pooling import Chunk, pool, weights
 from ..progress import progress
-from ..store.shards import check as check_shard
+from ..store import means
+from ..store import vectors as vector_store
 from ..store.layout import hash_cache
 from ..store.locks import remove_temp_files
+from ..store.shards import check as check_shard
 from ..store.vectors import StoreLayout
 
 log = logging.getLogger(__name__)

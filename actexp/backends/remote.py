@@ -15,22 +15,22 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import torch
 from omegaconf import OmegaConf
 
-from ..store import means
-from ..models.activations import Batching
-from ..maths.centering import CorpusMean
 from ..data.corpus import Document
 from ..errors import UserError
-from ..store.io import write_bytes
-from ..models.hub import hub_commit
-from ..models.gguf import in_package
-from ..models.spec import ModelSpec, from_hub
-from ..models.identity import identity
-from ..models.architecture import model_config
-from ..models.tokenizing import text_encoder
+from ..maths.centering import CorpusMean
 from ..maths.pooling import Chunk
+from ..models.activations import Batching
+from ..models.architecture import model_config
+from ..models.gguf import in_package
+from ..models.hub import hub_commit
+from ..models.identity import identity
+from ..models.spec import ModelSpec, from_hub
+from ..models.tokenizing import text_encoder
 from ..progress import progress
-from ..store.shards import check as check_shard
+from ..store import means
+from ..store.io import write_bytes
 from ..store.layout import MANIFEST, hash_cache
+from ..store.shards import check as check_shard
 from ..store.tensors import header_of_stream
 from ..store.vectors import StoreLayout
 from .local import Pooled

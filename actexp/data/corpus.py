@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from ..errors import UserError
-from .inputs import decode_text
-from ..store.io import write_json
 from ..progress import progress
+from ..store.io import write_json
+from .inputs import decode_text
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .corpus import SAMPLES_DIR, bundled_samples
 from ..errors import UserError
+from .corpus import SAMPLES_DIR, bundled_samples
 
 
 @dataclass

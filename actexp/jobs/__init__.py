@@ -4,10 +4,10 @@ backends and everything below, never run.py or api.py."""
 import importlib
 from pathlib import Path
 
-from ..config import ranges
 from ..backends import open_backend
-from ..errors import UserError
+from ..config import ranges
 from ..config.suggest import check_keys
+from ..errors import UserError
 from ..report.tracking import NULL
 
 NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",

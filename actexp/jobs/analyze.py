@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from ..data import labelled
-from ..report import plots
-from ..maths.analysis import analyze
 from ..errors import UserError
+from ..maths.analysis import analyze
+from ..report import plots
+from ..report.console import plural, wrote
 from ..store.io import write_json
 from ..store.reader import VectorStore
-from ..report.console import plural, wrote
 from . import common
 
 log = logging.getLogger(__name__)

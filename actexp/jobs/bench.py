@@ -32,19 +32,19 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from ..store import vectors as vector_store
-from ..models.activations import batch_ids, segments, stream
-from ..store.means import Stats, load_mean
 from ..backends import open_backend
-from ..maths.centering import MeanAccumulator
+from ..config.schema import CONF
 from ..data.corpus import Corpus, Document
 from ..errors import UserError
-from ..store.io import write_json
+from ..maths.centering import MeanAccumulator
 from ..maths.pooling import pool, weights
-from ..store.reader import VectorStore
+from ..models.activations import batch_ids, segments, stream
 from ..report.console import wrote
-from ..config.schema import CONF
+from ..store import vectors as vector_store
+from ..store.io import write_json
 from ..store.layout import MANIFEST
+from ..store.means import Stats, load_mean
+from ..store.reader import VectorStore
 from ..store.vectors import StoreLayout
 from .common import chunks
 

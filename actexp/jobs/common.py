@@ -5,20 +5,19 @@ import json
 import logging
 import os
 import shlex
+from importlib.metadata import version
 from pathlib import Path
 from typing import List, Optional
 
-from .. import __version__
-from ..store.means import Stats, load_mean
-from ..store.layout import mismatch
-from ..store.layout import hash_cache
-from ..store.layout import root as store_root
-from ..maths.centering import CorpusMean
 from ..errors import UserError
-from ..store.io import read_vectors_csv, vectors_csv_path
-from ..models.spec import ModelSpec
-from ..models.identity import model_identity
+from ..maths.centering import CorpusMean
 from ..maths.pooling import Chunk
+from ..models.identity import model_identity
+from ..models.spec import ModelSpec
+from ..store.io import read_vectors_csv, vectors_csv_path
+from ..store.layout import hash_cache, mismatch
+from ..store.layout import root as store_root
+from ..store.means import Stats, load_mean
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ def centering_metadata(mean: Optional[CorpusMean]) -> dict:
 def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
     """Model (its identity), pooling and centring: what determines a vector."""
     return {
-        "actexp_version": __version__,
+        "actexp_version": version("actexp"),
         "model": model,
         "pooling": pooling_record(cfg.pooling) | {"labels": [c.label for c in chunks(cfg.pooling)]},
         "centering": centering_metadata(mean),

@@ -19,10 +19,10 @@ import torch
 
 from ..data.corpus import bundled_samples
 from ..errors import CheckFailed, UserError
-from ..store.io import read_matrix_csv, write_text
 from ..models.architecture import model_config
 from ..models.tokenizing import text_encoder
 from ..report.console import plural, wrote
+from ..store.io import read_matrix_csv, write_text
 from ..store.layout import hash_cache
 from . import common
 

@@ -9,8 +9,8 @@ import logging
 
 from ..data.corpus import Corpus, bundled_samples
 from ..errors import UserError
-from ..store.io import vectors_csv_path, write_json, write_matrix_csv
 from ..report.console import plural, wrote
+from ..store.io import vectors_csv_path, write_json, write_matrix_csv
 from . import common
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ import json
 import logging
 
 from ..data.inputs import read_text
-from ..store.io import write_json, write_safetensors
 from ..report.console import wrote
+from ..store.io import write_json, write_safetensors
 from . import common
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ import contextlib
 import logging
 from pathlib import Path
 
-from ..store import means
+from .. import progress as progress_lines
 from ..data.corpus import Corpus
 from ..errors import Interrupted, UserError
-from ..store.io import write_json
-from .. import progress as progress_lines
 from ..report.console import wrote
+from ..store import means
+from ..store.io import write_json
 from .common import corpus_of, stats_of
 
 log = logging.getLogger(__name__)

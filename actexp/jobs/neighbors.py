@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.layout import mismatch
 from ..data.corpus import bundled_samples
 from ..errors import UserError
-from ..store.io import write_json, write_text
 from ..maths.neighbors import top_k
-from ..store.reader import Rows, VectorStore
 from ..progress import progress
 from ..report.console import wrote
+from ..store.io import write_json, write_text
+from ..store.layout import mismatch
+from ..store.reader import Rows, VectorStore
 from . import common
 
 log = logging.getLogger(__name__)

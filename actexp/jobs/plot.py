@@ -6,12 +6,12 @@ colour scale (plot.vmin, plot.vmax, plot.center), so colours compare across pane
 import logging
 from pathlib import Path
 
-from ..report import plots
-from ..maths.analysis import chunk_key
 from ..errors import UserError
-from ..store.io import vectors_csv_path
-from ..report.console import plural, wrote
+from ..maths.analysis import chunk_key
 from ..maths.retrieval import cosine_matrix
+from ..report import plots
+from ..report.console import plural, wrote
+from ..store.io import vectors_csv_path
 from . import common
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ import logging
 import torch
 
 from ..data.inputs import read_text
-from ..store.io import write_json
 from ..report.console import wrote
+from ..store.io import write_json
 from . import common
 
 log = logging.getLogger(__name__)

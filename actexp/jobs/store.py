@@ -13,13 +13,13 @@ import os
 import shlex
 from typing import Optional
 
+from ..data.corpus import Corpus
+from ..errors import Interrupted, UserError
+from ..progress import progress
+from ..report.console import plural, wrote
 from ..store import vectors as vs
 from ..store.layout import MANIFEST
 from ..store.layout import root as store_root
-from ..data.corpus import Corpus
-from ..errors import Interrupted, UserError
-from ..report.console import plural, wrote
-from ..progress import progress
 from . import common
 
 log = logging.getLogger(__name__)

@@ -19,15 +19,15 @@ from typing import Dict, List
 
 import numpy as np
 
-from ..store import fits as fit_store
 from ..data import pairs as pairs_io
-from ..report import plots
+from ..errors import UserError
 from ..maths import postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
-from ..errors import UserError
-from ..store.io import write_json
+from ..report import plots
 from ..report.console import wrote
+from ..store import fits as fit_store
+from ..store.io import write_json
 from . import common
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 
 from ..report import plots
-from ..store.layout import model_label
 from ..report.console import plural, wrote
+from ..store.layout import model_label
 from . import common
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import check_interrupt
-from .loading import LoadedModel
 from ..maths.pooling import on_device as _on
+from .loading import LoadedModel
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, max_padding: float = 0.1) -> List[List[int]]:

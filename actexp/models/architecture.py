@@ -6,10 +6,10 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import gguf
 from ..errors import UserError
-from .spec import HELP_MODELS, ModelSpec, local_source
+from . import gguf
 from .hub import hub_revision, load_pretrained
+from .spec import HELP_MODELS, ModelSpec, local_source
 
 
 # Where the decoder blocks live, for GPT-NeoX, Llama-style and GPT-2-style causal LMs.

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from . import gguf
 from ..errors import UserError
 from ..store.hashes import file_sha256, folder_sha256
 from ..store.layout import hash_cache
-from .spec import BUNDLED_TOKENIZER, ModelSpec, check_gguf, local_source, weights_file
-from .hub import hub_revision
+from . import gguf
 from .architecture import model_config, select_layers
+from .hub import hub_revision
+from .spec import BUNDLED_TOKENIZER, ModelSpec, check_gguf, local_source, weights_file
 
 
 def tokenizer_sha256(spec: ModelSpec, cache: Optional[Path] = None) -> Optional[str]:

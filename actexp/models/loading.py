@@ -10,13 +10,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from safetensors import SafetensorError
 
-from . import gguf
 from ..errors import UserError
-from .spec import HELP_MODELS, ModelSpec, check_gguf, local_source, torch_dtype, weights_file
-from .hub import hub_revision, load_pretrained
+from . import gguf
 from .architecture import find_blocks, model_config, select_layers
-from .tokenizing import TextEncoder, text_encoder
+from .hub import hub_revision, load_pretrained
 from .identity import identity
+from .spec import HELP_MODELS, ModelSpec, check_gguf, local_source, torch_dtype, weights_file
+from .tokenizing import TextEncoder, text_encoder
 
 
 @dataclass

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from . import gguf
 from ..errors import UserError
-from .spec import BUNDLED_TOKENIZER, ModelSpec, local_source
+from . import gguf
 from .hub import hub_revision, load_pretrained
+from .spec import BUNDLED_TOKENIZER, ModelSpec, local_source
 
 
 @dataclass

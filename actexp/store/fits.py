@@ -19,13 +19,13 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..maths import postprocess
-from .layout import mismatch
-from .tensors import read_checked, read_header, write_checked
 from ..errors import UserError
+from ..maths import postprocess
 from .layout import digest, model_label
-from .locks import folder_lock, made_once, remove_temp_files
+from .layout import mismatch
 from .layout import root as store_root
+from .locks import folder_lock, made_once, remove_temp_files
+from .tensors import read_checked, read_header, write_checked
 
 log = logging.getLogger(__name__)
 FIT_FILE = "fit.safetensors"

@@ -26,12 +26,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import shards
-from ..maths.centering import CorpusMean, MeanAccumulator
 from ..errors import UserError
+from ..maths.centering import CorpusMean, MeanAccumulator
 from ..progress import progress
-from .layout import MANIFEST, digest, model_label
 from . import locks
+from . import shards
+from .layout import MANIFEST, digest, model_label
 from .locks import folder_lock, made_once, remove_temp_files
 from .tensors import read_checked, read_header, write_checked
 

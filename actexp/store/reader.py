@@ -26,8 +26,8 @@ from typing import Dict, List, Optional, Protocol, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from . import vectors as vs
 from ..errors import UserError
+from . import vectors as vs
 from .layout import MANIFEST
 
 

@@ -34,11 +34,11 @@ import pyarrow.ipc as ipc
 import torch
 import xxhash
 
+from ..errors import UserError
 from . import locks
+from .io import write_bytes
 from .layout import digest, model_label
 from .locks import folder_lock
-from ..errors import UserError
-from .io import write_bytes
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
 VARIANTS = ("raw", "centered")
