@@ -3,10 +3,10 @@ import logging
 import pytest
 import torch
 
-from actexp.models.activations import Batching, LayerMean, packed_packs, segments, stream, token_budget_batches
 from actexp.backends.local import LocalBackend
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
+from actexp.models.activations import Batching, LayerMean, packed_packs, segments, stream, token_budget_batches
 from actexp.models.loading import load_model
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from actexp.maths import geometry, retrieval
 from actexp.data import labelled
+from actexp.maths import geometry, retrieval
 from actexp.maths.analysis import analyze
 from actexp.maths.neighbors import top_k
 

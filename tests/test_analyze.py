@@ -12,10 +12,10 @@ from actexp import jobs
 from actexp.backends.local import LocalBackend
 from actexp.data.corpus import bundled_samples
 from actexp.errors import UserError
-from actexp.store.io import read_vectors_csv
-from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs import neighbors as neighbors_job
+from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean
+from actexp.store.io import read_vectors_csv
 from actexp.store.reader import VectorStore
 from helpers import compose_cfg, run_cli, wandb_records, wandb_summary
 

@@ -11,17 +11,17 @@ from transformers import PreTrainedTokenizerFast
 from actexp import jobs
 from actexp.backends import open_backend
 from actexp.backends.local import LocalBackend
-from actexp.models.activations import segments, stream
-from actexp.store.means import load_mean
-from actexp.maths.centering import MeanAccumulator
 from actexp.data.corpus import bundled_samples
 from actexp.errors import CheckFailed, UserError
-from actexp.store.io import write_json, write_matrix_csv
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
-from actexp.models.spec import BUNDLED_TOKENIZER
-from actexp.models.loading import load_model
+from actexp.maths.centering import MeanAccumulator
 from actexp.maths.pooling import pool, weights
+from actexp.models.activations import segments, stream
+from actexp.models.loading import load_model
+from actexp.models.spec import BUNDLED_TOKENIZER
+from actexp.store.io import write_json, write_matrix_csv
+from actexp.store.means import load_mean
 from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
                      run_cli, run_clis)
 

@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from actexp.config.schema import CONF
 from actexp.jobs.common import model_spec
 from actexp.models.loading import load_model
-from actexp.config.schema import CONF
 from helpers import (LONG, SHORT, TEXTS, compose_cfg, read_only, reference_model, reference_vector, rel_err, run_cli,
                      run_clis)
 

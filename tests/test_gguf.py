@@ -12,11 +12,11 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from actexp.errors import UserError
-from actexp.models.gguf import converted
 from actexp.jobs.common import model_spec
-from actexp.models.spec import BUNDLED_TOKENIZER, ModelSpec
+from actexp.models.gguf import converted
 from actexp.models.identity import identity
 from actexp.models.loading import load_model
+from actexp.models.spec import BUNDLED_TOKENIZER, ModelSpec
 from actexp.store.layout import hash_cache
 from helpers import compose_cfg, run_cli, tiny_llama_gguf
 

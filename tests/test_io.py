@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from actexp.store import io
 from actexp import jobs
+from actexp.store import io
 from actexp.store.hashes import file_sha256
 from actexp.store.io import FOREIGN_STALE_AFTER, temp_prefix, write_text
 from helpers import REPO, compose_cfg, run_cli

@@ -14,14 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actexp.store import means
 from actexp import jobs
-from actexp.maths.centering import CorpusMean, finalise
-from actexp.maths.pooling import Chunk
 from actexp.errors import UserError
 from actexp.jobs.common import corpus_mean
-from actexp.models.loading import load_model
 from actexp.jobs.common import model_spec
+from actexp.maths.centering import CorpusMean, finalise
+from actexp.maths.pooling import Chunk
+from actexp.models.loading import load_model
+from actexp.store import means
 from helpers import (REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis,
                      wandb_records)
 

@@ -19,17 +19,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from actexp.store import means as store
 from actexp import jobs
 from actexp.backends import local, make_backend, modal_app, open_backend, remote
 from actexp.backends.remote import RemoteError, token_groups
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
-from actexp.jobs.common import model_spec
 from actexp.jobs.common import corpus_mean
-from actexp.models.loading import load_model
-from actexp.store.reader import VectorStore
+from actexp.jobs.common import model_spec
 from actexp.maths.pooling import weights
+from actexp.models.loading import load_model
+from actexp.store import means as store
+from actexp.store.reader import VectorStore
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, tiny_llama_gguf
 
 # float32 and the CPU's packing, so that the CPU stand-in equals the local backend bit for bit

@@ -8,13 +8,13 @@ from transformers import AutoModelForCausalLM
 
 from actexp.backends import open_backend
 from actexp.backends.local import LocalBackend
+from actexp.data.corpus import python_docs
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_identity, model_spec
-from actexp.data.corpus import python_docs
-from actexp.models.spec import BUNDLED_WEIGHTS
 from actexp.models.architecture import find_blocks, select_layers
 from actexp.models.loading import load_model
+from actexp.models.spec import BUNDLED_WEIGHTS
 from helpers import LONG, SHORT, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 
 

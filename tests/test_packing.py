@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import masking_utils
 
-from actexp.models.activations import packing_error
 from actexp.backends import local
 from actexp.backends.local import LocalBackend
-from actexp.maths.centering import CorpusMean
 from actexp.data.corpus import bundled_samples
 from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.maths.centering import CorpusMean
+from actexp.models.activations import packing_error
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err
 
 # Lengths from 1 token to a few hundred, so that packs hold long texts with short ones behind them.

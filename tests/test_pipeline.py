@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from actexp import jobs
-from actexp.store.means import load_mean
-from actexp.errors import UserError
 from actexp.backends import local
-from actexp.store.io import read_matrix_csv, write_json, write_matrix_csv
+from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.report.sweep import summary_table
+from actexp.store.io import read_matrix_csv, write_json, write_matrix_csv
+from actexp.store.means import load_mean
 from helpers import compose_cfg, rel_err, run_cli, wandb_summary
 
 CONTRACT = ["vectors_long_mode_raw.csv", "vectors_long_mode_raw.json", "vectors_long_mode_centered.csv",

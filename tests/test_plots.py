@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from actexp import jobs
-from actexp.report import plots
 from actexp.errors import UserError
+from actexp.report import plots
 from actexp.store.io import write_matrix_csv
 from helpers import compose_cfg
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from actexp import errors, progress
-from actexp.models.activations import Batching, stream
 from actexp.backends.local import LocalBackend
+from actexp.models.activations import Batching, stream
 from helpers import REPO, compose_cfg, run_cli
 
 LINE = r"mean: (\d+)/8 shards \(\d+ %\), \d\d:\d\d elapsed, [^,]+, [^,]+ left(, docs=\d+, tokens=\d+)?"

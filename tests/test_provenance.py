@@ -18,10 +18,10 @@ from transformers import PreTrainedTokenizerFast
 
 import actexp
 from actexp import jobs
-from actexp.store.means import load_mean
 from actexp.errors import UserError
 from actexp.jobs.common import model_identity
 from actexp.models.spec import BUNDLED_TOKENIZER, BUNDLED_WEIGHTS
+from actexp.store.means import load_mean
 from helpers import compose_cfg, read_only, run_cli, run_clis
 
 

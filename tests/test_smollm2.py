@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from actexp.errors import UserError
-from actexp.models.gguf import converted, resolve
-from actexp.store.io import umask
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import model_spec
-from actexp.models.spec import ModelSpec
+from actexp.models.gguf import converted, resolve
 from actexp.models.loading import load_model
+from actexp.models.spec import ModelSpec
+from actexp.store.io import umask
 from actexp.store.layout import model_label
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli
 

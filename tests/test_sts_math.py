@@ -7,13 +7,13 @@ import pytest
 import scipy.stats
 import torch
 
-from actexp.store import fits as fit_store
-from actexp.maths import postprocess
-from actexp.store.tensors import _tensors_sha256, write_checked
-from actexp.maths.correlation import average_ranks, pearson, spearman
-from actexp.errors import UserError
 from actexp.data.pairs import from_file, stsb
+from actexp.errors import UserError
+from actexp.maths import postprocess
+from actexp.maths.correlation import average_ranks, pearson, spearman
+from actexp.store import fits as fit_store
 from actexp.store.layout import digest
+from actexp.store.tensors import _tensors_sha256, write_checked
 
 
 def test_spearman_and_pearson_match_scipy_with_ties():
