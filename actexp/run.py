@@ -30,12 +30,12 @@ from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from . import jobs  # noqa: E402
-from .errors import Interrupted, on_sigint, one_line, user_fault
-from .config.suggest import message  # noqa: E402
-from .store.io import remove_dead_writers_files_below, write_json  # noqa: E402
 from .config.schema import CONF, register  # noqa: E402
+from .config.suggest import message  # noqa: E402
+from .errors import Interrupted, on_sigint, one_line, user_fault  # noqa: E402
 from .report.sweep import print_summary  # noqa: E402
 from .report.tracking import NULL, Tracker  # noqa: E402
+from .store.io import remove_dead_writers_files_below, write_json  # noqa: E402
 
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # asked for by the user
 HYDRA_FILES = {".hydra", "run.log", "wandb"}  # what a run dir holds before the job writes anything

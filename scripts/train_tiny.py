@@ -26,7 +26,7 @@ from actexp.api import compose_config  # noqa: E402
 from actexp.data.corpus import bundled_samples, python_docs  # noqa: E402
 from actexp.jobs.common import model_spec  # noqa: E402
 from actexp.models.architecture import model_config  # noqa: E402
-from actexp.models.tokenizing import load_tokenizer
+from actexp.models.tokenizing import load_tokenizer  # noqa: E402
 
 HELD_OUT = 20  # one docstring in 20 is held out
 
