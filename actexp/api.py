@@ -27,13 +27,13 @@ from omegaconf import OmegaConf
 
 from . import jobs
 from .backends import open_backend
+from .config.schema import CONF, register
 from .config.suggest import message
+from .data.labelled import LabelledTexts, samples  # noqa: F401 (part of the API)
 from .errors import UserError, user_fault
 from .jobs import common
 from .jobs.similarity import cosines
 from .maths import analysis
-from .data.labelled import LabelledTexts, samples  # noqa: F401 (part of the API)
-from .config.schema import CONF, register
 from .store.reader import VectorStore
 
 
