@@ -201,7 +201,7 @@ def analyze(vectors: Union[Vectors, Dict[str, np.ndarray]], chunks: Optional[Seq
 
 
 def open_store(path) -> VectorStore:
-    """A vector store written by job=store (actexp.reader.VectorStore)."""
+    """A vector store written by job=store (actexp.store.reader.VectorStore)."""
     return VectorStore.open(path)
 
 

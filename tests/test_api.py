@@ -20,6 +20,23 @@ def code_cells():
     return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
 
 
+def test_every_import_the_docs_show_works():
+    """The README, docs/ and the notebook name modules by their paths: each `import actexp...` and
+    `from actexp... import ...` they show imports (a module moved without its docs fails here)."""
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    shown = {line.strip() for path in texts for line in path.read_text().splitlines()}
+    shown |= {line.strip() for cell in code_cells() for line in cell.splitlines()}
+    imports = sorted(line.split("#")[0].strip() for line in shown if re.match(r"(from actexp[\w.]* import \w|import actexp\b)", line))
+    assert len(imports) >= 3
+    failed = []
+    for line in imports:
+        try:
+            exec(line, {})
+        except ImportError as e:
+            failed.append(f"{line}: {e}")
+    assert not failed, failed
+
+
 @pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes
 def test_vectors_equal_the_clis_vector_and_csv_columns_bit_for_bit(tmp_path):
     art = f"paths.artifacts={tmp_path / 'art'}"

@@ -60,7 +60,7 @@ CLASS_OPTIONS = dict(
 
 @app.cls(**CLASS_OPTIONS)
 class Extractor:
-    spec: str = modal.parameter(default="{}")  # actexp.model.ModelSpec as JSON: which model, which dtype
+    spec: str = modal.parameter(default="{}")  # actexp.models.spec.ModelSpec as JSON: which model, which dtype
     # The model's identity as the client computed it (JSON; "" = none sent): means, stores and outputs
     # are named by it, so the container refuses to compute with a model that is not that one.
     identity: str = modal.parameter(default="")
@@ -189,7 +189,7 @@ def aggregate(request: dict) -> dict:
 @app.function(image=image, volumes={ARTIFACTS_DIR: artifacts_volume}, timeout=3600)
 def check_shards(request: dict) -> dict:
     """{kind: stats | store, spec, doc_ids: {index: [ids]}} -> {index: header} of the shards on the
-    volume that pass the one shard check (actexp.shards.check), run here, next to the bytes: a
+    volume that pass the one shard check (actexp.store.shards.check), run here, next to the bytes: a
     corrupt shard is left out, so the client recomputes it."""
     from actexp.store.shards import valid_headers
 

@@ -1,6 +1,6 @@
 """job=store: the vectors of every document of the corpus group, raw and (with a mean) centred from
 one forward pass, in a sharded, resumable, memory-mapped store (store/vectors.py; read it with
-actexp.reader.VectorStore).
+actexp.store.reader.VectorStore).
 
 all: each shard not yet on disk (or on the Modal volume) is computed and written atomically;
 valid ones are skipped; manifest.json is written when every shard is there.

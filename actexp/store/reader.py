@@ -1,6 +1,6 @@
 """Read a vector store written by job=store, from Python, without loading it.
 
-    from actexp.reader import VectorStore
+    from actexp.store.reader import VectorStore
     store = VectorStore.open("~/.cache/actexp/vectors/<store-id>")
     len(store), store.dims, store.variants          # from manifest.json alone
     store.metadata()                                  # id, name, n_tokens, truncated (pyarrow Table)
