@@ -7,9 +7,7 @@
 The Python API (api.py) is imported on first use, so `import actexp` stays instant.
 """
 
-from importlib.metadata import version
-
-__version__ = version("actexp")  # pyproject.toml's, the one place it is written
+from .version import __version__
 __all__ = ["Session", "Vectors", "Similarity", "Mean", "UserError", "analyze", "compose_config", "open_store", "samples",
            "LabelledTexts"]
 

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import shlex
-from importlib.metadata import version
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,6 +17,7 @@ from ..store.io import read_vectors_csv, vectors_csv_path
 from ..store.layout import hash_cache, mismatch
 from ..store.layout import root as store_root
 from ..store.means import Stats, load_mean
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def centering_metadata(mean: Optional[CorpusMean]) -> dict:
 def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
     """Model (its identity), pooling and centring: what determines a vector."""
     return {
-        "actexp_version": version("actexp"),
+        "actexp_version": __version__,
         "model": model,
         "pooling": pooling_record(cfg.pooling) | {"labels": [c.label for c in chunks(cfg.pooling)]},
         "centering": centering_metadata(mean),
