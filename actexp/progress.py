@@ -52,7 +52,8 @@ def progress_interval() -> float:
     if not seconds > 0:  # NaN, 0, negative, not a number
         if value not in _WARNED:
             _WARNED.add(value)
-            logging.getLogger(__name__).warning("%s=%s is not a number of seconds above 0: a progress line every "
+            # Not the progress lines' own logger: that one has a stderr handler of its own besides the root's.
+            logging.getLogger(__package__).warning("%s=%s is not a number of seconds above 0: a progress line every "
                                                 "%g s", PROGRESS_ENV, value, PROGRESS_S)
         seconds = PROGRESS_S
     return seconds

@@ -52,6 +52,14 @@ def test_the_cli_off_a_terminal_writes_progress_to_stderr_and_run_log_not_stdout
     assert "mean: " not in r.stdout and "elapsed" not in r.stdout  # stdout is for results
 
 
+@pytest.mark.slow
+def test_a_bad_interval_is_one_warning_on_the_clis_stderr(tmp_path):
+    r = run_cli("job=extract", "text=hi", "logger=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=REPO,
+                env={progress.PROGRESS_ENV: "abc"})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count(f"{progress.PROGRESS_ENV}=abc is not a number") == 1, r.stderr
+
+
 @pytest.fixture
 def ctrl_c_handler():
     old = signal.signal(signal.SIGINT, errors.on_sigint)
