@@ -61,6 +61,14 @@ def reference_weights(kind, alpha, n):
     return alpha * (1 - alpha) ** (n - 1 - t) / (1 - (1 - alpha) ** n)
 
 
+def reference_pooled_mean(mean, chunks, n):
+    """pooled_mean(T) of docs/math.md by its definition: sum_t w_t mu_t with the closed-form weights and
+    mu_t read position by position (mean[t] below P, the tail from P on): [C*H] float64."""
+    P = mean.mean.shape[0]
+    mu = torch.stack([(mean.mean[t] if t < P else mean.tail).double() for t in range(n)])  # [n, H]
+    return torch.cat([reference_weights(c.kind, c.alpha, n) @ mu for c in chunks])
+
+
 FINAL_NORMS = ("gpt_neox.final_layer_norm", "model.norm", "transformer.ln_f")
 
 

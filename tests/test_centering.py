@@ -16,14 +16,14 @@ from actexp.errors import CheckFailed, UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, model_spec
 from actexp.maths.centering import MeanAccumulator
-from actexp.maths.pooling import pool, weights
+from actexp.maths.pooling import pool
 from actexp.models.activations import segments, stream
 from actexp.models.loading import load_model
 from actexp.models.spec import BUNDLED_TOKENIZER
 from actexp.store.io import write_json, write_matrix_csv
 from actexp.store.means import load_mean
-from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err,
-                     run_cli, run_clis)
+from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_pooled_mean, reference_stream, reference_vector,
+                     rel_err, run_cli, run_clis)
 
 MEAN = ["corpus=samples", "centering.min_count=4"]
 
@@ -46,7 +46,7 @@ def test_centred_vectors_satisfy_the_identity_and_match_post_hoc(artifacts, pool
     chunks = chunks_from_cfg(cfg.pooling)
     out = LocalBackend.from_config(cfg).vectors(TEXTS, chunks, mean)
     for i, n in enumerate(out.n_tokens):
-        pooled = (weights(tuple(chunks), n) @ mean.rows(n).double()).reshape(-1)  # sum_t w_t mu_t, row by row
+        pooled = reference_pooled_mean(mean, chunks, n)
         assert rel_err(out.raw[i].double() - out.centered[i].double(), pooled) < 1e-5
     assert rel_err(mean.recenter(out.raw, out.n_tokens, chunks), out.centered) < 1e-5
     assert not torch.allclose(out.raw, out.centered)

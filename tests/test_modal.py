@@ -26,11 +26,11 @@ from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean
 from actexp.jobs.common import model_spec
-from actexp.maths.pooling import weights
 from actexp.models.loading import load_model
 from actexp.store import means as store
 from actexp.store.reader import VectorStore
-from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_vector, rel_err, run_cli, tiny_llama_gguf
+from helpers import (LONG, TEXTS, compose_cfg, reference_model, reference_pooled_mean, reference_vector, rel_err, run_cli,
+                     tiny_llama_gguf)
 
 # float32 and the CPU's packing, so that the CPU stand-in equals the local backend bit for bit
 MODAL = ["hardware=modal", "model.dtype=float32", "hardware.pack_width=null", "hardware.batch_tokens=8192"]
@@ -288,7 +288,7 @@ def test_the_mean_on_the_volume_is_reused_only_with_the_local_checksum(stand_in,
     assert stand_in.volume.uploads == [relpath, relpath]
     assert torch.equal(first.centered, again.centered)
     for i, n in enumerate(first.n_tokens):
-        assert rel_err(first.raw[i].double() - first.centered[i].double(), (weights(tuple(chunks), n) @ mean.rows(n).double()).reshape(-1)) < 1e-5
+        assert rel_err(first.raw[i].double() - first.centered[i].double(), reference_pooled_mean(mean, chunks, n)) < 1e-5
 
 
 @pytest.mark.slow  # over 10 s: CI (--runslow) runs it; the default run stays under 5 minutes

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from actexp.maths.pooling import Chunk, chunk_weights, pool, weights
-from helpers import compose_cfg
+from actexp.maths.pooling import Chunk, chunk_weights, pool
+from helpers import compose_cfg, reference_weights
 from actexp.jobs.common import chunks as chunks_from_cfg
 
 
@@ -61,7 +61,7 @@ def test_pool_is_weighted_sum_and_ignores_pads():
     [out] = pool(h, [5, 2], chunks)  # [B, 3*H]
     assert torch.isfinite(out).all()
     for b, n in enumerate([5, 2]):
-        expected = torch.cat([weights((c,), n)[0] @ h[b, :n].double() for c in chunks]).float()
+        expected = torch.cat([reference_weights(c.kind, c.alpha, n) @ h[b, :n].double() for c in chunks]).float()
         assert torch.allclose(out[b], expected, atol=1e-6)
     assert torch.allclose(out[1, :3], h[1, 1])  # last
     assert torch.allclose(out[1, 3:6], h[1, :2].mean(0))  # mean

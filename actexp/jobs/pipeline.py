@@ -31,7 +31,8 @@ def with_mean(cfg, out_dir, tracker, backend):
     centre with it; else cfg as it is (the user named a mean) and no metrics."""
     if cfg.centering.mean_path != "auto":
         return cfg, {}
-    made = run_job("mean", with_keys(cfg, mean__stage="all", centering__name="corpus_mean"), out_dir, tracker, backend)
+    centring = {} if cfg.centering.name != "none" else {"centering__name": "corpus_mean"}  # job=sts with centering=none
+    made = run_job("mean", with_keys(cfg, mean__stage="all", **centring), out_dir, tracker, backend)
     return with_keys(cfg, centering__mean_path=made["mean"]), made
 
 

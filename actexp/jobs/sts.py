@@ -123,8 +123,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
     fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
-    scores = _cosines(parsed, vectors, fitted, settings, chunks, pairs)
-    records = _correlations(scores, pairs, parsed, fit_records)
+    records, scores = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records)
     return _report(cfg, Path(out_dir), tracker, backend.metadata, mean, pairs, parsed, chunks, records, scores,
                    {"fits": fit_records, "settings": settings})
 
@@ -155,12 +154,14 @@ def _vectors(backend, pairs, chunks, mean) -> dict:
     return backend.vectors(texts, chunks, mean).by_variant()
 
 
-def _cosines(parsed, vectors, fitted, settings, chunks, pairs) -> Dict[tuple, np.ndarray]:
-    """{(variant, chunk label): the cosine of each pair [P]}, per chunk and for all chunks side by side."""
+def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records):
+    """(records, cosines): one record per variant, chunk and metric (Spearman, Pearson; null where
+    every cosine is the same), and {(variant, chunk label): the cosine of each pair [P]}, per chunk
+    and for all chunks side by side."""
     index = {t: i for i, t in enumerate(pairs.texts())}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
-    scores = {}
+    records, scores = [], {}
     for variant, (base, method) in parsed.items():
         x = vectors[base].astype(np.float64)
         try:
@@ -170,27 +171,19 @@ def _cosines(parsed, vectors, fitted, settings, chunks, pairs) -> Dict[tuple, np
             raise UserError(f"sts variant {variant}: {e}") from None
         for label, part in [*zip(labels, parts), ("all", np.concatenate(parts, 1))]:
             cos = cosines(part, pair_a, pair_b)
+            scores[(variant, label)] = cos
             if not np.isfinite(cos).all():
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            scores[(variant, label)] = cos
-    return scores
-
-
-def _correlations(scores, pairs, parsed, fit_records) -> List[dict]:
-    """One record per metric (Spearman, Pearson), variant and chunk; null where every cosine is the same."""
-    records = []
-    for (variant, label), cos in scores.items():
-        base, method = parsed[variant]
-        for metric, fn in (("spearman", spearman), ("pearson", pearson)):
-            value = fn(cos, pairs.scores)
-            if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
-                log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
-                            "%s is undefined (null)", variant, label, metric)
-            records.append({"metric": metric, "variant": variant, "chunk": label,
-                            "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
-                            "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
-    return records
+            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+                value = fn(cos, pairs.scores)
+                if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
+                    log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
+                                "%s is undefined (null)", variant, label, metric)
+                records.append({"metric": metric, "variant": variant, "chunk": label,
+                                "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
+                                "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
+    return records, scores
 
 
 def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, records, scores, made_with) -> dict:

@@ -72,11 +72,13 @@ def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, d
 
 def pooled_mean(w: torch.Tensor, mean: torch.Tensor, tail: Optional[torch.Tensor]) -> torch.Tensor:
     """pooled_mean(T) of docs/math.md, sum_t w_t mu_t [..., C, H] float64 for weights w [..., C, T],
-    where mu_t is mean[t] [P, H] for t < P and tail [H] from P on. A float64 mean (CorpusMean.to) is
-    used as it is, not copied. The one place it is computed: CorpusMean.pooled_mean calls it per text.
+    where mu_t is mean[t] [P, H] for t < P and tail [H] from P on. The one place it is computed:
+    pool() calls it per batch, CorpusMean.pooled_mean per text.
 
-    The rows past P are the tail repeated, not a separate sum of weights times the tail, so a mean
-    padded to max_tokens with its tail (as an earlier version stored it) gives the same bits."""
+    A float64 mean (CorpusMean.to) is used as it is for T <= P. Past P the rows [T, H] are built with
+    the tail repeated (float64, once per call: 84 MB at T = 2,048 and H = 5,120), rather than adding
+    the weights' sum times the tail, so that a mean padded to max_tokens with its tail (as an earlier
+    version stored it) gives the same bits as today's mean and tail."""
     T, P = w.shape[-1], mean.shape[0]
     rows = mean[:T] if T <= P else torch.cat([mean, tail.expand(T - P, -1)])  # [T, H]: mu_t, row by row
     return torch.matmul(w, rows.to(torch.float64))  # [..., C, H]
