@@ -56,6 +56,8 @@ def test_bench_on_a_spread_of_lengths_with_batch_invariance_and_a_subset_of_timi
     assert result["documents"] == 12 and 8 <= result["doc_tokens"][0] < result["doc_tokens"][1] <= 300
     assert set(result["tokens_per_s"]) == {"bare_forward", "extract_long_centered", "seed_style"}
     assert result["ratios"]["store_vs_bare"] is None and "store_vs_bare" not in result["targets"]
+    assert set(result["peak_mem_mb"]) == {"bare_forward", "extract_long_centered", "seed_style"}  # the measured ones only
+    assert result["ratios"]["store_mem_growth"] is None and result["ratios"]["mem_extract_vs_bare"] > 0
     assert result["seed_style_documents"] == 2 and 2 * 8 <= result["seed_style_tokens"] <= 2 * 300 < result["tokens"]
     invariance = result["batch_invariance"]
     assert invariance["batches"] == 4 and 0 <= invariance["max_rel_diff"] < 2e-6  # float32: within rounding

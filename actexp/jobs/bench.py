@@ -214,14 +214,15 @@ def load(backend) -> Tuple[float, float]:
     return seconds, host_mb
 
 
-def peak_memory(cfg, work: Workload, gpu_peaks: dict) -> dict:
-    """Peak memory (MB) of each measurement; on a GPU the timed runs' (gpu_peaks), and the mean's and
-    the store's at N and 4N documents run here."""
+def peak_memory(cfg, work: Workload, gpu_peaks: dict, names: List[str]) -> dict:
+    """Peak memory (MB) of each measurement among `names` that has one; on a GPU the timed runs'
+    (gpu_peaks), and the mean's and the store's at N and 4N documents run here."""
     n = cfg.bench.mean_docs
     corpus = list(islice(Corpus(cfg.corpus).documents(), 4 * n))
     plan = {"bare_forward": ("bare_forward", work.docs), "extract_long_centered": ("extract_long_centered", work.docs),
             "seed_style": ("seed_style", work.docs), "corpus_mean_n": ("corpus_mean", corpus[:n]),
             "corpus_mean_4n": ("corpus_mean", corpus), "store_n": ("store", corpus[:n]), "store_4n": ("store", corpus)}
+    plan = {key: (name, docs) for key, (name, docs) in plan.items() if name in names}  # bench.measure: these only
     if work.lm.device.type == "cuda":
         peaks = {key: gpu_peaks[name] for key, (name, docs) in plan.items() if docs is work.docs and name in gpu_peaks}
         for key, (name, docs) in plan.items():
@@ -384,7 +385,7 @@ def _measure(cfg, out_dir, tracker, work: Workload, warm: Workload, loaded: Tupl
     names = [n for n in TIMED if n in (cfg.bench.measure or TIMED)]
     seconds, gpu_peaks = median_seconds(work, warm, names, cfg.bench.repeats, cfg.bench.warmup)
     rates = {name: work.tokens_of(name) / seconds[name] for name in names}
-    peaks = peak_memory(cfg, work, gpu_peaks)
+    peaks = peak_memory(cfg, work, gpu_peaks, names)
     slots = sum(pack.slots for pack in work.packs)
     peak = cfg.bench.peak_tflops or (989.0 if work.lm.device.type == "cuda" else None)
 
@@ -404,9 +405,9 @@ def _measure(cfg, out_dir, tracker, work: Workload, warm: Workload, loaded: Tupl
             "extract_vs_seed_style": ratio(rates.get("extract_long_centered"), rates.get("seed_style")),
             "mean_vs_seed_style": ratio(rates.get("corpus_mean"), rates.get("seed_style_mean")),
             "mean_vs_bare": ratio(rates.get("corpus_mean"), rates.get("bare_forward")),
-            "mean_mem_growth": ratio(peaks["corpus_mean_4n"], peaks["corpus_mean_n"]),
+            "mean_mem_growth": ratio(peaks.get("corpus_mean_4n"), peaks.get("corpus_mean_n")),
             "store_vs_bare": ratio(rates.get("store"), rates.get("bare_forward")),
-            "store_mem_growth": ratio(peaks["store_4n"], peaks["store_n"]),
+            "store_mem_growth": ratio(peaks.get("store_4n"), peaks.get("store_n")),
         },
         "pool_short": pool_short(work),
         "read": read_times(work),
@@ -440,7 +441,8 @@ def table(r: dict) -> str:
         peak = r["peak_mem_mb"].get(mem.get(name, ""), None)
         lines.append(f"{name:<24}{rate:>12,.0f}{'' if peak is None else f'{peak:>10,.0f}'}")
     for name in ("corpus_mean", "store"):
-        lines.append(f"{name + ' at 4N':<24}{'':>12}{r['peak_mem_mb'][name + '_4n']:>10,.0f}")
+        if name + "_4n" in r["peak_mem_mb"]:
+            lines.append(f"{name + ' at 4N':<24}{'':>12}{r['peak_mem_mb'][name + '_4n']:>10,.0f}")
     lines.append(f"{'padded slots':<24}{r['padding_waste']:>12.3f}  pads / tokens ({'packed' if r['packing'] else 'right-padded'} batches)")
     lines.append(f"{'read (ms)':<24}{r['read']['slice_1000_ms']:>12.1f}  a 1,000-row slice of {r['read']['docs']:,} "
                  f"documents; {r['read']['random_1000_ms']:.1f} for 1,000 random rows")
