@@ -1,13 +1,14 @@
-"""The package's import graph from its own source: floors, circles and arrows back up.
+"""The package's import graph from its own source: levels, circles and arrows back up, and the
+folder rule (README, "Architecture").
 
-    python scripts/import_graph.py            # summary: modules, arrows, floors, circles, arrows back up
-    python scripts/import_graph.py --floors   # each floor's modules, bottom first
-    python scripts/import_graph.py --check    # also the folder rule (README, "Architecture"); exit 1 if broken
+    python scripts/import_graph.py            # summary: modules, arrows, levels, circles, arrows back up
+    python scripts/import_graph.py --levels   # each level's modules, bottom first
+    python scripts/import_graph.py --check    # also the folder rule; exit 1 if an import breaks it or a circle exists
 
-Every `import` counts, inside functions too: a lazy import is still an arrow. A floor is the longest
-chain of imports below a module (floor 0 imports nothing of the package). Arrows back up are the
-edges that close a circle (back edges of a depth-first walk in name order); the floors are computed
-without them.
+Run it from the repository's root. Every `import` counts, inside functions too: a lazy import is still
+an arrow. A module's level is the longest chain of imports below it (level 0 imports nothing of the
+package); the floors of the folder rule are coarser: LAYERS below. Arrows back up are the edges that
+close a circle (back edges of a depth-first walk in name order); levels are computed without them.
 """
 
 from __future__ import annotations
@@ -122,18 +123,18 @@ def circles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def floors(edges: dict[str, set[str]], back: list[tuple[str, str]]) -> dict[str, int]:
+def levels(edges: dict[str, set[str]], back: list[tuple[str, str]]) -> dict[str, int]:
     forward = {n: {t for t in ts if (n, t) not in back} for n, ts in edges.items()}
-    floor: dict[str, int] = {}
+    level: dict[str, int] = {}
 
     def height(node: str) -> int:
-        if node not in floor:
-            floor[node] = 1 + max((height(t) for t in forward[node]), default=-1)
-        return floor[node]
+        if node not in level:
+            level[node] = 1 + max((height(t) for t in forward[node]), default=-1)
+        return level[node]
 
     for node in edges:
         height(node)
-    return floor
+    return level
 
 
 def folder(module: str) -> str:
@@ -156,24 +157,24 @@ def rule_breaks(edges: dict[str, set[str]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--floors", action="store_true", help="list each floor's modules")
+    parser.add_argument("--levels", action="store_true", help="list each level's modules")
     parser.add_argument("--check", action="store_true", help="check the folder rule too; exit 1 if broken")
     args = parser.parse_args()
 
     edges = graph()
     back = back_edges(edges)
     rings = circles(edges)
-    floor = floors(edges, back)
-    print(f"modules {len(edges)}, arrows {sum(map(len, edges.values()))}, floors {max(floor.values()) + 1}, "
+    level = levels(edges, back)
+    print(f"modules {len(edges)}, arrows {sum(map(len, edges.values()))}, levels {max(level.values()) + 1}, "
           f"circles {len(rings)}, arrows back up {len(back)}")
     for ring in rings:
         print("circle: " + " ".join(m.removeprefix(PACKAGE + ".") for m in ring))
     for source, target in back:
         print(f"back up: {source} -> {target}")
-    if args.floors:
-        for level in range(max(floor.values()) + 1):
-            names = sorted(m.removeprefix(PACKAGE + ".") for m, f in floor.items() if f == level)
-            print(f"floor {level}: " + " ".join(names))
+    if args.levels:
+        for n in range(max(level.values()) + 1):
+            names = sorted(m.removeprefix(PACKAGE + ".") for m, f in level.items() if f == n)
+            print(f"level {n}: " + " ".join(names))
     if args.check:
         breaks = rule_breaks(edges)
         for line in breaks:
