@@ -118,6 +118,14 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_sweep_refused_before_any_job_leaves_no_folder(tmp_path):
+    r = run_cli("-m", "job=extract", "text=hi", "pooling=short,lng", "logger=none", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: pooling has no option 'lng'"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "multirun").exists() or not any((tmp_path / "multirun").rglob("*"))
+
+
+@pytest.mark.slow
 def test_results_go_to_stdout_and_run_log_and_files_get_the_umask_mode(tmp_path):
     out = tmp_path / "run"
     r = run_cli("text=Hello world", f"hydra.run.dir={out}", cwd=tmp_path, umask=0o022)

@@ -6,8 +6,10 @@ processes. For pipeline and analyze jobs the table answers the research question
 and anisotropy of all chunks together, raw -> centred, with the best row of each marked *.
 """
 
+import contextlib
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -95,11 +97,19 @@ _running: List[Path] = []  # the sweep under way in this process, if any
 
 
 def print_summary() -> None:
-    """Print the table of the sweep under way (at its end, or when a failed job ends it early)."""
+    """Print the table of the sweep under way (at its end, or when a failed job ends it early). A sweep
+    refused before any job ran (an unknown option among its values) leaves no folder: Hydra wrote only
+    its multirun.yaml."""
     while _running:
         sweep_dir = _running.pop()
-        if sweep_dir.is_dir() and any(p.is_dir() and p.name.split("_")[0].isdigit() for p in sweep_dir.iterdir()):
+        if not sweep_dir.is_dir():
+            continue
+        if any(p.is_dir() and p.name.split("_")[0].isdigit() for p in sweep_dir.iterdir()):
             print(f"sweep {sweep_dir.resolve()}:\n{summary_table(sweep_dir)}", flush=True)
+        elif {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                sweep_dir.parent.rmdir()  # multirun/<name>/ when this was its only sweep
 
 
 class SweepSummary(Callback):
