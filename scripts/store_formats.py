@@ -81,6 +81,9 @@ def by_shard(rows):
 
 
 def main():
+    if not set(sys.argv[1:]).isdisjoint({"-h", "--help"}):
+        print(__doc__)
+        return
     n_docs = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
     dims = int(sys.argv[2]) if len(sys.argv) > 2 else 2048
     rng = np.random.default_rng(0)

@@ -34,6 +34,9 @@ def best(folder: Path, read, repeats: int = 5) -> float:
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or not set(sys.argv[1:]).isdisjoint({"-h", "--help"}):  # DIR is needed
+        print(__doc__)
+        return
     root = Path(sys.argv[1])
     n_docs = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     dims = int(sys.argv[3]) if len(sys.argv) > 3 else 2048

@@ -31,6 +31,9 @@ def timed(fn, repeats=3):
 
 
 def main():
+    if not set(sys.argv[1:]).isdisjoint({"-h", "--help"}):
+        print(__doc__)
+        return
     args = sys.argv[1:]
     n_docs = int(args.pop(0)) if args and args[0].isdigit() else 64
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
