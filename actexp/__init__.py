@@ -7,7 +7,7 @@
 The Python API (api.py) is imported on first use, so `import actexp` stays instant.
 """
 
-from .version import __version__
+from .version import __version__  # noqa: F401 (the package's version)
 __all__ = ["Session", "Vectors", "Similarity", "Mean", "UserError", "analyze", "compose_config", "open_store", "samples",
            "LabelledTexts"]
 

@@ -22,8 +22,8 @@ from actexp.maths.centering import CorpusMean, finalise
 from actexp.maths.pooling import Chunk
 from actexp.models.loading import load_model
 from actexp.store import means
-from helpers import (REPO, TEXTS, compose_cfg, reference_model, reference_stream, rel_err, run_cli, run_clis,
-                     wandb_records)
+from helpers import (REPO, TEXTS, compose_cfg, reference_model, reference_pooled_mean, reference_stream, rel_err, run_cli,
+                     run_clis, wandb_records)
 
 
 @pytest.fixture()
@@ -344,3 +344,5 @@ def test_a_mean_padded_to_max_tokens_by_an_earlier_version_still_loads(tmp_path)
     assert loaded.tail is None and torch.equal(loaded.rows(P), new.rows(P))
     chunks = [Chunk("last"), Chunk("exp", 0.067)]
     assert torch.equal(loaded.pooled_mean(chunks, reached + 100), new.pooled_mean(chunks, reached + 100))
+    # Past P by the definition: mu_t read position by position, the closed-form weights.
+    assert rel_err(new.pooled_mean(chunks, reached + 100), reference_pooled_mean(new, chunks, reached + 100)) < 1e-12

@@ -218,7 +218,8 @@ def peak_memory(cfg, work: Workload, gpu_peaks: dict, names: List[str]) -> dict:
     """Peak memory (MB) of each measurement among `names` that has one; on a GPU the timed runs'
     (gpu_peaks), and the mean's and the store's at N and 4N documents run here."""
     n = cfg.bench.mean_docs
-    corpus = list(islice(Corpus(cfg.corpus).documents(), 4 * n))
+    at_scale = {"corpus_mean", "store"} & set(names)
+    corpus = list(islice(Corpus(cfg.corpus).documents(), 4 * n)) if at_scale else []
     plan = {"bare_forward": ("bare_forward", work.docs), "extract_long_centered": ("extract_long_centered", work.docs),
             "seed_style": ("seed_style", work.docs), "corpus_mean_n": ("corpus_mean", corpus[:n]),
             "corpus_mean_4n": ("corpus_mean", corpus), "store_n": ("store", corpus[:n]), "store_4n": ("store", corpus)}
