@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from actexp import errors, progress
+from actexp import errors, jobs, progress
 from actexp.backends.local import LocalBackend
 from actexp.models.activations import Batching, stream
+from actexp.store import io
 from helpers import REPO, compose_cfg, run_cli
 
 LINE = r"mean: (\d+)/8 shards \(\d+ %\), \d\d:\d\d elapsed, [^,]+, [^,]+ left(, docs=\d+, tokens=\d+)?"
@@ -82,6 +83,30 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
     with pytest.raises(KeyboardInterrupt):
         for _ in stream(lm, [[1, 2, 3]] * 4, Batching(batch_tokens=3)):
             pass
+
+
+@pytest.mark.parametrize("job, shards", [("mean", "stats/*/shards/*.safetensors"), ("store", "vectors/*/shards/*.arrow")])
+def test_a_ctrl_c_just_after_a_shard_is_renamed_into_place_counts_it_as_saved(tmp_path, monkeypatch, ctrl_c_handler,
+                                                                              job, shards):
+    """The rename saves a shard; the folder's fsync after it is where a Ctrl-C in CI landed: the job said
+    "3 of 24 shards saved" with 4 on disk, as it counted what the backend had reported."""
+    renamed = []
+
+    def fsync_then_ctrl_c(folder):
+        fsync_folder(folder)
+        if folder.name == "shards":
+            renamed.append(folder)
+            if len(renamed) == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # the handler raises here, before the shard is reported
+
+    fsync_folder = io.fsync_folder
+    monkeypatch.setattr(io, "fsync_folder", fsync_then_ctrl_c)
+    cfg = compose_cfg(f"job={job}", "corpus.max_docs=24", "corpus.shard_size=4", "store.shard_size=4",
+                      f"paths.artifacts={tmp_path / 'art'}")
+    with pytest.raises(errors.Interrupted) as caught:
+        jobs.run(job, cfg, tmp_path)
+    on_disk = len(list((tmp_path / "art").glob(shards)))
+    assert on_disk == 2 and str(caught.value).startswith(f"{on_disk} of 6 shards")
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "abc", "nan"])

@@ -69,6 +69,12 @@ class LazyBackend:
     def finish_store(self, layout, headers, download):
         return self.built.finish_store(layout, headers, download)
 
+    def saved_shards(self, layout):
+        """How many shards of `layout` (means.Stats or StoreLayout) are saved now, or None where they
+        are saved elsewhere (a Modal volume) or nothing was built yet: what an interrupted job says it kept."""
+        method = getattr(self._backend, "saved_shards", None)
+        return None if method is None else method(layout)
+
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()

@@ -278,6 +278,13 @@ class LocalBackend:
     def shard_headers(self, stats: means.Stats) -> List[dict]:
         return means.shard_headers(stats)
 
+    @staticmethod
+    def saved_shards(layout) -> int:
+        """The finished shard files of `layout` on disk. Counted, not tallied from what was yielded: a
+        Ctrl-C can land after a shard's rename and before it is reported (while its folder is fsynced)."""
+        first = layout.shard(0)
+        return sum(1 for _ in first.parent.glob(f"*{first.suffix}"))
+
     def close(self) -> None:
         """Release the model (a run opens one backend and closes it when it ends)."""
         on_gpu = self._lm is not None and self._lm.device.type == "cuda"

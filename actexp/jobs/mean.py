@@ -36,7 +36,9 @@ def extract(backend, cfg, corpus: Corpus, stats: means.Stats) -> dict:
                 bar.set_postfix(docs=docs, tokens=tokens)
                 bar.update(1)
         except KeyboardInterrupt:
-            raise Interrupted(f"{n} of {total_shards or '?'} shards of the corpus mean saved") from None
+            saved = backend.saved_shards(stats)
+            raise Interrupted(f"{n if saved is None else saved} of {total_shards or '?'} shards of the corpus mean "
+                              "saved") from None
     if n == 0:
         raise UserError(f"corpus {corpus.id} has no documents: check the corpus group (corpus.path, max_docs, min_chars)")
     means.write_manifest(stats, n, docs, tokens)

@@ -96,7 +96,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                     computed, seconds = computed + header["tokens"], seconds + header["seconds"]
                 bar.update(1)
         except KeyboardInterrupt:
-            raise Interrupted(f"{len(headers)} of {total_shards or '?'} shards of the vector store saved") from None
+            saved = backend.saved_shards(layout)
+            raise Interrupted(f"{len(headers) if saved is None else saved} of {total_shards or '?'} shards of the "
+                              "vector store saved") from None
     headers.sort(key=lambda h: h["shard"])
     model = layout.identity
     dims = len(chunk_list) * model["hidden_size"]
