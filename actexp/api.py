@@ -34,6 +34,7 @@ from .errors import UserError, user_fault
 from .jobs import common
 from .jobs.similarity import cosines
 from .maths import analysis
+from .maths.bootstrap import Bootstrap
 from .store.reader import VectorStore
 
 
@@ -168,8 +169,9 @@ class Session:
 
     def analyze(self, texts: Sequence[str], groups: Sequence, partners: Optional[Sequence[Optional[int]]] = None
                 ) -> analysis.Analysis:
-        """Retrieval and geometry of labelled texts, raw and centred (README, "Analysis")."""
-        return analyze(self.vectors(texts), groups=groups, partners=partners)
+        """Retrieval and geometry of labelled texts, raw and centred, with the config's bootstrap
+        intervals (README, "Analysis", "Uncertainty")."""
+        return analyze(self.vectors(texts), groups=groups, partners=partners, boot=common.bootstrap_of(self._cfg))
 
     def run(self, job: str, *overrides: str, out_dir=None) -> dict:
         """Run any CLI job with this session's model (and extra overrides that keep the model), writing
@@ -192,12 +194,14 @@ class Session:
 
 
 def analyze(vectors: Union[Vectors, Dict[str, np.ndarray]], chunks: Optional[Sequence[str]] = None,
-            groups: Optional[Sequence] = None, partners: Optional[Sequence[Optional[int]]] = None) -> analysis.Analysis:
-    """The analysis of job=analyze on arrays: Vectors, or {variant: [N, C*H]} with the C chunk labels."""
+            groups: Optional[Sequence] = None, partners: Optional[Sequence[Optional[int]]] = None,
+            boot: Optional[Bootstrap] = Bootstrap()) -> analysis.Analysis:
+    """The analysis of job=analyze on arrays: Vectors, or {variant: [N, C*H]} with the C chunk labels;
+    retrieval intervals from `boot` (the CLI's defaults; None: none)."""
     if isinstance(vectors, Vectors):
         chunks = vectors.chunks
         vectors = vectors.by_variant()
-    return analysis.analyze(vectors, chunks or ["all"], groups, partners)
+    return analysis.analyze(vectors, chunks or ["all"], groups, partners, boot)
 
 
 def open_store(path) -> VectorStore:

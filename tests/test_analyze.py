@@ -52,6 +52,23 @@ def brute_force_partner_recall(x, names):
     return hits / len(names)
 
 
+def brute_force_partner_ranks(x, names):
+    """Each sample's partner's rank among the 19 others by cosine (a tie counts against it), loop by loop."""
+    out = []
+    for i, name in enumerate(names):
+        partner = next(j for j, m in enumerate(names) if m != name and int(m[:2]) % 10 == int(name[:2]) % 10)
+        cos = [float(x[i] @ x[j] / np.linalg.norm(x[i]) / np.linalg.norm(x[j])) for j in range(len(names))]
+        out.append(1 + sum(cos[j] >= cos[partner] for j in range(len(names)) if j not in (i, partner)))
+    return np.array(out)
+
+
+def loop_interval(values, boot):
+    """The percentile interval of the mean of `values` over the resamples a record names, unit by unit."""
+    rng = np.random.default_rng(boot["seed"])
+    means = [np.mean(values[rng.integers(0, len(values), len(values))]) for _ in range(boot["resamples"])]
+    return list(np.quantile(means, [(1 - boot["level"]) / 2, (1 + boot["level"]) / 2]))
+
+
 @pytest.fixture(scope="module")
 def analysed(art, tmp_path_factory):
     root, _ = art
@@ -82,11 +99,23 @@ def test_recall_equals_a_brute_force_count_on_the_csv_jobs_vectors(art, analysed
     run_dir, _ = analysed
     jobs.run("csv", compose_cfg("job=csv", "centering=corpus_mean", "csv.variants=[raw,centered]",
                                 f"paths.artifacts={root}", MEAN), tmp_path)
-    results = json.loads((run_dir / "analysis.json").read_text())["results"]
+    report = json.loads((run_dir / "analysis.json").read_text())
+    results, boot = report["results"], report["bootstrap"]
+    assert boot == {"method": "percentile", "unit": "queries", "resamples": 1000, "seed": 0, "level": 0.95}
+    reciprocal = {}
     for variant in ("raw", "centered"):
         x, names, _ = read_vectors_csv(tmp_path / f"vectors_long_mode_{variant}.csv")
         mine = next(r["value"] for r in results if (r["metric"], r["variant"], r["chunk"]) == ("recall@1", variant, "all"))
         assert mine == brute_force_partner_recall(x.astype(np.float64), names)
+        # MRR with its interval: the resamples of the 20 queries made again from the recorded seed.
+        reciprocal[variant] = 1.0 / brute_force_partner_ranks(x.astype(np.float64), names)
+        [mrr] = [r for r in results if (r["metric"], r["variant"], r["chunk"]) == ("mrr", variant, "all")]
+        assert mrr["value"] == pytest.approx(reciprocal[variant].mean(), abs=1e-12)
+        assert mrr["interval"] == pytest.approx(loop_interval(reciprocal[variant], boot), abs=1e-12)
+        assert mrr["chance"] == pytest.approx(sum(1 / k for k in range(1, 20)) / 19, abs=1e-12)  # H_19 / 19
+    [diff] = [d for d in report["differences"] if (d["metric"], d["chunk"]) == ("mrr", "all")]
+    assert (diff["variant"], diff["minus"]) == ("centered", "raw")
+    assert diff["interval"] == pytest.approx(loop_interval(reciprocal["centered"] - reciprocal["raw"], boot), abs=1e-12)
     # The same analysis from those CSVs (source=csv) gives the same numbers.
     jobs.run("analyze", compose_cfg("job=analyze", "analyze.source=csv", f"paths.artifacts={root}", MEAN,
                                     f"analyze.csvs=[{tmp_path}/vectors_long_mode_raw.csv,{tmp_path}/vectors_long_mode_centered.csv]"),
@@ -117,8 +146,10 @@ def test_wandb_gets_numeric_summaries_tables_and_no_raw_text(analysed):
     assert isinstance(values["geometry/anisotropy/raw/exp0.067"], float)
     [table] = (offline / "files" / "media" / "table").glob("analysis_*.table.json")
     data = json.loads(table.read_text())
-    assert data["columns"] == ["metric", "variant", "chunk", "value", "texts"]
-    assert all(isinstance(row[3], float) and isinstance(row[4], int) for row in data["data"])
+    assert data["columns"] == ["metric", "variant", "chunk", "value", "low", "high", "texts"]
+    assert all(isinstance(row[3], float) and isinstance(row[6], int) for row in data["data"])
+    low, high = next(row[4:6] for row in data["data"] if row[:3] == ["mrr", "raw", "all"])
+    assert [low, high] == [values["eval/mrr/raw/all/low"], values["eval/mrr/raw/all/high"]] and low < high
     [vectors] = (offline / "files" / "media" / "table").glob("vectors_*.table.json")
     assert len(json.loads(vectors.read_text())["data"][0][3]) == 512  # the projector's vector column
     _, config, _ = wandb_summary(offline)

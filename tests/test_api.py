@@ -84,6 +84,7 @@ def test_a_session_loads_the_model_once_for_many_calls_and_releases_it(tmp_path,
     metrics = s.run("analyze", out_dir=tmp_path / "analyze")
     assert len(loads) == 1
     assert metrics["eval/recall@1/raw/all"] == result.metrics()["eval/recall@1/raw/all"]
+    assert metrics["eval/mrr/raw/all/low"] == result.metrics()["eval/mrr/raw/all/low"]  # the same intervals
     u = a.raw[:2] / np.linalg.norm(a.raw[:2], axis=1, keepdims=True)
     assert sim.cosine == pytest.approx(float(u[0] @ u[1]), abs=1e-6) and sim.variant == "raw"
     assert isinstance(a.raw, np.ndarray) and a.raw.dtype == np.float32 and a.centered is None

@@ -76,11 +76,21 @@ def test_pipeline_writes_the_contract_and_the_csvs_obey_the_identity(experiment)
 def test_the_experiment_ends_with_the_answer(experiment):
     _, run_dir, stdout = experiment
     tail = stdout[stdout.index("summary of long_centered"):].splitlines()
-    assert len(tail) == 5 and tail[1] == f"  outputs: {run_dir}" and "PASS" in tail[2]
-    results = json.loads((run_dir / "analysis.json").read_text())["results"]
-    value = {(r["metric"], r["variant"]): r["value"] for r in results if r["chunk"] == "all"}
-    assert f"recall@1 raw {value['recall@1', 'raw']:.3f} -> centred {value['recall@1', 'centered']:.3f}" in tail[3]
-    assert f"raw {value['anisotropy', 'raw']:.3f} -> centred {value['anisotropy', 'centered']:.3f}" in tail[4]
+    assert len(tail) == 7 and tail[1] == f"  outputs: {run_dir}" and "PASS" in tail[2]
+    report = json.loads((run_dir / "analysis.json").read_text())
+    found = {(r["metric"], r["variant"]): r for r in report["results"] if r["chunk"] == "all"}
+    diff = {d["metric"]: d for d in report["differences"] if d["chunk"] == "all"}
+
+    def shown(r):
+        return f"{r['value']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+
+    # Retrieval with its chance level, each variant's interval and the paired interval of the difference.
+    assert f"(chance: recall@1 {1 / 19:.3f}, MRR {sum(1 / k for k in range(1, 20)) / 19:.3f};" in tail[3]
+    for line, metric in ((tail[4], "recall@1"), (tail[5], "mrr")):
+        assert line == (f"    {'MRR' if metric == 'mrr' else metric} raw {shown(found[metric, 'raw'])} -> "
+                        f"centred {shown(found[metric, 'centered'])}; centred - raw {shown(diff[metric])}")
+    anisotropy = found["anisotropy", "raw"]["value"], found["anisotropy", "centered"]["value"]
+    assert f"raw {anisotropy[0]:.3f} -> centred {anisotropy[1]:.3f}" in tail[6]
 
 
 def test_pipeline_logs_config_metrics_and_images_to_an_offline_wandb_run(experiment):

@@ -2,6 +2,7 @@
 apart from the job, a file of pairs, fits stored and reused, W&B read back, and bad input."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def every_variant(tmp_path_factory):
     the mean and the two fits in art/."""
     folder = tmp_path_factory.mktemp("sts")
     _pairs_file(folder)
-    overrides = _overrides(folder, _fit_file(folder / "fit.jsonl"), f"sts.variants=[{','.join(VARIANTS)}]")
+    overrides = _overrides(folder, _fit_file(folder / "fit.jsonl"), f"sts.variants=[{','.join(VARIANTS)}]",
+                           "bootstrap.resamples=300", "bootstrap.seed=4")
     metrics = jobs.run("sts", compose_cfg(*overrides), folder / "run")
     return folder, json.loads((folder / "run" / "sts.json").read_text()), metrics
 
@@ -86,16 +88,30 @@ def _reference_vectors(cfg, texts, mean_file):
     return out, backend.lm.hidden_size
 
 
+def _loop_interval(statistic, boot: dict):
+    """The percentile interval of statistic(pair indices) over the resamples of the 8 pairs that a record
+    names (numpy's default_rng(seed)), one resample at a time."""
+    rng = np.random.default_rng(boot["seed"])
+    values = [statistic(rng.integers(0, len(PAIRS), len(PAIRS))) for _ in range(boot["resamples"])]
+    return list(np.quantile(values, [(1 - boot["level"]) / 2, (1 + boot["level"]) / 2]))
+
+
 def test_every_variant_equals_numpy_on_vectors_made_one_text_at_a_time(every_variant):
     """Each variant's Spearman and Pearson, per chunk and all chunks, against scipy on cosines of vectors
-    made apart from the job, with each fit from np.cov and np.linalg.eigh of that base's fit-set vectors."""
+    made apart from the job, with each fit from np.cov and np.linalg.eigh of that base's fit-set vectors;
+    the Spearman of all chunks with its interval, and minus raw's with its paired interval, from scipy on
+    each resample of the pairs made again from the recorded seed."""
     folder, made, metrics = every_variant
     cfg = compose_cfg(*_overrides(folder, folder / "fit.jsonl"))
     texts = {p[0] for p in PAIRS} | {p[1] for p in PAIRS}
     one, h = _reference_vectors(cfg, sorted(texts | set(FIT_TEXTS)), made["centering"]["mean"]["path"])
     gold = [s for _, _, s in PAIRS]
     got = {(r["metric"], r["variant"], r["chunk"]): r["value"] for r in made["records"]}
-    assert len(got) == 2 * len(VARIANTS) * 5
+    interval = {(r["variant"], r["chunk"]): r["interval"] for r in made["records"] if r["metric"] == "spearman"}
+    minus_raw = {d["variant"]: d for d in made["differences"] if d["chunk"] == "all"}
+    assert len(got) == 2 * len(VARIANTS) * 5 and set(minus_raw) == set(VARIANTS[1:])
+    assert made["bootstrap"] == {"method": "percentile", "unit": "pairs", "resamples": 300, "seed": 4, "level": 0.95}
+    cos_all = {}
     for variant in VARIANTS:
         base, _, method = variant.rpartition("+") if "+" in variant else ("raw", "", variant)
         if variant == "centered":
@@ -124,6 +140,13 @@ def test_every_variant_equals_numpy_on_vectors_made_one_text_at_a_time(every_var
                                                                       abs=1e-9), (variant, label)
             assert got[("pearson", variant, label)] == pytest.approx(scipy.stats.pearsonr(cos, gold).statistic,
                                                                      abs=1e-6), (variant, label)
+        cos_all[variant] = cos = np.array(cos)  # all chunks
+        rho = lambda i, cos=cos: scipy.stats.spearmanr(cos[i], np.array(gold)[i]).statistic  # noqa: E731
+        assert interval[(variant, "all")] == pytest.approx(_loop_interval(rho, made["bootstrap"]), abs=1e-6), variant
+        if variant != "raw":
+            raw_rho = lambda i: scipy.stats.spearmanr(cos_all["raw"][i], np.array(gold)[i]).statistic  # noqa: E731
+            assert minus_raw[variant]["interval"] == pytest.approx(
+                _loop_interval(lambda i: rho(i) - raw_rho(i), made["bootstrap"]), abs=1e-6), variant
     assert metrics["sts/spearman/raw/all"] == got[("spearman", "raw", "all")]
     assert made["pairs"]["n_pairs"] == len(PAIRS) and made["pairs"]["split"] == "file"
     assert made["fits"]["raw"]["fit_set"]["texts"] == len(FIT_TEXTS)
@@ -224,11 +247,20 @@ def test_stsb_with_every_variant_from_the_cli_logs_to_wandb(tmp_path):
     # Logged numbers: one-part keys (the table's and the plot's fields are nested under their names).
     logged = [i.key or i.nested_key[0] for record in wandb_records(offline)
               if record.WhichOneof("record_type") == "history" for i in record.history.item if len(i.nested_key) < 2]
-    names = {f"sts/{r['metric']}/{r['variant']}/{r['chunk']}" for r in made["records"]}
+    names = {f"sts/{r['metric']}/{r['variant'] + ('-' + r['minus'] if 'minus' in r else '')}/{r['chunk']}{end}"
+             for r in made["records"] + made["differences"] for end in ("", "/low", "/high")}
     # Each metric once, under the README's name, and nothing under a second name (not W&B's own _step ...).
     assert sorted(k for k in logged if not k.startswith("_")) == sorted(names | {"best_spearman"})
     values = summary_values(offline)
     assert all(values[f"sts/{r['metric']}/{r['variant']}/{r['chunk']}"] == r["value"] for r in made["records"])
+    assert all([values[f"sts/{r['metric']}/{r['variant']}/{r['chunk']}/{end}"] for end in ("low", "high")]
+               == r["interval"] for r in made["records"])
+    assert len(made["differences"]) == 7 * 5 and made["bootstrap"]["resamples"] == 1000
+    # The table of intervals, all chunks: each variant's Spearman with its interval, then minus raw's.
+    [own] = [r for r in made["records"] if (r["metric"], r["variant"], r["chunk"]) == ("spearman", "whitening", "all")]
+    [minus] = [d for d in made["differences"] if (d["variant"], d["chunk"]) == ("whitening", "all")]
+    cells = [f"{100 * x['value']:.2f} \\[ *{100 * x['interval'][0]:.2f}, *{100 * x['interval'][1]:.2f}\\]" for x in (own, minus)]
+    assert re.search(rf"\nwhitening +{cells[0]} +{cells[1]}\n", r.stdout), r.stdout
     spearman = {(r["variant"], r["chunk"]): r["value"] for r in made["records"] if r["metric"] == "spearman"}
     # Whitening fitted on STS-B's own sentences beats raw cosines here (tiny: 54.5 vs 39.0 measured).
     assert spearman[("whitening", "all")] > spearman[("raw", "all")] + 0.05

@@ -30,6 +30,7 @@ AT_LEAST_1 = {
     "bench.seed_docs": "null = all",
     "sts.abtt_dims": None,
     "sts.whitening_dims": "null = all dims",
+    "bootstrap.resamples": None,
 }
 
 
@@ -50,10 +51,13 @@ def check(cfg) -> None:
             allowed = "a whole number of at least 1" + (f", or {null}" if null else "")
             raise UserError(f"{key}={value} is out of range: give {allowed}")
     for key in ("hardware.max_padding", "centering.tail_start", "compare.tolerance", "bench.invariance",
-                "corpus.min_chars", "model.seed"):
+                "corpus.min_chars", "model.seed", "bootstrap.seed"):
         value = _get(cfg, key)
         if value is not None and not isinstance(value, bool) and value < 0:
             raise UserError(f"{key}={value} is out of range: give a number of 0 or more")
+    level = _get(cfg, "bootstrap.level")
+    if level is not None and not 0 < level < 1:
+        raise UserError(f"bootstrap.level={level} is out of range: give a coverage between 0 and 1, e.g. 0.95")
     low, high = _get(cfg, "plot.vmin"), _get(cfg, "plot.vmax")
     if low is not None and high is not None and low >= high:  # an empty or inverted colour scale
         raise UserError(f"plot.vmin={low:g} is not below plot.vmax={high:g}: give vmin < vmax (plot.vmin=-1 plot.vmax=1 "

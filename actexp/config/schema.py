@@ -200,6 +200,13 @@ class StsConfig:
 
 
 @dataclass
+class BootstrapConfig:
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+
+
+@dataclass
 class CompareConfig:
     raw_csv: Optional[str] = None
     centered_csv: Optional[str] = None
@@ -242,6 +249,7 @@ class Config:
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     sts: StsConfig = field(default_factory=StsConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     name: str = "default"
     text: Optional[str] = None

@@ -84,7 +84,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     names, groups = data["names"], data["groups"]
     if len(names) < 2:
         raise UserError(f"analyze.source={cfg.analyze.source} gave {plural(len(names), 'text')}: the analysis needs two")
-    result = analyze(data["vectors"], data["chunks"], groups, data["partners"])
+    boot = common.bootstrap_of(cfg)
+    result = analyze(data["vectors"], data["chunks"], groups, data["partners"], boot)
     for record in result.records:
         record["source"] = data["source"]["path"]
     task = None if groups is None else ("partner" if data["partners"] is not None else "group")
@@ -92,15 +93,17 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         "source": data["source"] | {"texts": len(names), "groups": None if groups is None else len(set(groups)),
                                     "retrieval": task},
         "texts": [{"name": n, "group": None if groups is None else groups[i]} for i, n in enumerate(names)],
-        "results": result.records})
+        "results": result.records, "differences": result.differences,
+        "bootstrap": boot.record("queries") if task else None})
     variants = list(data["vectors"])
     figure = plots.projection([result.coords[v] for v in variants], variants, names, groups,
                               Path(out_dir) / "analysis_projection.png",
                               f"First two principal components of {plural(len(names), 'text')} (all chunks)",
                               [result.explained[v] for v in variants])
     tracker.images([figure])
-    tracker.table("analysis", ["metric", "variant", "chunk", "value", "texts"],
-                  [[r["metric"], r["variant"], r["chunk"], float(r["value"]), r["texts"]] for r in result.records])
+    tracker.table("analysis", ["metric", "variant", "chunk", "value", "low", "high", "texts"],
+                  [[r["metric"], r["variant"], r["chunk"], float(r["value"]), *(r.get("interval") or [None, None]),
+                    r["texts"]] for r in result.records])
     if cfg.analyze.log_vectors:  # W&B's embedding projector reads a table with a vector column
         tracker.table("vectors", ["name", "group", "variant", "vector"],
                       [[n, None if groups is None else groups[i], v, data["vectors"][v][i].tolist()]
@@ -111,7 +114,8 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 
 
 def summary(result, variants, task) -> str:
-    """Two or three lines: retrieval and anisotropy, variant beside variant (all chunks)."""
+    """Two to four lines: retrieval (with intervals, chance and the paired difference) and anisotropy,
+    variant beside variant (all chunks)."""
     def row(metric, fmt="{:.3f}"):
         values = [result.value(metric, v) for v in variants]
         return " -> ".join(f"{v} {fmt.format(x)}" for v, x in zip(variants, values) if x is not None)
@@ -119,8 +123,25 @@ def summary(result, variants, task) -> str:
     lines = []
     if task:
         what = "each text's partner" if task == "partner" else "a text of the same group"
-        lines.append(f"retrieval of {what}: recall@1 {row('recall@1')}; MRR {row('mrr')}; "
+        lines.append(f"retrieval of {what}: recall@1 {retrieval_row(result.records, result.differences, 'recall@1')}")
+        lines.append(f"  MRR {retrieval_row(result.records, result.differences, 'mrr')}; "
                      f"same-minus-different-group cosine {row('margin')}")
     lines.append(f"anisotropy (mean cosine{' across groups' if task else ''}): {row('anisotropy')}; "
                  f"top-3 dims' share of it {row('rogue_share')}; PC1 variance share {row('pc1_share')}")
     return "\n".join(lines)
+
+
+def _with_interval(value: float, interval) -> str:
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def retrieval_row(records, differences, metric: str, chunk: str = "all") -> str:
+    """"raw 0.203 [0.12, 0.30] -> centered 0.164 [...] (chance 0.187); centered - raw -0.039 [...]": the
+    variants of one metric with their intervals, chance, and each paired difference from the first."""
+    own = [r for r in records if (r["metric"], r["chunk"]) == (metric, chunk)]
+    line = " -> ".join(f"{r['variant']} {_with_interval(r['value'], r.get('interval'))}" for r in own)
+    line += f" (chance {own[0]['chance']:.3f})" if own else ""
+    for d in differences:
+        if (d["metric"], d["chunk"]) == (metric, chunk):
+            line += f"; {d['variant']} - {d['minus']} {_with_interval(d['value'], d.get('interval'))}"
+    return line

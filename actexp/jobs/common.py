@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..errors import UserError
+from ..maths.bootstrap import Bootstrap
 from ..maths.centering import CorpusMean
 from ..maths.pooling import Chunk
 from ..models.identity import model_identity
@@ -32,6 +33,10 @@ def chunks(pooling_cfg) -> List[Chunk]:
         return [Chunk(c.kind, c.get("alpha")) for c in pooling_cfg.chunks]
     except ValueError as e:
         raise UserError(f"pooling={pooling_cfg.name}: {e}") from None
+
+
+def bootstrap_of(cfg) -> Bootstrap:
+    return Bootstrap(cfg.bootstrap.resamples, cfg.bootstrap.seed, cfg.bootstrap.level)
 
 
 def pooling_record(pooling_cfg) -> dict:

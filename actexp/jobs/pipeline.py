@@ -69,24 +69,37 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 
 
 def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
-    """The answer of the experiment in five lines (all chunks together)."""
+    """The answer of the experiment in a few lines (all chunks together), retrieval with its 95 %
+    intervals, its chance level and the paired interval of centred minus raw."""
+    def named(v):
+        return "centred" if v == "centered" else v
+
+    def value(name):
+        low, high = metrics.get(f"{name}/low"), metrics.get(f"{name}/high")
+        return f"{metrics[name]:.3f}" + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
+
     def pair(metric):
-        values = [metrics.get(f"{metric}/{v}/all") for v in variants]
-        return " -> ".join(f"{'centred' if v == 'centered' else v} {x:.3f}" for v, x in zip(variants, values))
+        line = " -> ".join(f"{named(v)} {value(f'{metric}/{v}/all')}" for v in variants)
+        diff = f"{metric}/centered-raw/all"
+        return line + (f"; centred - raw {value(diff)}" if diff in metrics else "")
 
     # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
-    retrieval = [f"  retrieval of each sample's long/short partner: recall@1 {pair('eval/recall@1')}; "
-                 f"MRR {pair('eval/mrr')}"] if metrics.get("eval/mrr/raw/all") is not None else []
+    retrieval = [
+        f"  retrieval of each sample's long/short partner (chance: recall@1 {metrics.get('eval/recall@1/chance/all', 0):.3f}, "
+        f"MRR {metrics.get('eval/mrr/chance/all', 0):.3f}; [95 % bootstrap interval]):",
+        f"    recall@1 {pair('eval/recall@1')}", f"    MRR {pair('eval/mrr')}",
+    ] if metrics.get("eval/mrr/raw/all") is not None else []
     if "compare/worst_rel_error" in metrics or failed:
         check = (f"FAIL ({failed})" if failed else f"PASS (worst relative error {metrics['compare/worst_rel_error']:.2g} "
                  f"over {metrics['compare/samples']} samples)")
         checks = [f"  identity raw - centred = pooled corpus mean: {check}"]
     else:
         checks = ["  raw vectors only (centering=none): no mean, no identity check"]
+    anisotropy = " -> ".join(f"{named(v)} {metrics[f'geometry/anisotropy/{v}/all']:.3f}" for v in variants)
     return "\n".join([
         f"summary of {cfg.name} (model {cfg.model.name}, pooling={cfg.pooling.name}):",
         f"  outputs: {out_dir}",
         *checks,
         *retrieval,
-        f"  anisotropy (mean cosine {'across topics' if retrieval else 'of all pairs'}): {pair('geometry/anisotropy')}",
+        f"  anisotropy (mean cosine {'across topics' if retrieval else 'of all pairs'}): {anisotropy}",
     ])

@@ -6,7 +6,8 @@ embedded once, raw and (with a corpus mean) centred from one pass; every variant
 those vectors. Variants: raw; centered (the per-position corpus mean); global_mean, abtt and
 whitening (postprocess.py), fitted on sts.fit, on raw vectors or, as centered+<method>, on centred
 ones. Each chunk is post-processed with its own fit; "all" is the chunks' results side by side.
-Spearman and Pearson of the cosines against the scores, per variant and chunk.
+Spearman and Pearson of the cosines against the scores, per variant and chunk, each with a bootstrap
+interval over the pairs, and each variant's Spearman minus the first variant's (raw) with a paired one.
 """
 
 import difflib
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..data import pairs as pairs_io
 from ..errors import UserError
-from ..maths import postprocess
+from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
 from ..report import plots
@@ -123,9 +124,12 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
     fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
-    records, scores = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records)
+    boot = common.bootstrap_of(cfg)
+    records, scores = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot)
+    differences = _differences(scores, list(parsed), pairs, boot)
     return _report(cfg, Path(out_dir), tracker, backend.metadata, mean, pairs, parsed, chunks, records, scores,
-                   {"fits": fit_records, "settings": settings})
+                   {"fits": fit_records, "settings": settings, "bootstrap": boot.record("pairs"),
+                    "differences": differences})
 
 
 def _variants(s) -> Dict[str, tuple]:
@@ -154,10 +158,11 @@ def _vectors(backend, pairs, chunks, mean) -> dict:
     return backend.vectors(texts, chunks, mean).by_variant()
 
 
-def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records):
+def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot: bootstrap.Bootstrap):
     """(records, cosines): one record per variant, chunk and metric (Spearman, Pearson; null where
-    every cosine is the same), and {(variant, chunk label): the cosine of each pair [P]}, per chunk
-    and for all chunks side by side."""
+    every cosine is the same) with its interval over resampled pairs, and {(variant, chunk label): the
+    cosine of each pair [P]}, per chunk and for all chunks side by side."""
+    counts = boot.counts(len(pairs))  # [B, P] the same resamples for every variant: comparable, paired
     index = {t: i for i, t in enumerate(pairs.texts())}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
@@ -175,15 +180,34 @@ def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records):
             if not np.isfinite(cos).all():
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+            for metric, fn, resampled in (("spearman", spearman, bootstrap.spearman), ("pearson", pearson, bootstrap.pearson)):
                 value = fn(cos, pairs.scores)
                 if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
                     log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
                                 "%s is undefined (null)", variant, label, metric)
                 records.append({"metric": metric, "variant": variant, "chunk": label,
-                                "value": None if math.isnan(value) else value, "pairs": len(pairs), "split": pairs.split,
+                                "value": None if math.isnan(value) else value,
+                                "interval": None if math.isnan(value) else boot.interval(resampled(cos, pairs.scores, counts)),
+                                "pairs": len(pairs), "split": pairs.split,
                                 "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
     return records, scores
+
+
+def _differences(scores, variants: List[str], pairs, boot: bootstrap.Bootstrap) -> List[dict]:
+    """Each variant's Spearman minus the first variant's (raw by default), per chunk, with an interval
+    from the same resampled pairs for both: the comparison the table makes, as a number with its noise."""
+    counts = boot.counts(len(pairs))
+    first, out = variants[0], []
+    for (variant, label), cos in scores.items():
+        if variant == first:
+            continue
+        base = scores[(first, label)]
+        diff = spearman(cos, pairs.scores) - spearman(base, pairs.scores)
+        resampled = bootstrap.spearman(cos, pairs.scores, counts) - bootstrap.spearman(base, pairs.scores, counts)
+        out.append({"metric": "spearman", "variant": variant, "minus": first, "chunk": label,
+                    "value": None if math.isnan(diff) else diff,
+                    "interval": None if math.isnan(diff) else boot.interval(resampled)})
+    return out
 
 
 def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, records, scores, made_with) -> dict:
@@ -199,14 +223,43 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
         plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
                           {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
                           f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {model['model']}")]
-    tracker.table("sts", ["metric", "variant", "chunk", "value"], [[r[k] for k in ("metric", "variant", "chunk", "value")]
-                                                                  for r in records])
+    differences = made_with["differences"]
+    tracker.table("sts", ["metric", "variant", "chunk", "value", "low", "high"],
+                  [[r["metric"], r["variant"] if "minus" not in r else f"{r['variant']}-{r['minus']}", r["chunk"],
+                    r["value"], *(r["interval"] or [None, None])] for r in records + differences])
     tracker.images(written[1:])
     log.info(table(spearman_of, list(parsed), [chunk_key(c.label) for c in chunks], pairs))
+    log.info(intervals(records, differences, made_with["bootstrap"]))
     wrote(log, written)
     # The metrics under the names the README gives, logged once by the caller (run.py) as every job's are.
-    return {f"sts/{r['metric']}/{r['variant']}/{r['chunk']}": r["value"] for r in records if r["value"] is not None} | {
-        "best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})", "best_spearman": spearman_of[best]}
+    metrics = {}
+    for r in records + differences:
+        if r["value"] is not None:
+            name = f"sts/{r['metric']}/{r['variant'] if 'minus' not in r else r['variant'] + '-' + r['minus']}/{r['chunk']}"
+            metrics[name] = r["value"]
+            if r["interval"]:
+                metrics[f"{name}/low"], metrics[f"{name}/high"] = r["interval"]
+    return metrics | {"best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})",
+                      "best_spearman": spearman_of[best]}
+
+
+def intervals(records: List[dict], differences: List[dict], boot: dict) -> str:
+    """All chunks: each variant's Spearman x 100 with its interval, and minus the first variant's, paired."""
+    def cell(r):
+        if r is None or r["value"] is None:
+            return f"{'-':>24}"
+        low, high = (f"{100 * x:.2f}" for x in r["interval"]) if r["interval"] else ("?", "?")
+        return f"{100 * r['value']:>8.2f} [{low:>6}, {high:>6}]"
+
+    own = [r for r in records if (r["metric"], r["chunk"]) == ("spearman", "all")]
+    diff = {d["variant"]: d for d in differences if d["chunk"] == "all"}
+    width = max(len(r["variant"]) for r in own) + 2
+    first = own[0]["variant"]
+    lines = [f"All chunks, {100 * boot['level']:g} % intervals from {boot['resamples']} resamples of the pairs "
+             f"(seed {boot['seed']}); minus {first}: paired, the same resamples:",
+             f"{'':<{width}}{'Spearman x 100':>24}{'minus ' + first:>24}"]
+    lines += [f"{r['variant']:<{width}}{cell(r)}{cell(diff.get(r['variant']))}" for r in own]
+    return "\n".join(lines)
 
 
 def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs) -> str:

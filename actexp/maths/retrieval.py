@@ -1,6 +1,7 @@
 """Retrieval of labelled texts by cosine similarity: recall@k, MRR and the same-vs-different group
 margin (README, "Analysis"). Pure numpy: knows nothing of models, configs or files."""
 
+from math import comb
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -49,13 +50,33 @@ def ranks(sim: np.ndarray, rel: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def retrieval(sim: np.ndarray, rel: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
-    """recall@k (share of queries with a right answer in the top k), MRR, and the query count."""
+def per_query(sim: np.ndarray, rel: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[str, np.ndarray]:
+    """Each query's hit@k (1 if a right answer is in its top k, else 0) and reciprocal rank [Q]: the
+    units that retrieval() averages and a bootstrap resamples."""
     r = ranks(sim, rel)
     if len(r) == 0:
         raise ValueError("no query has a right answer: every group has one text")
-    out = {f"recall@{k}": float(np.mean(r <= k)) for k in ks}
-    return out | {"mrr": float(np.mean(1.0 / r)), "queries": int(len(r))}
+    return {f"recall@{k}": (r <= k).astype(np.float64) for k in ks} | {"mrr": 1.0 / r}
+
+
+def retrieval(sim: np.ndarray, rel: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
+    """recall@k (share of queries with a right answer in the top k), MRR, and the query count."""
+    values = per_query(sim, rel, ks)
+    return {metric: float(v.mean()) for metric, v in values.items()} | {"queries": len(values["mrr"])}
+
+
+def chance(rel: np.ndarray, ks: Sequence[int] = (1, 5)) -> Dict[str, float]:
+    """Expected recall@k and MRR of similarities that order each query's candidates at random. A query
+    with m right answers among n other texts finds none in its top r with probability
+    C(n-m, r) / C(n, r); one partner among 19 others gives MRR H_19 / 19 = 0.187, recall@1 1/19."""
+    n = rel.shape[0] - 1
+    per = []
+    for m in rel.sum(1)[rel.any(1)]:
+        none_in_top = [comb(n - m, r) / comb(n, r) for r in range(n + 1)]  # P(best right rank > r)
+        mrr = sum((none_in_top[r - 1] - none_in_top[r]) / r for r in range(1, n - m + 2))
+        per.append([1 - none_in_top[min(k, n)] for k in ks] + [mrr])
+    mean = np.mean(per, axis=0)
+    return {f"recall@{k}": float(mean[i]) for i, k in enumerate(ks)} | {"mrr": float(mean[-1])}
 
 
 def margin(sim: np.ndarray, groups: Sequence) -> Dict[str, float]:
