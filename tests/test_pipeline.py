@@ -224,6 +224,21 @@ def test_the_sweep_table_marks_the_best_row_of_each_question_metric(tmp_path):
     assert "0.400 -> 0.900 *" in rows[3] and rows[3].count("*") == 1
 
 
+def test_an_sts_sweep_row_shows_the_centred_spearman_and_minus_raw_with_their_intervals(tmp_path):
+    """A sweep over the mean (corpus.max_docs, centering.min_count) is read in these cells."""
+    for n, docs, centred in ((0, 16, 0.21), (1, 256, 0.24)):
+        metrics = {"best": f"Spearman x 100 {100 * centred:.2f} (centered, all)", "best_spearman": centred,
+                   "sts/spearman/centered/all": centred, "sts/spearman/centered/all/low": centred - 0.02,
+                   "sts/spearman/centered/all/high": centred + 0.03, "sts/spearman/centered-raw/all": centred - 0.065,
+                   "sts/spearman/centered-raw/all/low": centred - 0.1, "sts/spearman/centered-raw/all/high": centred - 0.03}
+        write_json(tmp_path / f"{n}_corpus.max_docs-{docs}" / "metrics.json",
+                   {"job": "sts", "status": "ok", "overrides": ["job=sts", f"corpus.max_docs={docs}"], "metrics": metrics})
+    rows = summary_table(tmp_path).splitlines()
+    assert "(centered, all); centered 21.00 [19.00, 24.00], minus raw 14.50 [11.00, 18.00]  " in rows[1]
+    assert "*" not in rows[1]
+    assert "Spearman x 100 24.00 (centered, all); centered 24.00 [22.00, 27.00], minus raw 17.50 [14.00, 21.00] *" in rows[2]
+
+
 @pytest.mark.slow
 def test_a_parallel_sweep_on_a_fresh_store_succeeds(tmp_path):
     """Both jobs start the pipeline together and meet on the same mean: they share it."""

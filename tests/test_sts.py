@@ -211,6 +211,47 @@ def test_fits_are_reused_and_what_the_fit_set_cannot_serve_is_one_line(every_var
     assert not (tmp_path / "c").exists()
 
 
+DEV_PAIRS = [(FIT_TEXTS[0], FIT_TEXTS[4], 3.1), (FIT_TEXTS[1], FIT_TEXTS[6], 2.2), (FIT_TEXTS[2], FIT_TEXTS[8], 4.0),
+             (FIT_TEXTS[3], FIT_TEXTS[9], 1.0), (FIT_TEXTS[5], FIT_TEXTS[10], 2.8), (FIT_TEXTS[7], FIT_TEXTS[11], 0.3),
+             (FIT_TEXTS[0], FIT_TEXTS[2], 1.7), (FIT_TEXTS[4], FIT_TEXTS[10], 3.6)]
+
+
+def test_selection_on_dev_never_reads_the_scores_it_reports(every_variant, tmp_path):
+    """The variant and chunk are the best of the selection pairs' own run; reversing the evaluated
+    pairs' gold scores changes the result and never the choice; reversing the selection pairs' does."""
+    folder, _, _ = every_variant
+
+    def pairs_file(path, pairs):
+        path.write_text("left\tright\tgold\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs))
+        return path
+
+    def run(name, evaluated, select_on=None):
+        more = [f"sts.variants=[{','.join(VARIANTS)}]", f"sts.pairs={evaluated}"] + ([f"sts.select_on={select_on}"]
+                                                                                     if select_on else [])
+        jobs.run("sts", compose_cfg(*_overrides(folder, folder / "fit.jsonl", *more)), tmp_path / name)
+        return json.loads((tmp_path / name / "sts.json").read_text())
+
+    dev = pairs_file(tmp_path / "dev.tsv", DEV_PAIRS)
+    flipped = pairs_file(tmp_path / "flipped.tsv", [(a, b, 5 - s) for a, b, s in PAIRS])
+    on_dev = run("on-dev", dev)  # the selection pairs evaluated on their own
+    best = max((r for r in on_dev["records"] if r["metric"] == "spearman"), key=lambda r: r["value"])
+    evaluated = run("chosen", folder / "pairs.tsv", dev)
+    chosen = evaluated["selection"]
+    assert (chosen["variant"], chosen["chunk"], chosen["chosen_by"]) == (best["variant"], best["chunk"], best["value"])
+    [result] = [r for r in evaluated["records"] if (r["metric"], r["variant"], r["chunk"]) == ("spearman", best["variant"],
+                                                                                          best["chunk"])]
+    assert (chosen["spearman"], chosen["interval"]) == (result["value"], result["interval"])
+    assert chosen["source"]["sha256"] == on_dev["pairs"]["sha256"]
+    again = run("flipped", flipped, dev)["selection"]  # other scores to report: the same choice
+    assert (again["variant"], again["chunk"]) == (chosen["variant"], chosen["chunk"])
+    assert again["spearman"] == pytest.approx(-chosen["spearman"])
+    other = run("other", folder / "pairs.tsv", pairs_file(tmp_path / "dev-flipped.tsv",
+                                                          [(a, b, 5 - s) for a, b, s in DEV_PAIRS]))["selection"]
+    assert (other["variant"], other["chunk"]) != (chosen["variant"], chosen["chunk"])
+    with pytest.raises(UserError, match="sts.select_on=.* is the split being evaluated"):
+        run("self", dev, dev)
+
+
 def test_bad_sts_settings_are_one_line(tmp_path):
     cases = [("sts.variants=[whitned]", "unknown variant 'whitned' \\(did you mean whitening\\?\\)"),
              ("sts.split=validation", "sts.split=validation: use one of train, dev, test"),

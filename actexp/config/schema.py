@@ -197,6 +197,7 @@ class StsConfig:
     variants: List[str] = field(default_factory=list)
     abtt_dims: int = 3
     whitening_dims: Optional[int] = None
+    select_on: Optional[str] = None
 
 
 @dataclass

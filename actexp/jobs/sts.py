@@ -8,6 +8,9 @@ whitening (postprocess.py), fitted on sts.fit, on raw vectors or, as centered+<m
 ones. Each chunk is post-processed with its own fit; "all" is the chunks' results side by side.
 Spearman and Pearson of the cosines against the scores, per variant and chunk, each with a bootstrap
 interval over the pairs, and each variant's Spearman minus the first variant's (raw) with a paired one.
+With sts.select_on (dev: STS-B dev; or a file of pairs) the variant and chunk are chosen by their
+Spearman there, and only the evaluated split's score of that choice is the result: the split that
+reports is never read to choose.
 """
 
 import difflib
@@ -54,6 +57,19 @@ def load_pairs(cfg) -> pairs_io.Pairs:
     if s.pairs == "stsb":
         return pairs_io.stsb(s.split)
     return pairs_io.from_file(s.pairs, list(s.columns))
+
+
+def selection_pairs(cfg, evaluated: pairs_io.Pairs):
+    """The pairs that choose the variant and chunk (sts.select_on), or None: STS-B dev, or a file of
+    pairs with the columns of sts.columns. Never the evaluated pairs themselves."""
+    on = cfg.sts.select_on
+    if on is None:
+        return None
+    chosen = pairs_io.stsb("dev") if on == "dev" else pairs_io.from_file(on, list(cfg.sts.columns))
+    if chosen.sha256 == evaluated.sha256:
+        raise UserError(f"sts.select_on={on} is the split being evaluated ({evaluated.split}): choose on dev and "
+                        "evaluate test (sts.split=test), or give another file of pairs")
+    return chosen
 
 
 def fit_set(cfg):
@@ -119,6 +135,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     methods = {m for _, m in parsed.values() if m}
     fit_texts, described = fit_set(cfg) if methods else ([], {})
     _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"])  # before any forward pass
+    chooser = selection_pairs(cfg, pairs)
     mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     vectors = _vectors(backend, pairs, chunks, mean)
     bases = [b for b in BASES if any(base == b and m for base, m in parsed.values())]
@@ -127,9 +144,27 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     boot = common.bootstrap_of(cfg)
     records, scores = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot)
     differences = _differences(scores, list(parsed), pairs, boot)
+    selection = None
+    if chooser is not None:  # the chooser's own records: the evaluated split's are not passed in
+        chooser_records, _ = _scores(parsed, _vectors(backend, chooser, chunks, mean), fitted, settings, chunks, chooser,
+                                     fit_records, boot)
+        selection = select(chooser_records, chooser) | {"source": chooser.describe()}
+        [result] = [r for r in records if (r["metric"], r["variant"], r["chunk"]) ==
+                    ("spearman", selection["variant"], selection["chunk"])]
+        selection |= {"spearman": result["value"], "interval": result["interval"], "split": pairs.split}
     return _report(cfg, Path(out_dir), tracker, backend.metadata, mean, pairs, parsed, chunks, records, scores,
                    {"fits": fit_records, "settings": settings, "bootstrap": boot.record("pairs"),
-                    "differences": differences})
+                    "differences": differences, "selection": selection})
+
+
+def select(records: List[dict], chooser: pairs_io.Pairs) -> dict:
+    """The variant and chunk of the highest Spearman among `records`, which are the chooser's alone."""
+    defined = [r for r in records if r["metric"] == "spearman" and r["value"] is not None]
+    if not defined:
+        raise UserError(f"no variant has a defined Spearman on the selection pairs ({chooser.source} {chooser.split}): "
+                        "check sts.select_on")
+    best = max(defined, key=lambda r: r["value"])
+    return {"variant": best["variant"], "chunk": best["chunk"], "chosen_by": best["value"]}
 
 
 def _variants(s) -> Dict[str, tuple]:
@@ -230,6 +265,11 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
     tracker.images(written[1:])
     log.info(table(spearman_of, list(parsed), [chunk_key(c.label) for c in chunks], pairs))
     log.info(intervals(records, differences, made_with["bootstrap"]))
+    chosen = made_with["selection"]
+    if chosen:
+        log.info(f"chosen on {chosen['source']['pairs']} {chosen['source']['split']} ({chosen['source']['n_pairs']} pairs, "
+                 f"Spearman x 100 {100 * chosen['chosen_by']:.2f}): {chosen['variant']}, {chosen['chunk']} -> "
+                 f"{pairs.split} {_cell(chosen['spearman'], chosen['interval'])}: the result")
     wrote(log, written)
     # The metrics under the names the README gives, logged once by the caller (run.py) as every job's are.
     metrics = {}
@@ -239,8 +279,19 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
             metrics[name] = r["value"]
             if r["interval"]:
                 metrics[f"{name}/low"], metrics[f"{name}/high"] = r["interval"]
+    if chosen:
+        metrics |= {"selected_spearman": chosen["spearman"], "selected": f"{chosen['variant']}, {chosen['chunk']}"}
+        if chosen["interval"]:
+            metrics["selected_spearman/low"], metrics["selected_spearman/high"] = chosen["interval"]
     return metrics | {"best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})",
                       "best_spearman": spearman_of[best]}
+
+
+def _cell(value, interval) -> str:
+    """Spearman x 100 with its interval."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
 
 
 def intervals(records: List[dict], differences: List[dict], boot: dict) -> str:

@@ -33,6 +33,26 @@ def headline(record: dict) -> str:
     return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
 
 
+def _with_interval(metrics: dict, name: str) -> str:
+    """Spearman x 100 of `name` with its interval, or "-"."""
+    value, low, high = (metrics.get(f"{name}{end}") for end in ("", "/low", "/high"))
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" + ("" if low is None else f" [{100 * low:.2f}, {100 * high:.2f}]")
+
+
+def sts_result(metrics: dict) -> str:
+    """An STS row: its best, and the centred Spearman of all chunks with its interval and minus raw's
+    with its paired one (a sweep over the mean's corpus or min_count is read in this column)."""
+    line = metrics.get("best", "")
+    if "selected_spearman" in metrics:  # chosen on other pairs (sts.select_on): the row's result
+        line = f"selected {metrics['selected']} {_with_interval(metrics, 'selected_spearman')}"
+    if "sts/spearman/centered/all" in metrics:
+        line += (f"; centered {_with_interval(metrics, 'sts/spearman/centered/all')}, minus raw "
+                 f"{_with_interval(metrics, 'sts/spearman/centered-raw/all')}")
+    return line
+
+
 def _variants(record: dict, metric: str) -> List[float]:
     """The metric of all chunks, raw then centred (those the job computed)."""
     prefix = PREFIX.get(record.get("job"))
@@ -77,7 +97,8 @@ def summary_table(sweep_dir: Path) -> str:
                 shown = shown or bool(values)
                 text = " -> ".join(f"{v:.3f}" for v in values) if values else "-"
                 cells.append(text + (" *" if best[name][n] else ""))
-        cells.append("" if shown else headline(record)[:60])
+        sts = record.get("job") == "sts" and record.get("metrics")
+        cells.append("" if shown else sts_result(record["metrics"]) if sts else headline(record)[:60])
         rows.append(cells)
     sts = [r.get("metrics", {}).get("best_spearman") if r.get("job") == "sts" else None for r in records]
     if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over model.layers): * on its best row
