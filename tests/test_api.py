@@ -75,7 +75,7 @@ def test_a_session_loads_the_model_once_for_many_calls_and_releases_it(tmp_path,
     loads = []
     real = local.load_model
     monkeypatch.setattr(local, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
-    s = actexp.Session("logger=none", "analyze.log_vectors=false")
+    s = actexp.Session("logger=none", "analyze.log_vectors=false", "bootstrap.seed=3")
     assert loads == []  # nothing loads until a call needs the model
     a = s.vectors(TEXTS)
     sim = s.similarity(TEXTS[0], TEXTS[1])
@@ -84,7 +84,12 @@ def test_a_session_loads_the_model_once_for_many_calls_and_releases_it(tmp_path,
     metrics = s.run("analyze", out_dir=tmp_path / "analyze")
     assert len(loads) == 1
     assert metrics["eval/recall@1/raw/all"] == result.metrics()["eval/recall@1/raw/all"]
-    assert metrics["eval/mrr/raw/all/low"] == result.metrics()["eval/mrr/raw/all/low"]  # the same intervals
+    # The session's bootstrap (seed 3), not the default's (seed 0): the same intervals as the CLI job's.
+    assert metrics["eval/mrr/raw/all/low"] == result.metrics()["eval/mrr/raw/all/low"]
+    default = actexp.analyze(s.vectors(texts.texts), groups=texts.groups, partners=texts.partners).metrics()
+    assert default["eval/mrr/raw/all"] == result.metrics()["eval/mrr/raw/all"]
+    assert (default["eval/mrr/raw/all/low"], default["eval/mrr/raw/all/high"]) != (
+        metrics["eval/mrr/raw/all/low"], metrics["eval/mrr/raw/all/high"])
     u = a.raw[:2] / np.linalg.norm(a.raw[:2], axis=1, keepdims=True)
     assert sim.cosine == pytest.approx(float(u[0] @ u[1]), abs=1e-6) and sim.variant == "raw"
     assert isinstance(a.raw, np.ndarray) and a.raw.dtype == np.float32 and a.centered is None

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from actexp.maths import bootstrap, retrieval
+from actexp.maths import bootstrap, correlation, retrieval
 from actexp.maths.bootstrap import Bootstrap
 
 
@@ -82,6 +82,16 @@ def test_no_interval_where_the_statistic_is_mostly_undefined():
     """Two units: about half the resamples draw one unit twice, a constant sample with no correlation."""
     boot = Bootstrap(resamples=100)
     assert boot.interval(bootstrap.spearman(np.array([0.1, 0.2]), np.array([1.0, 2.0]), boot.counts(2))) is None
+
+
+def test_values_a_rounding_apart_are_no_ranking_in_any_resample():
+    """As correlation.spearman: cosines that differ by an ulp (a vector with itself) are constant."""
+    x = np.full(12, 0.7)
+    x[::2] = np.nextafter(0.7, 1.0)  # two values one unit in the last place apart
+    y = np.arange(12.0)
+    assert np.isnan(correlation.spearman(x, y))
+    counts = Bootstrap(resamples=50).counts(12)
+    assert np.isnan(bootstrap.spearman(x, y, counts)).all() and np.isnan(bootstrap.pearson(x, y, counts)).all()
 
 
 @pytest.mark.parametrize("groups, partners", [([0, 1, 2, 0, 1, 2], [3, 4, 5, 0, 1, 2]),  # one right answer each

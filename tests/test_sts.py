@@ -248,8 +248,11 @@ def test_selection_on_dev_never_reads_the_scores_it_reports(every_variant, tmp_p
     other = run("other", folder / "pairs.tsv", pairs_file(tmp_path / "dev-flipped.tsv",
                                                           [(a, b, 5 - s) for a, b, s in DEV_PAIRS]))["selection"]
     assert (other["variant"], other["chunk"]) != (chosen["variant"], chosen["chunk"])
-    with pytest.raises(UserError, match="sts.select_on=.* is the split being evaluated"):
-        run("self", dev, dev)
+    # The evaluated pairs are refused as selection pairs, in any file that holds them.
+    copy = tmp_path / "dev-copy.jsonl"
+    copy.write_text("".join(json.dumps({"text_a": a, "text_b": b, "score": s}) + "\n" for a, b, s in DEV_PAIRS))
+    with pytest.raises(UserError, match="sts.select_on=.*dev-copy.jsonl holds the pairs being evaluated"):
+        run("self", dev, copy)
 
 
 def test_bad_sts_settings_are_one_line(tmp_path):
@@ -257,7 +260,11 @@ def test_bad_sts_settings_are_one_line(tmp_path):
              ("sts.split=validation", "sts.split=validation: use one of train, dev, test"),
              (f"sts.pairs={tmp_path}/absent.tsv", "absent.tsv is not a file"),
              ("sts.fit=test", "sts.fit=test: use stsb .* or corpus"),
-             ("sts.abtt_dims=0", "sts.abtt_dims=0 is out of range")]
+             ("sts.abtt_dims=0", "sts.abtt_dims=0 is out of range"),
+             (f"sts.select_on={tmp_path}/absent.tsv", r"sts.select_on=\S+absent.tsv is not a file: give dev, or"),
+             ("sts.select_on=test", "sts.select_on=test: choose on dev"),
+             ("bootstrap.level=1.5", "bootstrap.level=1.5 is out of range"),
+             ("bootstrap.resamples=0", "bootstrap.resamples=0 is out of range")]
     # Each text paired with itself: cosines of 1 within a few ulps, a constant whose rounding is no ranking.
     same = tmp_path / "same.tsv"
     same.write_text("left\tright\tgold\n" + "".join(f"{a}\t{a}\t{s}\n" for a, _, s in PAIRS[:5]))

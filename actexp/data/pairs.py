@@ -79,13 +79,14 @@ def stsb(split: str = "test") -> Pairs:
     return _pairs(rows, path, "stsb", split)
 
 
-def from_file(path, columns: Sequence[str]) -> Pairs:
-    """Pairs from a .tsv, .csv or .jsonl file; columns: the header names of text a, text b and score."""
+def from_file(path, columns: Sequence[str], key: str = "sts.pairs", named: str = "stsb") -> Pairs:
+    """Pairs from a .tsv, .csv or .jsonl file; columns: the header names of text a, text b and score;
+    key and named: the setting that gave the path and what else it takes, for the one-line errors."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"sts.pairs={path} is not a file: give stsb, or a .tsv, .csv or .jsonl file of scored pairs")
+        raise UserError(f"{key}={path} is not a file: give {named}, or a .tsv, .csv or .jsonl file of scored pairs")
     if path.suffix not in (".tsv", ".csv", ".jsonl"):
-        raise UserError(f"sts.pairs={path}: give a .tsv, .csv or .jsonl file (README, \"Text similarity benchmarks\")")
+        raise UserError(f"{key}={path}: give a .tsv, .csv or .jsonl file (README, \"Text similarity benchmarks\")")
     text = _read(path)
     if path.suffix == ".jsonl":
         rows = []

@@ -86,7 +86,7 @@ def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
     # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
     retrieval = [
         f"  retrieval of each sample's long/short partner (chance: recall@1 {metrics.get('eval/recall@1/chance/all', 0):.3f}, "
-        f"MRR {metrics.get('eval/mrr/chance/all', 0):.3f}; [95 % bootstrap interval]):",
+        f"MRR {metrics.get('eval/mrr/chance/all', 0):.3f}; [{100 * cfg.bootstrap.level:g} % bootstrap interval]):",
         f"    recall@1 {pair('eval/recall@1')}", f"    MRR {pair('eval/mrr')}",
     ] if metrics.get("eval/mrr/raw/all") is not None else []
     if "compare/worst_rel_error" in metrics or failed:

@@ -61,14 +61,17 @@ def load_pairs(cfg) -> pairs_io.Pairs:
 
 def selection_pairs(cfg, evaluated: pairs_io.Pairs):
     """The pairs that choose the variant and chunk (sts.select_on), or None: STS-B dev, or a file of
-    pairs with the columns of sts.columns. Never the evaluated pairs themselves."""
+    pairs with the columns of sts.columns. Never the evaluated pairs themselves, whatever file holds them."""
     on = cfg.sts.select_on
     if on is None:
         return None
-    chosen = pairs_io.stsb("dev") if on == "dev" else pairs_io.from_file(on, list(cfg.sts.columns))
-    if chosen.sha256 == evaluated.sha256:
-        raise UserError(f"sts.select_on={on} is the split being evaluated ({evaluated.split}): choose on dev and "
-                        "evaluate test (sts.split=test), or give another file of pairs")
+    if on in pairs_io.STSB_SPLITS and on != "dev":
+        raise UserError(f"sts.select_on={on}: choose on dev (STS-B dev), or give a file of pairs; test is what reports "
+                        "and train is what fits")
+    chosen = pairs_io.stsb("dev") if on == "dev" else pairs_io.from_file(on, list(cfg.sts.columns), "sts.select_on", "dev")
+    if set(zip(chosen.a, chosen.b)) == set(zip(evaluated.a, evaluated.b)):
+        raise UserError(f"sts.select_on={on} holds the pairs being evaluated ({evaluated.source} {evaluated.split}): "
+                        "choose on dev and evaluate test (sts.split=test), or give other pairs")
     return chosen
 
 
@@ -142,12 +145,12 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
     boot = common.bootstrap_of(cfg)
-    records, scores = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot)
-    differences = _differences(scores, list(parsed), pairs, boot)
+    records, scores, resampled = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot)
+    differences = _differences(scores, resampled, list(parsed), pairs, boot)
     selection = None
     if chooser is not None:  # the chooser's own records: the evaluated split's are not passed in
-        chooser_records, _ = _scores(parsed, _vectors(backend, chooser, chunks, mean), fitted, settings, chunks, chooser,
-                                     fit_records, boot)
+        chooser_records, _, _ = _scores(parsed, _vectors(backend, chooser, chunks, mean), fitted, settings, chunks,
+                                        chooser, fit_records, boot)
         selection = select(chooser_records, chooser) | {"source": chooser.describe()}
         [result] = [r for r in records if (r["metric"], r["variant"], r["chunk"]) ==
                     ("spearman", selection["variant"], selection["chunk"])]
@@ -194,14 +197,15 @@ def _vectors(backend, pairs, chunks, mean) -> dict:
 
 
 def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot: bootstrap.Bootstrap):
-    """(records, cosines): one record per variant, chunk and metric (Spearman, Pearson; null where
-    every cosine is the same) with its interval over resampled pairs, and {(variant, chunk label): the
-    cosine of each pair [P]}, per chunk and for all chunks side by side."""
+    """(records, cosines, resampled): one record per variant, chunk and metric (Spearman, Pearson; null
+    where every cosine is the same) with its interval over resampled pairs; {(variant, chunk label): the
+    cosine of each pair [P]}, per chunk and for all chunks side by side; and {(variant, chunk label):
+    the Spearman of each resample [B]}, for the paired differences."""
     counts = boot.counts(len(pairs))  # [B, P] the same resamples for every variant: comparable, paired
     index = {t: i for i, t in enumerate(pairs.texts())}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
-    records, scores = [], {}
+    records, scores, resampled = [], {}, {}
     for variant, (base, method) in parsed.items():
         x = vectors[base].astype(np.float64)
         try:
@@ -215,33 +219,35 @@ def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot:
             if not np.isfinite(cos).all():
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            for metric, fn, resampled in (("spearman", spearman, bootstrap.spearman), ("pearson", pearson, bootstrap.pearson)):
+            resampled[(variant, label)] = bootstrap.spearman(cos, pairs.scores, counts)  # [B]
+            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
                 value = fn(cos, pairs.scores)
                 if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
                     log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
                                 "%s is undefined (null)", variant, label, metric)
                 records.append({"metric": metric, "variant": variant, "chunk": label,
                                 "value": None if math.isnan(value) else value,
-                                "interval": None if math.isnan(value) else boot.interval(resampled(cos, pairs.scores, counts)),
+                                "interval": None if math.isnan(value) else boot.interval(
+                                    resampled[(variant, label)] if metric == "spearman"
+                                    else bootstrap.pearson(cos, pairs.scores, counts)),
                                 "pairs": len(pairs), "split": pairs.split,
                                 "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
-    return records, scores
+    return records, scores, resampled
 
 
-def _differences(scores, variants: List[str], pairs, boot: bootstrap.Bootstrap) -> List[dict]:
+def _differences(scores, resampled, variants: List[str], pairs, boot: bootstrap.Bootstrap) -> List[dict]:
     """Each variant's Spearman minus the first variant's (raw by default), per chunk, with an interval
     from the same resampled pairs for both: the comparison the table makes, as a number with its noise."""
-    counts = boot.counts(len(pairs))
     first, out = variants[0], []
     for (variant, label), cos in scores.items():
         if variant == first:
             continue
         base = scores[(first, label)]
         diff = spearman(cos, pairs.scores) - spearman(base, pairs.scores)
-        resampled = bootstrap.spearman(cos, pairs.scores, counts) - bootstrap.spearman(base, pairs.scores, counts)
+        paired = resampled[(variant, label)] - resampled[(first, label)]  # [B] the same resamples on both sides
         out.append({"metric": "spearman", "variant": variant, "minus": first, "chunk": label,
                     "value": None if math.isnan(diff) else diff,
-                    "interval": None if math.isnan(diff) else boot.interval(resampled)})
+                    "interval": None if math.isnan(diff) else boot.interval(paired)})
     return out
 
 

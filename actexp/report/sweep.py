@@ -100,7 +100,9 @@ def summary_table(sweep_dir: Path) -> str:
         sts = record.get("job") == "sts" and record.get("metrics")
         cells.append("" if shown else sts_result(record["metrics"]) if sts else headline(record)[:60])
         rows.append(cells)
-    sts = [r.get("metrics", {}).get("best_spearman") if r.get("job") == "sts" else None for r in records]
+    # The row's result: chosen on other pairs (sts.select_on) where it was, else the split's own best.
+    sts = [(r.get("metrics") or {}).get("selected_spearman", (r.get("metrics") or {}).get("best_spearman"))
+           if r.get("job") == "sts" else None for r in records]
     if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over model.layers): * on its best row
         top = max(x for x in sts if x is not None)
         for cells, x in zip(rows[1:], sts):
