@@ -216,6 +216,7 @@ DEV_PAIRS = [(FIT_TEXTS[0], FIT_TEXTS[4], 3.1), (FIT_TEXTS[1], FIT_TEXTS[6], 2.2
              (FIT_TEXTS[0], FIT_TEXTS[2], 1.7), (FIT_TEXTS[4], FIT_TEXTS[10], 3.6)]
 
 
+@pytest.mark.slow  # about 17 s: five sts runs
 def test_selection_on_dev_never_reads_the_scores_it_reports(every_variant, tmp_path):
     """The variant and chunk are the best of the selection pairs' own run; reversing the evaluated
     pairs' gold scores changes the result and never the choice; reversing the selection pairs' does."""

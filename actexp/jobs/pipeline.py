@@ -69,7 +69,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
 
 
 def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
-    """The answer of the experiment in a few lines (all chunks together), retrieval with its 95 %
+    """The answer of the experiment in a few lines (all chunks together), retrieval with its bootstrap
     intervals, its chance level and the paired interval of centred minus raw."""
     def named(v):
         return "centred" if v == "centered" else v
