@@ -85,6 +85,7 @@ def test_a_ctrl_c_that_a_finaliser_swallows_still_stops_the_next_batch(ctrl_c_ha
             pass
 
 
+@pytest.mark.slow  # about 5 s each: a job each
 @pytest.mark.parametrize("job, shards", [("mean", "stats/*/shards/*.safetensors"), ("store", "vectors/*/shards/*.arrow")])
 def test_a_ctrl_c_just_after_a_shard_is_renamed_into_place_counts_it_as_saved(tmp_path, monkeypatch, ctrl_c_handler,
                                                                               job, shards):
