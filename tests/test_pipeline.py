@@ -213,11 +213,12 @@ def test_the_sweep_table_marks_the_best_row_of_each_question_metric(tmp_path):
     record(1, ["centering=corpus_mean"], (0.5, 0.6, 0.4), (0.8, 0.7, -0.05))
     record(2, ["centering=corpus_mean", "pooling=short"], (0.4, 0.5, 0.3), (0.9, 0.65, 0.2))
     record(3, ["centering=corpus_mean", "pooling=long"], (float("nan"), 0.1, 0.5), (float("nan"), 0.2, 0.6))
+    error = "the centring identity fails for sample 03 in chunk exp0.159: check the mean (job=mean) it was centred with"
     write_json(tmp_path / "4_bad" / "metrics.json", {"job": "pipeline", "status": "failed", "overrides": ["+experiment=x"],
-                                                      "metrics": {}, "error": "the centring identity fails"})
+                                                      "metrics": {}, "error": error})
     rows = summary_table(tmp_path).splitlines()
     assert "0.100 -> 0.200" in rows[4] and rows[4].count("*") == 0  # a NaN is left out, not compared
-    assert "failed" in rows[5] and "the centring identity fails" in rows[5]  # why a job failed stays in the table
+    assert "failed" in rows[5] and error in rows[5]  # why a job failed, and its fix, stay in the table
     assert rows[1].split()[:3] == ["0", "centering=none", "ok"] and rows[1].count("->") == 0
     assert "0.800 -> 0.800" not in rows[2] and "0.500 -> 0.800  " in rows[2] and "0.600 -> 0.700 *" in rows[2]
     assert "0.400 -> -0.050 *" in rows[2]  # anisotropy: nearest 0 is best

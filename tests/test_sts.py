@@ -263,9 +263,11 @@ def test_bad_sts_settings_are_one_line(tmp_path):
              ("sts.fit=test", "sts.fit=test: use stsb .* or corpus"),
              ("sts.abtt_dims=0", "sts.abtt_dims=0 is out of range"),
              (f"sts.select_on={tmp_path}/absent.tsv", r"sts.select_on=\S+absent.tsv is not a file: give dev, or"),
-             ("sts.select_on=test", "sts.select_on=test: choose on dev"),
+             ("sts.select_on=test", "sts.select_on=test: use dev .*it is what reports"),
              ("bootstrap.level=1.5", "bootstrap.level=1.5 is out of range"),
-             ("bootstrap.resamples=0", "bootstrap.resamples=0 is out of range")]
+             ("bootstrap.resamples=0", "bootstrap.resamples=0 is out of range"),
+             ("bootstrap.resamples=199", "bootstrap.resamples=199 is too few for a 95 % interval: .* give at least 200"),
+             ("sts.select_on=train", "sts.select_on=train: use dev .*the fits are made on it")]
     # Each text paired with itself: cosines of 1 within a few ulps, a constant whose rounding is no ranking.
     same = tmp_path / "same.tsv"
     same.write_text("left\tright\tgold\n" + "".join(f"{a}\t{a}\t{s}\n" for a, _, s in PAIRS[:5]))

@@ -2,6 +2,8 @@
 anything runs, so a bad value is one line naming the key and its range instead of a failure deep
 in a job (or, worse, a silent meaning: max_docs=0 as "all", max_tokens=-3 as "drop 3 tokens")."""
 
+import math
+
 from ..errors import UserError
 
 # Keys whose values are whole numbers of at least 1 -> what null means (None: null is not allowed).
@@ -34,6 +36,9 @@ AT_LEAST_1 = {
 }
 
 
+TAIL_RESAMPLES = 5  # the fewest resamples beyond each end of a bootstrap interval
+
+
 def _get(cfg, key: str):
     node = cfg
     for part in key.split("."):
@@ -55,9 +60,14 @@ def check(cfg) -> None:
         value = _get(cfg, key)
         if value is not None and not isinstance(value, bool) and value < 0:
             raise UserError(f"{key}={value} is out of range: give a number of 0 or more")
-    level = _get(cfg, "bootstrap.level")
+    level, resamples = _get(cfg, "bootstrap.level"), _get(cfg, "bootstrap.resamples")
     if level is not None and not 0 < level < 1:
         raise UserError(f"bootstrap.level={level} is out of range: give a coverage between 0 and 1, e.g. 0.95")
+    if level is not None and isinstance(resamples, int) and resamples * (1 - level) / 2 < TAIL_RESAMPLES:
+        # A percentile interval's ends are read from its tails: with fewer draws there they are noise.
+        raise UserError(f"bootstrap.resamples={resamples} is too few for a {100 * level:g} % interval: each tail would "
+                        f"hold {resamples * (1 - level) / 2:g} resamples; give at least "
+                        f"{math.ceil(2 * TAIL_RESAMPLES / (1 - level) - 1e-9)}, or a lower bootstrap.level")
     low, high = _get(cfg, "plot.vmin"), _get(cfg, "plot.vmax")
     if low is not None and high is not None and low >= high:  # an empty or inverted colour scale
         raise UserError(f"plot.vmin={low:g} is not below plot.vmax={high:g}: give vmin < vmax (plot.vmin=-1 plot.vmax=1 "

@@ -66,12 +66,13 @@ def selection_pairs(cfg, evaluated: pairs_io.Pairs):
     if on is None:
         return None
     if on in pairs_io.STSB_SPLITS and on != "dev":
-        raise UserError(f"sts.select_on={on}: choose on dev (STS-B dev), or give a file of pairs; test is what reports "
-                        "and train is what fits")
+        raise UserError(f"sts.select_on={on}: use dev (STS-B dev) or a file of pairs; the {on} split may not choose "
+                        f"({'it is what reports' if on == 'test' else 'the fits are made on it'})")
     chosen = pairs_io.stsb("dev") if on == "dev" else pairs_io.from_file(on, list(cfg.sts.columns), "sts.select_on", "dev")
     if set(zip(chosen.a, chosen.b)) == set(zip(evaluated.a, evaluated.b)):
+        fix = "evaluate test (sts.split=test)" if evaluated.source == "stsb" else "give other pairs to choose on"
         raise UserError(f"sts.select_on={on} holds the pairs being evaluated ({evaluated.source} {evaluated.split}): "
-                        "choose on dev and evaluate test (sts.split=test), or give other pairs")
+                        f"{fix}")
     return chosen
 
 

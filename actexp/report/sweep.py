@@ -98,7 +98,9 @@ def summary_table(sweep_dir: Path) -> str:
                 text = " -> ".join(f"{v:.3f}" for v in values) if values else "-"
                 cells.append(text + (" *" if best[name][n] else ""))
         sts = record.get("job") == "sts" and record.get("metrics")
-        cells.append("" if shown else sts_result(record["metrics"]) if sts else headline(record)[:60])
+        # A failure's whole line: it says how to fix it.
+        result = headline(record) if record.get("status") != "ok" else headline(record)[:60]
+        cells.append("" if shown else sts_result(record["metrics"]) if sts else result)
         rows.append(cells)
     # The row's result: chosen on other pairs (sts.select_on) where it was, else the split's own best.
     sts = [(r.get("metrics") or {}).get("selected_spearman", (r.get("metrics") or {}).get("best_spearman"))
