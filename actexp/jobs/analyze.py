@@ -15,7 +15,7 @@ from ..data import labelled
 from ..errors import UserError
 from ..maths.analysis import analyze
 from ..report import plots
-from ..report.console import plural, wrote
+from ..report.console import plural, with_interval, wrote
 from ..store.io import write_json
 from ..store.reader import VectorStore
 from . import common
@@ -131,17 +131,13 @@ def summary(result, variants, task) -> str:
     return "\n".join(lines)
 
 
-def _with_interval(value: float, interval) -> str:
-    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-
-
 def retrieval_row(records, differences, metric: str, chunk: str = "all") -> str:
     """"raw 0.203 [0.12, 0.30] -> centered 0.164 [...] (chance 0.187); centered - raw -0.039 [...]": the
     variants of one metric with their intervals, chance, and each paired difference from the first."""
     own = [r for r in records if (r["metric"], r["chunk"]) == (metric, chunk)]
-    line = " -> ".join(f"{r['variant']} {_with_interval(r['value'], r.get('interval'))}" for r in own)
+    line = " -> ".join(f"{r['variant']} {with_interval(r['value'], r.get('interval'))}" for r in own)
     line += f" (chance {own[0]['chance']:.3f})" if own else ""
     for d in differences:
         if (d["metric"], d["chunk"]) == (metric, chunk):
-            line += f"; {d['variant']} - {d['minus']} {_with_interval(d['value'], d.get('interval'))}"
+            line += f"; {d['variant']} - {d['minus']} {with_interval(d['value'], d.get('interval'))}"
     return line

@@ -11,6 +11,7 @@ import logging
 from omegaconf import OmegaConf
 
 from ..errors import CheckFailed
+from ..report.console import metric_with_interval
 from ..store.io import vectors_csv_path
 from . import run as run_job
 
@@ -74,14 +75,10 @@ def summary(cfg, out_dir, metrics: dict, failed, variants) -> str:
     def named(v):
         return "centred" if v == "centered" else v
 
-    def value(name):
-        low, high = metrics.get(f"{name}/low"), metrics.get(f"{name}/high")
-        return f"{metrics[name]:.3f}" + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
-
     def pair(metric):
-        line = " -> ".join(f"{named(v)} {value(f'{metric}/{v}/all')}" for v in variants)
+        line = " -> ".join(f"{named(v)} {metric_with_interval(metrics, f'{metric}/{v}/all')}" for v in variants)
         diff = f"{metric}/centered-raw/all"
-        return line + (f"; centred - raw {value(diff)}" if diff in metrics else "")
+        return line + (f"; centred - raw {metric_with_interval(metrics, diff)}" if diff in metrics else "")
 
     # Retrieval needs labelled texts (the samples); other texts (csv.source=corpus) get geometry only.
     retrieval = [

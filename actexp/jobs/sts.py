@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
 from ..report import plots
-from ..report.console import wrote
+from ..report.console import with_interval, wrote
 from ..store import fits as fit_store
 from ..store.io import write_json
 from . import common
@@ -151,7 +151,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     selection = None
     if chooser is not None:  # the chooser's own records: the evaluated split's are not passed in
         chooser_records, _, _ = _scores(parsed, _vectors(backend, chooser, chunks, mean), fitted, settings, chunks,
-                                        chooser, fit_records, boot)
+                                        chooser, fit_records, None)  # values choose: no intervals to draw
         selection = select(chooser_records, chooser) | {"source": chooser.describe()}
         [result] = [r for r in records if (r["metric"], r["variant"], r["chunk"]) ==
                     ("spearman", selection["variant"], selection["chunk"])]
@@ -197,12 +197,12 @@ def _vectors(backend, pairs, chunks, mean) -> dict:
     return backend.vectors(texts, chunks, mean).by_variant()
 
 
-def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot: bootstrap.Bootstrap):
+def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot: Optional[bootstrap.Bootstrap]):
     """(records, cosines, resampled): one record per variant, chunk and metric (Spearman, Pearson; null
     where every cosine is the same) with its interval over resampled pairs; {(variant, chunk label): the
     cosine of each pair [P]}, per chunk and for all chunks side by side; and {(variant, chunk label):
-    the Spearman of each resample [B]}, for the paired differences."""
-    counts = boot.counts(len(pairs))  # [B, P] the same resamples for every variant: comparable, paired
+    the Spearman of each resample [B]}, for the paired differences. Without boot: no intervals."""
+    counts = None if boot is None else boot.counts(len(pairs))  # [B, P] the same resamples for every variant: paired
     index = {t: i for i, t in enumerate(pairs.texts())}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
@@ -220,7 +220,8 @@ def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot:
             if not np.isfinite(cos).all():
                 raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
                                 "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            resampled[(variant, label)] = bootstrap.spearman(cos, pairs.scores, counts)  # [B]
+            if counts is not None:
+                resampled[(variant, label)] = bootstrap.spearman(cos, pairs.scores, counts)  # [B]
             for metric, fn in (("spearman", spearman), ("pearson", pearson)):
                 value = fn(cos, pairs.scores)
                 if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
@@ -228,7 +229,7 @@ def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot:
                                 "%s is undefined (null)", variant, label, metric)
                 records.append({"metric": metric, "variant": variant, "chunk": label,
                                 "value": None if math.isnan(value) else value,
-                                "interval": None if math.isnan(value) else boot.interval(
+                                "interval": None if math.isnan(value) or counts is None else boot.interval(
                                     resampled[(variant, label)] if metric == "spearman"
                                     else bootstrap.pearson(cos, pairs.scores, counts)),
                                 "pairs": len(pairs), "split": pairs.split,
@@ -276,7 +277,7 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
     if chosen:
         log.info(f"chosen on {chosen['source']['pairs']} {chosen['source']['split']} ({chosen['source']['n_pairs']} pairs, "
                  f"Spearman x 100 {100 * chosen['chosen_by']:.2f}): {chosen['variant']}, {chosen['chunk']} -> "
-                 f"{pairs.split} {_cell(chosen['spearman'], chosen['interval'])}: the result")
+                 f"{pairs.split} {with_interval(chosen['spearman'], chosen['interval'], 100, 2)}: the result")
     wrote(log, written)
     # The metrics under the names the README gives, logged once by the caller (run.py) as every job's are.
     metrics = {}
@@ -292,13 +293,6 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
             metrics["selected_spearman/low"], metrics["selected_spearman/high"] = chosen["interval"]
     return metrics | {"best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})",
                       "best_spearman": spearman_of[best]}
-
-
-def _cell(value, interval) -> str:
-    """Spearman x 100 with its interval."""
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}" + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
 
 
 def intervals(records: List[dict], differences: List[dict], boot: dict) -> str:

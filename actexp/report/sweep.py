@@ -15,6 +15,8 @@ from typing import List, Optional
 
 from hydra.experimental.callback import Callback
 
+from .console import metric_with_interval
+
 # The number a sweep over a job is usually about.
 HEADLINE = {"extract": "norm", "similarity": "cosine", "mean": "tokens", "store": "docs", "csv": "tokens",
             "compare": "worst_rel_error", "plot": None, "visualize": None,
@@ -35,10 +37,7 @@ def headline(record: dict) -> str:
 
 def _with_interval(metrics: dict, name: str) -> str:
     """Spearman x 100 of `name` with its interval, or "-"."""
-    value, low, high = (metrics.get(f"{name}{end}") for end in ("", "/low", "/high"))
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}" + ("" if low is None else f" [{100 * low:.2f}, {100 * high:.2f}]")
+    return metric_with_interval(metrics, name, 100, 2)
 
 
 def sts_result(metrics: dict) -> str:
@@ -97,10 +96,10 @@ def summary_table(sweep_dir: Path) -> str:
                 shown = shown or bool(values)
                 text = " -> ".join(f"{v:.3f}" for v in values) if values else "-"
                 cells.append(text + (" *" if best[name][n] else ""))
-        sts = record.get("job") == "sts" and record.get("metrics")
+        is_sts = record.get("job") == "sts" and record.get("metrics")
         # A failure's whole line: it says how to fix it.
         result = headline(record) if record.get("status") != "ok" else headline(record)[:60]
-        cells.append("" if shown else sts_result(record["metrics"]) if sts else result)
+        cells.append("" if shown else sts_result(record["metrics"]) if is_sts else result)
         rows.append(cells)
     # The row's result: chosen on other pairs (sts.select_on) where it was, else the split's own best.
     sts = [(r.get("metrics") or {}).get("selected_spearman", (r.get("metrics") or {}).get("best_spearman"))
