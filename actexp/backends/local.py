@@ -4,6 +4,7 @@ import ctypes
 import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
 from ..maths.centering import CorpusMean, MeanAccumulator
 from ..maths.pooling import Chunk, pool, weights
-from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream
+from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream, stream_blocks
 from ..models.identity import identity
 from ..models.loading import LoadedModel, load_model
 from ..models.spec import ModelSpec
@@ -64,6 +65,16 @@ PACKING_TOLERANCE = {torch.float32: 1e-4}  # half precision: 5e-2
 RESULTS_ON_DEVICE = 1 << 30  # bytes of a call's vectors kept on a GPU until the call ends (Pythia-12B long: 13k texts)
 
 
+def _check_room(size: int, n: int, blocks: int, width: int) -> None:
+    """model.layers=each keeps [N, L, C*H] float32 (twice with centring) in this machine's memory: refused
+    in one line when it would take more than half of the memory available now."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if size > available / 2:
+        raise UserError(f"model.layers=each: the vectors of {n} texts x {blocks} blocks x {width} dims take "
+                        f"{size / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB free here: pool "
+                        "fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their mean), or use fewer texts")
+
+
 class LocalBackend:
     """The model in this process; texts go through it in packs of batching.batch_tokens token slots."""
 
@@ -79,7 +90,7 @@ class LocalBackend:
     @classmethod
     def from_config(cls, cfg) -> "LocalBackend":
         hw = cfg.hardware
-        return cls(ModelSpec.from_config(cfg.model, hw), hw.device, Batching.from_config(hw), hw.threads,
+        return cls(ModelSpec.from_config(cfg.model, hw, cfg.get("prompt")), hw.device, Batching.from_config(hw), hw.threads,
                    hash_cache(cfg.paths.artifacts))
 
     @property
@@ -97,14 +108,15 @@ class LocalBackend:
         return self._metadata
 
     def _encode(self, texts: Sequence[str]):
-        ids, truncated = self.lm.encode(texts)
+        """(ids, truncated, spans): the sequences the model reads, and the [start, end) each vector pools."""
+        ids, truncated, spans = self.lm.text.encode_spans(texts)
         if any(truncated):
             log.warning("%d of %d texts were truncated to model.max_tokens=%d tokens",
                         sum(truncated), len(texts), self.lm.text.max_tokens)
         empty = [i for i, x in enumerate(ids) if not x]
         if empty:
             raise UserError(f"text {empty[0]} has no tokens: give non-empty texts")
-        return ids, truncated
+        return ids, truncated, spans
 
     def checked_batching(self) -> Batching:
         """self.batching, with packing checked on the model once: a model whose texts do not stay apart
@@ -123,24 +135,43 @@ class LocalBackend:
         return stream(self.lm, ids, self.checked_batching())
 
     def vectors(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: Optional[CorpusMean] = None) -> Pooled:
-        """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given. They stay on
-        the device until every pack has run (one copy to the host, not one wait per pack), unless they
-        would take more than RESULTS_ON_DEVICE bytes of its memory."""
-        ids, truncated = self._encode(texts)
-        dims = len(chunks) * self.lm.hidden_size
-        size = len(texts) * dims * 4 * (1 if mean is None else 2)
+        """Raw vectors, and centred ones (h_t - mu_t pooled) too when a corpus mean is given; each pools
+        its text's span of the prompt. With model.layers=each, block k's vector is dims k*C*H.. of the
+        row, pooled in the block's hook. They stay on the device until every pack has run (one copy
+        to the host, not one wait per pack), unless they would take more than RESULTS_ON_DEVICE bytes."""
+        ids, truncated, spans = self._encode(texts)
+        blocks = len(self.lm.layer_ids) if self.lm.per_block else 1
+        width = len(chunks) * self.lm.hidden_size  # C*H: one block's vector
+        size = len(texts) * blocks * width * 4 * (1 if mean is None else 2)
+        if blocks > 1:
+            _check_room(size, len(texts), blocks, width)
         device = self.lm.device if size <= RESULTS_ON_DEVICE else torch.device("cpu")
-        raw = torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
-        centered = None if mean is None else torch.empty(len(texts), dims, dtype=torch.float32, device=device)  # [N, C*H]
+        raw = torch.empty(len(texts), blocks * width, dtype=torch.float32, device=device)  # [N, L*C*H]
+        centered = None if mean is None else torch.empty_like(raw)  # [N, L*C*H]
         mu = None if mean is None else self._on_device(mean)
+
+        def pool_into(which, x, lengths, k, mu_k):
+            pooled = pool(x, lengths, chunks, (None,) if mu_k is None else (None, mu_k), [spans[i] for i in which])
+            columns = slice(k * width, (k + 1) * width)
+            raw[which, columns] = pooled[0].to(device)
+            if mu_k is not None:
+                centered[which, columns] = pooled[1].to(device)
+
+        def on_block(pack, k, out):  # model.layers=each: block k's own slice of the mean, as it was accumulated
+            H = self.lm.hidden_size
+            mu_k = None if mu is None else (mu[0][:, k * H:(k + 1) * H], None if mu[1] is None else mu[1][k * H:(k + 1) * H])
+            for which, x, lengths in segments(pack, out):
+                pool_into(which, x, lengths, k, mu_k)
+
         with progress(total=sum(len(x) for x in ids), desc="vectors", unit="token") as bar:
-            for pack, h in self._batches(ids):
-                for which, x, lengths in segments(pack, h):
-                    pooled = pool(x, lengths, chunks, (None,) if mu is None else (None, mu))
-                    raw[which] = pooled[0].to(device)
-                    if mu is not None:
-                        centered[which] = pooled[1].to(device)
-                bar.update(sum(pack.lengths))
+            if self.lm.per_block:
+                for pack in stream_blocks(self.lm, ids, self.checked_batching(), on_block):
+                    bar.update(sum(pack.lengths))
+            else:
+                for pack, h in self._batches(ids):
+                    for which, x, lengths in segments(pack, h):
+                        pool_into(which, x, lengths, 0, mu)
+                    bar.update(sum(pack.lengths))
         raw, centered = raw.cpu(), None if centered is None else centered.cpu()
         self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
         return Pooled(raw, centered, [len(x) for x in ids], truncated)
@@ -154,18 +185,19 @@ class LocalBackend:
         CorpusMean.rows or .to. The texts are batched as vectors() batches them, so each h is the one
         vectors() pooled (in half precision a text's h depends on its batch); batches holding none
         of `which` are not run."""
-        ids, _ = self._encode(texts)
+        ids, _, spans = self._encode(texts)
         wanted, out = set(which), {}
         layer_mean = LayerMean(self.lm.blocks, self.lm.layer_ids)
         for pack in self.checked_batching().packs([len(x) for x in ids]):
-            spans = [k for k, i in enumerate(pack.texts) if i in wanted]
-            if not spans:
+            chosen = [k for k, i in enumerate(pack.texts) if i in wanted]
+            if not chosen:
                 continue
             h = layer_mean(self.lm.body, *batch_ids(self.lm, ids, pack)).cpu()  # [R, W, H] float32
-            for k in spans:
+            for k in chosen:
                 row, start, n = pack.rows[k], pack.starts[k], pack.lengths[k]
-                centred = h[row, start:start + n].double() - mean.rows(n).double()  # [n, H]
-                out[pack.texts[k]] = (weights(tuple(chunks), n) @ centred).reshape(-1)  # [C*H]
+                first, end = spans[pack.texts[k]]
+                centred = h[row, start + first:start + end].double() - mean.rows(n).double()[first:end]  # [end - first, H]
+                out[pack.texts[k]] = (weights(tuple(chunks), end - first) @ centred).reshape(-1)  # [C*H]
         return out
 
     def _on_device(self, mean: CorpusMean):
@@ -187,14 +219,25 @@ class LocalBackend:
 
     def mean_stats(self, texts: Sequence[str]) -> MeanAccumulator:
         """Per-position float64 sum and count of h_t over the texts (one shard of a corpus mean)."""
-        ids, _ = self._encode(texts)
-        acc = MeanAccumulator(self.lm.hidden_size, self.lm.device)
+        ids, _, _ = self._encode(texts)  # the mean covers every position of the templated sequence, not a span
+        blocks = len(self.lm.layer_ids) if self.lm.per_block else 1
+        acc = MeanAccumulator(blocks * self.lm.hidden_size, self.lm.device)  # blocks side by side for layers=each
         trim = TRIM_HEAP if self.lm.device.type == "cpu" else None  # CUDA has its own caching allocator
-        for pack, h in self._batches(ids):
-            for _, x, lengths in segments(pack, h):
-                acc.add(x, lengths)
-            if trim is not None:
+
+        def on_block(pack, k, out):
+            for _, x, lengths in segments(pack, out):
+                acc.add(x, lengths, k)
+
+        passes = (stream_blocks(self.lm, ids, self.checked_batching(), on_block) if self.lm.per_block
+                  else self._batches(ids))
+        for item in passes:
+            if not self.lm.per_block:
+                _, h = item
+                for _, x, lengths in segments(*item):
+                    acc.add(x, lengths)
                 del h
+            if trim is not None:
+                del item
                 trim(0)
         if not torch.isfinite(acc.sum).all():
             raise UserError(f"the activations of these documents are not finite in model.dtype={self.spec.dtype}: "

@@ -128,7 +128,7 @@ class ModalBackend:
 
     @classmethod
     def from_config(cls, cfg) -> "ModalBackend":
-        return cls(ModelSpec.from_config(cfg.model, cfg.hardware),
+        return cls(ModelSpec.from_config(cfg.model, cfg.hardware, cfg.get("prompt")),
                    SimpleNamespace(**OmegaConf.to_container(cfg.hardware, resolve=True)),
                    hash_cache(cfg.paths.artifacts))
 

@@ -82,6 +82,14 @@ class CenteringConfig:
 
 
 @dataclass
+class PromptConfig:
+    name: str = "none"
+    template: Optional[str] = None
+    chat: bool = False
+    span: str = "text"
+
+
+@dataclass
 class HardwareConfig:
     name: str = "cpu"
     backend: str = "local"
@@ -236,6 +244,7 @@ class Config:
     job: JobConfig = field(default_factory=JobConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     centering: CenteringConfig = field(default_factory=CenteringConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)

@@ -10,6 +10,7 @@ from ..config.suggest import check_keys
 from ..errors import UserError
 from ..report.tracking import NULL
 
+PER_BLOCK = ("sts", "mean")  # the jobs that take model.layers=each's one vector per block
 NAMES = ("extract", "similarity", "mean", "store", "csv", "compare", "plot", "visualize", "analyze", "neighbors",
          "pipeline", "bench", "sts")
 
@@ -25,6 +26,9 @@ def check(name: str, cfg):
     job = get(name)
     check_keys(cfg)
     ranges.check(cfg)
+    if cfg.model.get("layers") == "each" and name not in PER_BLOCK:
+        raise UserError(f"model.layers=each gives one vector per block, which job={name} cannot use: use it with "
+                        f"{' or '.join('job=' + j for j in PER_BLOCK)}, or give model.layers=all or a list of blocks")
     return job
 
 

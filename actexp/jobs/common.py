@@ -12,10 +12,10 @@ from ..errors import UserError
 from ..maths.bootstrap import Bootstrap
 from ..maths.centering import CorpusMean
 from ..maths.pooling import Chunk
-from ..models.identity import model_identity
+from ..models.identity import mean_identity, model_identity
 from ..models.spec import ModelSpec
 from ..store.io import read_vectors_csv, vectors_csv_path
-from ..store.layout import hash_cache, mismatch
+from ..store.layout import hash_cache, mismatch, stream_width
 from ..store.layout import root as store_root
 from ..store.means import Stats, load_mean
 from ..version import __version__
@@ -79,7 +79,7 @@ def _own_store(shared: Path) -> str:
 
 
 def model_spec(cfg) -> ModelSpec:
-    return ModelSpec.from_config(cfg.model, cfg.hardware)
+    return ModelSpec.from_config(cfg.model, cfg.hardware, cfg.get("prompt"))
 
 
 def corpus_of(cfg):
@@ -92,7 +92,8 @@ def corpus_of(cfg):
 def stats_of(cfg, corpus=None, model_id: Optional[dict] = None) -> Stats:
     """The mean's sums of this config: model identity, the corpus's content and its shard size."""
     corpus = corpus or corpus_of(cfg)
-    return Stats(store_root(cfg.paths.artifacts), model_id or model_identity(cfg), corpus.id, cfg.corpus.shard_size)
+    return Stats(store_root(cfg.paths.artifacts), mean_identity(model_id or model_identity(cfg)), corpus.id,
+                 cfg.corpus.shard_size)
 
 
 def configured_mean_path(cfg, model_id: Optional[dict] = None) -> Path:
@@ -115,7 +116,7 @@ def corpus_mean(cfg, required: bool = False, tracker=None) -> Optional[CorpusMea
     """
     if cfg.centering.name == "none" and not required:
         return None
-    model_id = model_identity(cfg)
+    model_id = mean_identity(model_identity(cfg))
     if cfg.centering.mean_path == "auto":
         path = configured = configured_mean_path(cfg, model_id)
         if not path.is_file():
@@ -139,9 +140,9 @@ def corpus_mean(cfg, required: bool = False, tracker=None) -> Optional[CorpusMea
             configured = None
     mean = load_mean(path)
     diff = mismatch(mean.metadata, model_id)
-    if diff is None and (mean.positions, mean.mean.shape[1]) != (model_id["max_tokens"], model_id["hidden_size"]):
+    if diff is None and (mean.positions, mean.mean.shape[1]) != (model_id["max_tokens"], stream_width(model_id)):
         diff = (f"{mean.positions} positions of {mean.mean.shape[1]} dims (this model needs "
-                f"{model_id['max_tokens']} of {model_id['hidden_size']})")
+                f"{model_id['max_tokens']} of {stream_width(model_id)})")
     if diff:
         raise UserError(f"corpus mean {path} does not fit this model: it has {diff}; compute one with `{mean_command()}`")
     if configured is None or mean.metadata.get("mean_id") != configured.parent.name:

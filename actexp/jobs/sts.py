@@ -28,6 +28,7 @@ from ..errors import UserError
 from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
+from ..maths.parts import Parts
 from ..report import plots
 from ..report.console import with_interval, wrote
 from ..store import fits as fit_store
@@ -105,23 +106,31 @@ def _check_fit(s, methods, n_texts: int, h: int) -> None:
                             f"set sts.whitening_dims to {n_texts - 1} or fewer, or fit on more texts")
 
 
+def n_blocks(model: dict) -> int:
+    """Vectors per text: one per block for model.layers=each, else one (the blocks' mean)."""
+    return len(model["layers"]["each"]) if isinstance(model["layers"], dict) else 1
+
+
 def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
-    """{base: [Fit per chunk]} and what each was made from: stored fits reused, missing ones fitted on
-    the fit set's vectors, computed once (raw and centred from one pass) and only if a fit is missing."""
+    """{base: [Fit per part]} and what each was made from: stored fits reused, missing ones fitted on
+    the fit set's vectors, computed once (raw and centred from one pass) and only if a fit is missing.
+    A part is a chunk, of each block too for model.layers=each (maths/parts.py)."""
     computed, fitted, records = {}, {}, {}
+    blocks = n_blocks(backend.metadata)
 
     def fit_vectors(base):
         if not computed:
             log.info("sts: vectors of the fit set %s (%d texts)", described["name"], len(fit_texts))
             computed.update(backend.vectors(fit_texts, chunks, mean).by_variant())
-        return computed[base]
+        return Parts(computed[base], len(chunks), blocks)
 
     by_content = {k: v for k, v in described.items() if k not in ("path", "corpus_id")} | {"texts": len(fit_texts)}
     for base in bases:
         identity = {"model": backend.metadata, "pooling": common.pooling_record(cfg.pooling)["chunks"],
                     "fit_set": by_content, "base": base, "mean_sha256": mean.sha256 if base == "centered" else None}
         fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
-                                                        lambda base=base: fit_vectors(base), len(chunks))
+                                                        lambda base=base: fit_vectors(base),
+                                                        len(chunks) * (blocks + (blocks > 1)))
         records[base] = {"path": str(path), "sha256": sha, "fit_set": described | {"texts": len(fit_texts)}}
     return fitted, records
 
@@ -146,13 +155,17 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
     boot = common.bootstrap_of(cfg)
-    records, scores, resampled = _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot)
+    blocks = n_blocks(backend.metadata)
+    records, scores, resampled = _scores(parsed, vectors, fitted, settings, chunks, blocks, pairs, fit_records, boot)
     differences = _differences(scores, resampled, list(parsed), pairs, boot)
     selection = None
     if chooser is not None:  # the chooser's own records: the evaluated split's are not passed in
         chooser_records, _, _ = _scores(parsed, _vectors(backend, chooser, chunks, mean), fitted, settings, chunks,
-                                        chooser, fit_records, None)  # values choose: no intervals to draw
+                                        blocks, chooser, fit_records, None)  # values choose: no intervals to draw
         selection = select(chooser_records, chooser) | {"source": chooser.describe()}
+        # What chose, kept for the record (and for a table that chooses per prompt or variant): values only.
+        selection["records"] = [{k: r[k] for k in ("metric", "variant", "chunk", "value")}
+                                for r in chooser_records if r["metric"] == "spearman"]
         [result] = [r for r in records if (r["metric"], r["variant"], r["chunk"]) ==
                     ("spearman", selection["variant"], selection["chunk"])]
         selection |= {"spearman": result["value"], "interval": result["interval"], "split": pairs.split}
@@ -197,43 +210,52 @@ def _vectors(backend, pairs, chunks, mean) -> dict:
     return backend.vectors(texts, chunks, mean).by_variant()
 
 
-def _scores(parsed, vectors, fitted, settings, chunks, pairs, fit_records, boot: Optional[bootstrap.Bootstrap]):
-    """(records, cosines, resampled): one record per variant, chunk and metric (Spearman, Pearson; null
-    where every cosine is the same) with its interval over resampled pairs; {(variant, chunk label): the
-    cosine of each pair [P]}, per chunk and for all chunks side by side; and {(variant, chunk label):
+def _scores(parsed, vectors, fitted, settings, chunks, blocks: int, pairs, fit_records,
+            boot: Optional[bootstrap.Bootstrap]):
+    """(records, cosines, resampled): one record per variant, part and metric (Spearman, Pearson; null
+    where every cosine is the same) with its interval over resampled pairs; {(variant, label): the
+    cosine of each pair [P]}, per chunk and for a group's chunks side by side ("all"; per block and
+    for the blocks' mean with model.layers=each: "b3/exp0.023", "mean/all"); and {(variant, label):
     the Spearman of each resample [B]}, for the paired differences. Without boot: no intervals."""
     counts = None if boot is None else boot.counts(len(pairs))  # [B, P] the same resamples for every variant: paired
     index = {t: i for i, t in enumerate(pairs.texts())}
     pair_a, pair_b = (np.array([index[t] for t in side]) for side in (pairs.a, pairs.b))
     labels = [chunk_key(c.label) for c in chunks]  # "exp0.067": metric names and JSON as analysis.json
     records, scores, resampled = [], {}, {}
+
+    def score(variant, base, method, label, part):
+        cos = cosines(part, pair_a, pair_b)
+        scores[(variant, label)] = cos
+        if not np.isfinite(cos).all():
+            raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
+                            "pairs is not finite (a vector of zeros after post-processing): use another variant")
+        if counts is not None:
+            resampled[(variant, label)] = bootstrap.spearman(cos, pairs.scores, counts)  # [B]
+        for metric, fn in (("spearman", spearman), ("pearson", pearson)):
+            value = fn(cos, pairs.scores)
+            if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
+                log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
+                            "%s is undefined (null)", variant, label, metric)
+            records.append({"metric": metric, "variant": variant, "chunk": label,
+                            "value": None if math.isnan(value) else value,
+                            "interval": None if math.isnan(value) or counts is None else boot.interval(
+                                resampled[(variant, label)] if metric == "spearman"
+                                else bootstrap.pearson(cos, pairs.scores, counts)),
+                            "pairs": len(pairs), "split": pairs.split,
+                            "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
+
     for variant, (base, method) in parsed.items():
-        x = vectors[base].astype(np.float64)
-        try:
-            parts = (postprocess.per_chunk(x, len(chunks)) if method is None
-                     else postprocess.apply_per_chunk(method, x, fitted[base], **settings))
-        except ValueError as e:
-            raise UserError(f"sts variant {variant}: {e}") from None
-        for label, part in [*zip(labels, parts), ("all", np.concatenate(parts, 1))]:
-            cos = cosines(part, pair_a, pair_b)
-            scores[(variant, label)] = cos
-            if not np.isfinite(cos).all():
-                raise UserError(f"sts variant {variant}, chunk {label}: the cosine of {int((~np.isfinite(cos)).sum())} "
-                                "pairs is not finite (a vector of zeros after post-processing): use another variant")
-            if counts is not None:
-                resampled[(variant, label)] = bootstrap.spearman(cos, pairs.scores, counts)  # [B]
-            for metric, fn in (("spearman", spearman), ("pearson", pearson)):
-                value = fn(cos, pairs.scores)
-                if math.isnan(value):  # every pair got the same cosine (within rounding): no correlation is defined
-                    log.warning("sts variant %s, chunk %s: every pair has the same cosine (within rounding); "
-                                "%s is undefined (null)", variant, label, metric)
-                records.append({"metric": metric, "variant": variant, "chunk": label,
-                                "value": None if math.isnan(value) else value,
-                                "interval": None if math.isnan(value) or counts is None else boot.interval(
-                                    resampled[(variant, label)] if metric == "spearman"
-                                    else bootstrap.pearson(cos, pairs.scores, counts)),
-                                "pairs": len(pairs), "split": pairs.split,
-                                "fit_set": fit_records[base]["fit_set"]["name"] if method else None})
+        parts = Parts(vectors[base], len(chunks), blocks)
+        for group, members in parts.groups(labels):
+            done = []
+            for i, label in members:
+                try:
+                    part = parts[i] if method is None else postprocess.apply(method, parts[i], fitted[base][i], **settings)
+                except ValueError as e:
+                    raise UserError(f"sts variant {variant}: {e}") from None
+                score(variant, base, method, label, part)
+                done.append(part)
+            score(variant, base, method, f"{group}all", np.concatenate(done, 1))
     return records, scores, resampled
 
 
@@ -261,18 +283,29 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
         raise UserError("every variant gave every pair the same cosine: no correlation is defined; "
                         "check the texts of the pairs file")
     best = max(defined, key=lambda k: spearman_of[k])
+    blocks = n_blocks(model)
+    group = "" if blocks == 1 else "mean/"  # the blocks' mean: model.layers=all's vectors
+    main = f"{group}all"
     written = [write_json(out / "sts.json", common.metadata(cfg, model, mean) | {"pairs": pairs.describe()} | made_with | {
         "records": records, "best": {"variant": best[0], "chunk": best[1], "spearman": spearman_of[best]}}),
-        plots.sts_scatter({v: scores[(v, "all")] for v in parsed}, pairs.scores,
-                          {v: spearman_of[(v, "all")] for v in parsed}, out / "sts_scatter.png",
-                          f"{pairs.source} {pairs.split}: cosine (all chunks) vs gold score, {model['model']}")]
+        plots.sts_scatter({v: scores[(v, main)] for v in parsed}, pairs.scores,
+                          {v: spearman_of[(v, main)] for v in parsed}, out / "sts_scatter.png",
+                          f"{pairs.source} {pairs.split}: cosine ({'mean of the blocks, ' if group else ''}all chunks) "
+                          f"vs gold score, {model['model']}")]
+    if blocks > 1:
+        written.append(plots.sts_layers({v: [spearman_of[(v, f"b{k}/all")] for k in range(blocks)] for v in parsed},
+                                        {v: spearman_of[(v, main)] for v in parsed}, out / "sts_layers.png",
+                                        f"{pairs.source} {pairs.split}: Spearman by block (all chunks), {model['model']}"))
     differences = made_with["differences"]
     tracker.table("sts", ["metric", "variant", "chunk", "value", "low", "high"],
                   [[r["metric"], r["variant"] if "minus" not in r else f"{r['variant']}-{r['minus']}", r["chunk"],
                     r["value"], *(r["interval"] or [None, None])] for r in records + differences])
     tracker.images(written[1:])
-    log.info(table(spearman_of, list(parsed), [chunk_key(c.label) for c in chunks], pairs))
-    log.info(intervals(records, differences, made_with["bootstrap"]))
+    log.info(table(spearman_of, list(parsed), [group + chunk_key(c.label) for c in chunks], pairs, main))
+    if blocks > 1:
+        log.info(table(spearman_of, list(parsed), [f"b{k}/all" for k in range(blocks)], pairs, main,
+                       "by block, each block's chunks side by side"))
+    log.info(intervals(records, differences, made_with["bootstrap"], main))
     chosen = made_with["selection"]
     if chosen:
         log.info(f"chosen on {chosen['source']['pairs']} {chosen['source']['split']} ({chosen['source']['n_pairs']} pairs, "
@@ -288,45 +321,48 @@ def _report(cfg, out: Path, tracker, model: dict, mean, pairs, parsed, chunks, r
             if r["interval"]:
                 metrics[f"{name}/low"], metrics[f"{name}/high"] = r["interval"]
     if chosen:
-        metrics |= {"selected_spearman": chosen["spearman"], "selected": f"{chosen['variant']}, {chosen['chunk']}"}
+        metrics |= {"selected_spearman": chosen["spearman"], "selected": f"{chosen['variant']}, {chosen['chunk']}",
+                    "selected_chosen_by": chosen["chosen_by"]}
         if chosen["interval"]:
             metrics["selected_spearman/low"], metrics["selected_spearman/high"] = chosen["interval"]
     return metrics | {"best": f"Spearman x 100 {100 * spearman_of[best]:.2f} ({best[0]}, {best[1]})",
                       "best_spearman": spearman_of[best]}
 
 
-def intervals(records: List[dict], differences: List[dict], boot: dict) -> str:
-    """All chunks: each variant's Spearman x 100 with its interval, and minus the first variant's, paired."""
+def intervals(records: List[dict], differences: List[dict], boot: dict, main: str = "all") -> str:
+    """All chunks (of the blocks' mean for model.layers=each): each variant's Spearman x 100 with its
+    interval, and minus the first variant's, paired."""
     def cell(r):
         if r is None or r["value"] is None:
             return f"{'-':>24}"
         low, high = (f"{100 * x:.2f}" for x in r["interval"]) if r["interval"] else ("?", "?")
         return f"{100 * r['value']:>8.2f} [{low:>6}, {high:>6}]"
 
-    own = [r for r in records if (r["metric"], r["chunk"]) == ("spearman", "all")]
-    diff = {d["variant"]: d for d in differences if d["chunk"] == "all"}
+    own = [r for r in records if (r["metric"], r["chunk"]) == ("spearman", main)]
+    diff = {d["variant"]: d for d in differences if d["chunk"] == main}
     width = max(len(r["variant"]) for r in own) + 2
     first = own[0]["variant"]
-    lines = [f"All chunks, {100 * boot['level']:g} % intervals from {boot['resamples']} resamples of the pairs "
+    lines = [f"{'All chunks' if main == 'all' else 'The blocks mean, all chunks'}, {100 * boot['level']:g} % intervals from {boot['resamples']} resamples of the pairs "
              f"(seed {boot['seed']}); minus {first}: paired, the same resamples:",
              f"{'':<{width}}{'Spearman x 100':>24}{'minus ' + first:>24}"]
     lines += [f"{r['variant']:<{width}}{cell(r)}{cell(diff.get(r['variant']))}" for r in own]
     return "\n".join(lines)
 
 
-def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs) -> str:
-    """Spearman x 100 per variant: all chunks, then each chunk; the best value of each column marked *."""
-    columns = ["all", *labels]
+def table(spearman_of: Dict, variants: List[str], labels: List[str], pairs, main: str = "all",
+          what: str = "") -> str:
+    """Spearman x 100 per variant: `main` (all chunks), then each label; the best value of each column marked *."""
+    columns = [main, *labels]
     top = {c: max((spearman_of[(v, c)] for v in variants if spearman_of[(v, c)] is not None), default=None)
            for c in columns}
-    width = max(len(v) for v in variants) + 2
+    width, w = max(len(v) for v in variants) + 2, max(12, max(len(c) for c in columns) + 2)
 
     def cell(v, c):
         value = spearman_of[(v, c)]
-        return f"{'-':>11} " if value is None else f"{100 * value:>11.2f}{'*' if value == top[c] else ' '}"
+        return f"{'-':>{w - 1}} " if value is None else f"{100 * value:>{w - 1}.2f}{'*' if value == top[c] else ' '}"
 
-    lines = [f"Spearman x 100 of cosine vs gold score, {len(pairs)} pairs ({pairs.source} {pairs.split}):",
-             " " * width + "".join(f"{c:>12}" for c in columns)]
+    lines = [f"Spearman x 100 of cosine vs gold score, {len(pairs)} pairs ({pairs.source} {pairs.split}){', ' + what if what else ''}:",
+             " " * width + "".join(f"{c:>{w}}" for c in columns)]
     lines += [f"{v:<{width}}" + "".join(cell(v, c) for c in columns) for v in variants]
     lines.append("(* the best variant of each column; - undefined: every pair had the same cosine)")
     return "\n".join(lines)

@@ -30,14 +30,19 @@ class MeanAccumulator:
             self.sum = torch.cat([self.sum, self.sum.new_zeros(extra, self.sum.shape[1])])
             self.count = torch.cat([self.count, self.count.new_zeros(extra)])
 
-    def add(self, h: torch.Tensor, lengths: Sequence[int]) -> None:
+    def add(self, h: torch.Tensor, lengths: Sequence[int], block: Optional[int] = None) -> None:
         """Add the real positions of a right-padded batch h [B, T, H]: one masked float64 sum over the
-        batch (a loop over its texts left the C heap fragmented and launched a kernel per text)."""
-        T = h.shape[1]
+        batch (a loop over its texts left the C heap fragmented and launched a kernel per text).
+        With block k, h is the k-th of the blocks whose streams lie side by side in the sum's columns
+        (model.layers=each); the texts are counted with block 0."""
+        T, H = h.shape[1], h.shape[2]
         self._grow(T)
         valid = torch.arange(T, device=h.device)[None, :] < to_device(lengths, torch.int64, h.device)[:, None]  # [B, T]
+        columns = slice(None) if block is None else slice(block * H, (block + 1) * H)
         # A copy even when h is float64 already: the caller's h is left as it was.
-        self.sum[:T] += h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0).sum(0)  # [T, H]
+        self.sum[:T, columns] += h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0).sum(0)  # [T, H]
+        if block:
+            return
         self.count[:T] += valid.sum(0)
         self.docs += len(lengths)
         self.tokens += sum(lengths)

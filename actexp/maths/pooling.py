@@ -51,12 +51,16 @@ def to_device(values: Sequence, dtype: torch.dtype, device) -> torch.Tensor:
     return on_device(torch.tensor(values, dtype=dtype), device)
 
 
-def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, device) -> torch.Tensor:
+def batch_weights(chunks: Sequence[Chunk], lengths: Sequence[int], width: int, device,
+                  starts: Optional[Sequence[int]] = None) -> torch.Tensor:
     """The weight formulas of docs/math.md, for all chunks of a right-padded batch, built on its device:
-    [B, C, width] float64, zero past each text's end."""
+    [B, C, width] float64 over the lengths[b] tokens from starts[b] (0 if not given), zero elsewhere:
+    a span inside a templated sequence is weighted as a text of its own length."""
     n = to_device(lengths, torch.float64, device)[:, None]  # [B, 1]
     t = torch.arange(width, dtype=torch.float64, device=device)[None, :]  # [1, T]
-    valid = t < n  # [B, T]
+    if starts is not None:
+        t = t - to_device(starts, torch.float64, device)[:, None]  # [B, T]: position within the span
+    valid = (t >= 0) & (t < n)  # [B, T]
     rows = []
     for chunk in chunks:
         if chunk.kind == "last":
@@ -85,8 +89,11 @@ def pooled_mean(w: torch.Tensor, mean: torch.Tensor, tail: Optional[torch.Tensor
 
 
 def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
-         means: Sequence[Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]] = (None,)) -> List[torch.Tensor]:
+         means: Sequence[Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]] = (None,),
+         spans: Optional[Sequence[Tuple[int, int]]] = None) -> List[torch.Tensor]:
     """Pooled vectors of a right-padded batch h [B, T, H]: one [B, C*H] float32 tensor per entry of means.
+    Each text pools its span [start, end) of its lengths[b] tokens (all of them if spans is None);
+    the mean is indexed by the position in the whole sequence, as it was accumulated.
 
     An entry None pools h_t (raw); a per-position corpus mean, (mean [P, H], tail [H] for t >= P)
     as CorpusMean.to gives it (float64), pools h_t - mu_t (centred, subtracted before pooling). The
@@ -98,7 +105,8 @@ def pool(h: torch.Tensor, lengths: Sequence[int], chunks: Sequence[Chunk],
     keeps, even where the mean dominates the stream (|Wh| / |W(h - mean)| of 10^3 costs 10^-13).
     """
     B, T, _ = h.shape
-    w = batch_weights(chunks, lengths, T, h.device)  # [B, C, T] float64
+    w = (batch_weights(chunks, lengths, T, h.device) if spans is None else
+         batch_weights(chunks, [e - s for s, e in spans], T, h.device, [s for s, _ in spans]))  # [B, C, T] float64
     valid = to_device(lengths, torch.int64, h.device)[:, None] > torch.arange(T, device=h.device)  # [B, T]
     # A copy even when h is float64 already: the caller's h is left as it was.
     x = h.to(torch.float64, copy=True).masked_fill_(~valid[..., None], 0.0)  # [B, T, H]: pads may hold anything

@@ -1,4 +1,5 @@
-"""The layer-reduced residual stream h_t of docs/math.md, for batches of token ids.
+"""The layer-reduced residual stream h_t of docs/math.md, for batches of token ids (or, for
+model.layers=each, every selected block's stream handed on as it is made).
 
 Texts are packed into rows without padding between them (positions restart at 0 for each text,
 and attention stays within it), or right-padded one per row (hardware.packing=false). Forward
@@ -156,6 +157,35 @@ class LayerMean:
         return h
 
 
+class BlockOutputs:
+    """Forward hooks that hand each selected block's raw output [R, W, H] to a callback as the block
+    makes it (model.layers=each): the callback pools or sums it, so no stack of blocks is ever kept."""
+
+    def __init__(self, blocks: Sequence[torch.nn.Module], layer_ids: Sequence[int]):
+        self.blocks, self.layer_ids = blocks, list(layer_ids)
+        self.stop_early = self.layer_ids[-1] < len(blocks) - 1
+
+    @torch.inference_mode()
+    def __call__(self, body: torch.nn.Module, on_block, input_ids: torch.Tensor,
+                 position_ids: Optional[torch.Tensor] = None) -> None:
+        """on_block(k, out [R, W, H]) for the k-th selected block, in order; rows as LayerMean takes them."""
+        def hook_of(k: int):
+            def hook(module, args, output):
+                on_block(k, output[0] if isinstance(output, tuple) else output)  # [R, W, H]
+                if self.stop_early and k == len(self.layer_ids) - 1:
+                    raise _StopForward
+            return hook
+
+        handles = [self.blocks[i].register_forward_hook(hook_of(k)) for k, i in enumerate(self.layer_ids)]
+        try:
+            body(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], pack: Pack) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(input_ids [R, W], position_ids [R, W] or None for a padded pack) of one pack, on the model's device.
     Positions restart at 0 for each text; every pad has position 0, a sequence of its own (a row of
@@ -222,6 +252,18 @@ def packing_error(lm: LoadedModel) -> float:
     packed = layer_mean(lm.body, *batch_ids(lm, [first, second, first], pack))[0, 7:]  # [5, H]
     alone = layer_mean(lm.body, *batch_ids(lm, [second], padded_packs([5], 64)[0]))[0]  # [5, H]
     return ((packed - alone).norm() / alone.norm()).item()
+
+
+def stream_blocks(lm: LoadedModel, ids: Sequence[Sequence[int]], batching: Batching, on_block) -> Iterator[Pack]:
+    """model.layers=each: per forward pass, on_block(pack, k, out [R, W, H]) for each selected block k as
+    it is made, then the pack."""
+    if min((len(x) for x in ids), default=1) < 1:
+        raise ValueError("every text needs at least one token")
+    outputs = BlockOutputs(lm.blocks, lm.layer_ids)
+    for pack in batching.packs([len(x) for x in ids]):
+        check_interrupt()
+        outputs(lm.body, lambda k, out: on_block(pack, k, out), *batch_ids(lm, ids, pack))
+        yield pack
 
 
 def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batching: Batching) -> Iterator[Tuple[Pack, torch.Tensor]]:

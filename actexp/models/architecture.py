@@ -60,12 +60,12 @@ def find_blocks(model: torch.nn.Module, path: Optional[str] = None) -> Sequence[
 
 def select_layers(layers, n_blocks: int) -> List[int]:
     """`all` or a list of block indices (negative counts from the end) -> sorted unique indices."""
-    if layers == "all":
+    if layers in ("all", "each"):  # each: every block, one vector apiece
         return list(range(n_blocks))
     if isinstance(layers, int):
         layers = [layers]
     if isinstance(layers, str) or not all(isinstance(i, int) for i in layers) or len(layers) == 0:
-        raise UserError(f"model.layers must be all or a list of block indices, got {layers!r}")
+        raise UserError(f"model.layers must be all, each or a list of block indices, got {layers!r}")
     bad = [i for i in layers if not -n_blocks <= i < n_blocks]
     if bad:
         raise UserError(f"model.layers {bad} out of range: the model has {n_blocks} blocks (0..{n_blocks - 1})")

@@ -13,6 +13,7 @@ from ..store.layout import hash_cache
 from . import gguf
 from .architecture import model_config, select_layers
 from .hub import hub_revision
+from .prompting import Prompt
 from .spec import BUNDLED_TOKENIZER, ModelSpec, check_gguf, local_source, weights_file
 
 
@@ -31,7 +32,8 @@ def tokenizer_sha256(spec: ModelSpec, cache: Optional[Path] = None) -> Optional[
 def model_identity(cfg) -> dict:
     """The identity of the model a run's config names (its model and hardware groups), from config
     alone; file hashes are cached in the run's store."""
-    return identity(ModelSpec.from_config(cfg.model, cfg.hardware), hash_cache=hash_cache(cfg.paths.artifacts))
+    return identity(ModelSpec.from_config(cfg.model, cfg.hardware, cfg.get("prompt")),
+                    hash_cache=hash_cache(cfg.paths.artifacts))
 
 
 def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) -> dict:
@@ -64,11 +66,20 @@ def identity(spec: ModelSpec, config=None, hash_cache: Optional[Path] = None) ->
         "blocks": spec.blocks,
         "attn_implementation": spec.attn_implementation,
         "dtype": spec.dtype,
-        "layers": "all" if layer_ids == list(range(n_blocks)) else layer_ids,
+        "layers": {"each": layer_ids} if spec.layers == "each" else "all" if layer_ids == list(range(n_blocks)) else layer_ids,
         "prepend_bos": spec.prepend_bos,
         "max_tokens": max_tokens,
         "hidden_size": config.hidden_size,
-    } | (_gguf_identity(spec, hash_cache) if spec.gguf else {})
+    } | (_gguf_identity(spec, hash_cache) if spec.gguf else {}) | ({"prompt": spec.prompt} if spec.prompt else {})
+
+
+def mean_identity(model_id: dict) -> dict:
+    """The identity a corpus mean is made for: the span a vector pools is not in it (the mean covers
+    every position of the templated sequence); the template is."""
+    if not model_id.get("prompt"):
+        return model_id
+    made = Prompt(**model_id["prompt"]).mean_record()
+    return {k: v for k, v in model_id.items() if k != "prompt"} | ({"prompt": made} if made else {})
 
 
 def _gguf_identity(spec: ModelSpec, hash_cache: Optional[Path]) -> dict:

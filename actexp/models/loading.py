@@ -37,6 +37,11 @@ class LoadedModel:
     def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
         return self.text.encode(texts)
 
+    @property
+    def per_block(self) -> bool:
+        """model.layers=each: one vector per selected block instead of their mean."""
+        return isinstance(self.metadata["layers"], dict)
+
 
 def load_model(spec: ModelSpec, device: str = "cpu", threads: Optional[int] = None,
                hash_cache: Optional[Path] = None) -> LoadedModel:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 
 from ..errors import UserError
+from .prompting import Prompt
 
 BUNDLED_TOKENIZER = Path(__file__).parent.parent / "assets" / "tiny_tokenizer.json"
 
@@ -39,16 +40,21 @@ class ModelSpec:
     arch: Optional[dict] = None  # GPT-NeoX numbers (schema.ArchConfig's fields), to build the model
     weights: Optional[str] = None  # a safetensors file of the whole model for `arch`; "bundled": model=tiny's
     gguf: Optional[str] = None  # a GGUF file (model and tokenizer), or package:file inside an installed package
+    prompt: Optional[dict] = None  # the prompt group's values (prompting.Prompt); None: the bare text
 
     @classmethod
-    def from_config(cls, model_cfg, hardware_cfg) -> "ModelSpec":
-        """From the model and hardware groups: model.dtype, else the hardware's."""
+    def from_config(cls, model_cfg, hardware_cfg, prompt_cfg=None) -> "ModelSpec":
+        """From the model, hardware and prompt groups: model.dtype, else the hardware's."""
         from omegaconf import OmegaConf
 
         values = OmegaConf.to_container(model_cfg, resolve=True)
         values["dtype"] = values["dtype"] or hardware_cfg.dtype
         torch_dtype(values["dtype"])  # refuse an unknown name before anything runs
-        return cls(**values)
+        prompt = Prompt(**OmegaConf.to_container(prompt_cfg, resolve=True)) if prompt_cfg is not None else Prompt()
+        return cls(**values, prompt=prompt.record())
+
+    def prompt_of(self) -> Prompt:
+        return Prompt(**self.prompt) if self.prompt else Prompt()
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 from ..errors import UserError
 from . import gguf
 from .hub import hub_revision, load_pretrained
+from .prompting import Prompt
+from .prompting import encode as encode_in_prompt
 from .spec import BUNDLED_TOKENIZER, ModelSpec, local_source
 
 
@@ -19,31 +21,27 @@ class TextEncoder:
     tokenizer: object
     max_tokens: int
     bos_id: Optional[int]  # prepended to every text; None: model.prepend_bos=false
+    prompt: Prompt = Prompt()
 
     def encode(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool]]:
-        return encode(self.tokenizer, texts, self.max_tokens, self.bos_id)
+        return self.encode_spans(texts)[:2]
+
+    def encode_spans(self, texts: Sequence[str]) -> Tuple[List[List[int]], List[bool], List[Tuple[int, int]]]:
+        """(ids, truncated, spans): the templated sequences and the [start, end) each vector pools."""
+        return encode_in_prompt(self.tokenizer, texts, self.max_tokens, self.bos_id, self.prompt)
 
 
 def text_encoder(spec: "ModelSpec", max_tokens: int, config, tokenizer=None,
                  hash_cache: Optional[Path] = None) -> TextEncoder:
     """The TextEncoder of a spec; the BOS id is the tokenizer's, else the model config's."""
     tokenizer = tokenizer or load_tokenizer(spec, hash_cache)
+    prompt = spec.prompt_of()
     if not spec.prepend_bos:
-        return TextEncoder(tokenizer, max_tokens, None)
+        return TextEncoder(tokenizer, max_tokens, None, prompt)
     bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
     if bos_id is None:
         raise UserError("model.prepend_bos=true but the tokenizer has no BOS token: set model.prepend_bos=false")
-    return TextEncoder(tokenizer, max_tokens, bos_id)
-
-
-def encode(tokenizer, texts: Sequence[str], max_tokens: int, bos_id: Optional[int] = None
-           ) -> Tuple[List[List[int]], List[bool]]:
-    """Token ids per text (with bos_id first if given), truncated to max_tokens, and whether each was."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    if bos_id is not None:
-        ids = [[bos_id] + x for x in ids]
-    truncated = [len(x) > max_tokens for x in ids]
-    return [x[:max_tokens] for x in ids], truncated
+    return TextEncoder(tokenizer, max_tokens, bos_id, prompt)
 
 
 def load_tokenizer(spec: ModelSpec, hash_cache: Optional[Path] = None):

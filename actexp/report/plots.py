@@ -229,3 +229,22 @@ def sts_scatter(cosines: dict, gold: np.ndarray, spearman: dict, path: Path, tit
         ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def sts_layers(by_block: dict, mean_of_blocks: dict, path: Path, title: str) -> Path:
+    """Spearman x 100 against block, one line per variant; a dashed line of the same colour at the
+    vector of the blocks' mean (model.layers=all). An undefined Spearman leaves a gap."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for k, (name, values) in enumerate(by_block.items()):
+        colour = f"C{k % 10}"
+        ax.plot(range(len(values)), [np.nan if v is None else 100 * v for v in values], marker="o", markersize=3,
+                color=colour, label=name)
+        if mean_of_blocks.get(name) is not None:
+            ax.axhline(100 * mean_of_blocks[name], color=colour, linestyle="--", linewidth=0.9)
+    ax.set_xlabel("block")
+    ax.set_ylabel("Spearman x 100")
+    ax.set_title(title + "\n(dashed: the blocks' mean)", fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -46,9 +46,10 @@ def sts_result(metrics: dict) -> str:
     line = metrics.get("best", "")
     if "selected_spearman" in metrics:  # chosen on other pairs (sts.select_on): the row's result
         line = f"selected {metrics['selected']} {_with_interval(metrics, 'selected_spearman')}"
-    if "sts/spearman/centered/all" in metrics:
-        line += (f"; centered {_with_interval(metrics, 'sts/spearman/centered/all')}, minus raw "
-                 f"{_with_interval(metrics, 'sts/spearman/centered-raw/all')}")
+    for main in ("all", "mean/all"):  # mean/all: the blocks' mean of model.layers=each
+        if f"sts/spearman/centered/{main}" in metrics:
+            line += (f"; centered {_with_interval(metrics, f'sts/spearman/centered/{main}')}, minus raw "
+                     f"{_with_interval(metrics, f'sts/spearman/centered-raw/{main}')}")
     return line
 
 
@@ -101,16 +102,23 @@ def summary_table(sweep_dir: Path) -> str:
         result = headline(record) if record.get("status") != "ok" else headline(record)[:60]
         cells.append("" if shown else sts_result(record["metrics"]) if is_sts else result)
         rows.append(cells)
-    # The row's result: chosen on other pairs (sts.select_on) where it was, else the split's own best.
-    sts = [(r.get("metrics") or {}).get("selected_spearman", (r.get("metrics") or {}).get("best_spearman"))
-           if r.get("job") == "sts" else None for r in records]
-    if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over model.layers): * on its best row
+    # The best row: under sts.select_on by the score on the selection pairs of each row's choice (a
+    # sweep over prompts then chooses its prompt on dev too); else by the split's own best.
+    chosen = all("selected_chosen_by" in (r.get("metrics") or {}) for r in records if r.get("job") == "sts")
+    key = "selected_chosen_by" if chosen else "best_spearman"
+    sts = [(r.get("metrics") or {}).get(key) if r.get("job") == "sts" else None for r in records]
+    if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over prompts or model.layers): * on its best row
         top = max(x for x in sts if x is not None)
         for cells, x in zip(rows[1:], sts):
             cells[-1] += " *" if x == top else ""
+        by = "the score of its choice on the selection pairs" if chosen else "its best score on the evaluated split"
+        lines_after = [f"(* the best row by {by})"]
+    else:
+        lines_after = []
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + (f.name if i else "folder")
              for i, (r, f) in enumerate(zip(rows, [None, *folders]))]
+    lines += lines_after
     if answers:
         lines.append("(all chunks; * the best row of a column by its last value: highest recall@1 and MRR, "
                      "anisotropy nearest 0)")

@@ -54,12 +54,13 @@ def foreign(header: dict, identity: dict) -> Optional[str]:
     return None
 
 
-def _fit_and_write(path: Path, identity: dict, x: np.ndarray, n_chunks: int):
-    """Fit each chunk of x [N, C*H] and write the fits; call it holding the folder's lock."""
-    fits = [postprocess.fit(part) for part in postprocess.per_chunk(x, n_chunks)]
+def _fit_and_write(path: Path, identity: dict, x, n_chunks: int):
+    """Fit each chunk of x [N, C*H] (or each of a sequence of parts [N, H], maths/parts.py) and write the
+    fits; call it holding the folder's lock."""
+    fits = [postprocess.fit(part) for part in (postprocess.per_chunk(x, n_chunks) if isinstance(x, np.ndarray) else x)]
     tensors = {f"{k}{c}": torch.from_numpy(getattr(f, k)) for c, f in enumerate(fits) for k in ("mean", "eigvals", "eigvecs")}
     remove_temp_files(path)
-    return fits, path, write_checked(path, tensors, stored_identity(identity) | {"count": len(x)})
+    return fits, path, write_checked(path, tensors, stored_identity(identity) | {"count": fits[0].count})
 
 
 def _read(path: Path, identity: dict, names: Tuple[str, ...]):

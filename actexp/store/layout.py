@@ -53,7 +53,14 @@ def _weights_label(m: dict) -> str:
 
 def mismatch(meta: dict, model_identity: dict) -> Optional[str]:
     """The first identity field where a mean's metadata differs from the model, described; None if it fits."""
-    for key, value in model_identity.items():
+    for key in [*model_identity, *(["prompt"] if "prompt" not in model_identity else [])]:
+        value = model_identity.get(key)  # a mean made inside a prompt does not fit the bare text, nor the reverse
         if meta.get(key) != value:
             return f"{key}={json.dumps(meta.get(key))} (this model has {key}={json.dumps(value)})"
     return None
+
+
+def stream_width(model_id: dict) -> int:
+    """Dims of the stream the mean and the pooling see: H, or H per block side by side for model.layers=each."""
+    layers = model_id["layers"]
+    return model_id["hidden_size"] * (len(layers["each"]) if isinstance(layers, dict) else 1)

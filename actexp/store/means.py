@@ -31,7 +31,7 @@ from ..maths.centering import CorpusMean, MeanAccumulator
 from ..progress import progress
 from . import locks
 from . import shards
-from .layout import MANIFEST, digest, model_label
+from .layout import MANIFEST, digest, model_label, stream_width
 from .locks import folder_lock, made_once, remove_temp_files
 from .tensors import read_checked, read_header, write_checked
 
@@ -182,7 +182,7 @@ def _merge(stats: Stats, n_shards: int, min_count: int, tail_start: int, checkpo
     ckpt_path = stats.folder / CHECKPOINT_FILE
     remove_temp_files(ckpt_path)
     remove_temp_files(final)
-    acc, first = MeanAccumulator(stats.identity["hidden_size"]), 0
+    acc, first = MeanAccumulator(stream_width(stats.identity)), 0
     ckpt = read_stats(ckpt_path)
     if ckpt is not None and ckpt[2].get("n_shards") == n_shards and ckpt[2].get("stats_id") == stats.id:
         acc.merge(ckpt[0], ckpt[1], ckpt[2]["docs"], ckpt[2]["tokens"])

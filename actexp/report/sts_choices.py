@@ -1,0 +1,81 @@
+"""The README's table of a sweep of job=sts runs made with sts.select_on: per run (a prompt) and
+variant, the evaluated split's Spearman of the chunk chosen on the selection pairs among the blocks'
+mean, and of the block and chunk chosen there among every block; then the one choice over all.
+
+Only the selection pairs' records (`selection.records` of sts.json) choose; the evaluated split's
+records are read for the chosen cells alone.
+
+    python -m actexp.report.sts_choices multirun/sts/<date>_<pid> [--variants raw,centered,...]
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+
+def _best(dev: Dict[Tuple[str, str], float], keep) -> Optional[Tuple[str, str]]:
+    candidates = [k for k, v in dev.items() if v is not None and keep(*k)]
+    return max(candidates, key=lambda k: dev[k]) if candidates else None
+
+
+def _cell(test: dict, key: Optional[Tuple[str, str]], dev: dict, name_chunk: bool) -> str:
+    if key is None or test.get(key) is None:
+        return "-"
+    r = test[key]
+    interval = f" [{100 * r['interval'][0]:.2f}, {100 * r['interval'][1]:.2f}]" if r.get("interval") else ""
+    where = f" ({key[1]}; dev {100 * dev[key]:.2f})" if name_chunk else ""
+    return f"{100 * r['value']:.2f}{interval}{where}"
+
+
+def rows(sts_runs: List[dict], variants: List[str]) -> Tuple[List[List[str]], Tuple[str, str, str, float, dict]]:
+    """Table rows [prompt, variant, blocks' mean, best block] and the overall choice (prompt, variant,
+    chunk, its dev Spearman, its test record) over every run."""
+    out, overall = [], None
+    for run in sts_runs:
+        selection = run.get("selection")
+        if not selection:
+            raise ValueError("a run without sts.select_on: its choices cannot be made on other pairs")
+        prompt = (run["model"].get("prompt") or {}).get("name", "none")
+        dev = {(r["variant"], r["chunk"]): r["value"] for r in selection["records"]}
+        test = {(r["variant"], r["chunk"]): r for r in run["records"] if r["metric"] == "spearman"}
+        per_block = any(chunk.startswith("b") and "/" in chunk for _, chunk in dev)
+        for variant in variants:
+            if not any(v == variant for v, _ in dev):
+                continue
+            mean_of_blocks = _best(dev, lambda v, c: v == variant and (c.startswith("mean/") or not per_block))
+            best_block = _best(dev, lambda v, c: v == variant) if per_block else None
+            out.append([prompt, variant, _cell(test, mean_of_blocks, dev, True),
+                        _cell(test, best_block, dev, True) if per_block else "-"])
+        key = (selection["variant"], selection["chunk"])
+        if overall is None or selection["chosen_by"] > overall[3]:
+            overall = (prompt, *key, selection["chosen_by"], test[key])
+    return out, overall
+
+
+def markdown(sts_runs: List[dict], variants: List[str]) -> str:
+    table, (prompt, variant, chunk, dev, record) = rows(sts_runs, variants)
+    lines = ["| prompt | variant | blocks' mean (chunk chosen on dev) | best block and chunk on dev |",
+             "|---|---|---:|---:|"] + [f"| {' | '.join(r)} |" for r in table]
+    low, high = record["interval"] or (float("nan"), float("nan"))
+    lines.append(f"\nChosen on dev over every prompt, variant, block and chunk: {prompt}, {variant}, {chunk} "
+                 f"(dev {100 * dev:.2f}) -> {record['split']} {100 * record['value']:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="a multirun folder of job=sts runs (or one run's folder)")
+    parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening")
+    args = parser.parse_args(argv)
+    runs = [json.loads(p.read_text()) for p in sorted(args.sweep.glob("**/sts.json"))]
+    if not runs:
+        raise SystemExit(f"error: no sts.json under {args.sweep}: give the folder of a job=sts run or sweep")
+    try:
+        print(markdown(runs, args.variants.split(",")))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}: run the sweep with sts.select_on=dev") from None
+
+
+if __name__ == "__main__":
+    main()

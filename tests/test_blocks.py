@@ -1,0 +1,102 @@
+"""model.layers=each: one vector per block, pooled in the blocks' hooks, against the hook-free
+reference at two blocks; their layer mean equals model.layers=all, raw and centred; job=sts by
+block, with the block chosen on the selection pairs."""
+
+import json
+
+import pytest
+import torch
+
+from actexp import jobs
+from actexp.backends.local import LocalBackend
+from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import corpus_mean, corpus_of
+from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err
+from test_sts import DEV_PAIRS, FIT_TEXTS, _fit_file, _overrides, _pairs_file
+
+MEAN = ["corpus=samples", "centering=corpus_mean", "centering.min_count=2", "centering.tail_start=4"]
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """{layers: (backend, Pooled of TEXTS raw and centred)} for model.layers=each and all, each centred
+    with its own mean (made by job=mean in one store)."""
+    store = tmp_path_factory.mktemp("art")
+    out = {}
+    for layers in ("each", "all"):
+        overrides = [f"model.layers={layers}", *MEAN, f"paths.artifacts={store}"]
+        jobs.run("mean", compose_cfg(*overrides), store / f"mean-{layers}")
+        cfg = compose_cfg(*overrides)
+        backend = LocalBackend.from_config(cfg)
+        out[layers] = (backend, backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling), corpus_mean(cfg)), corpus_mean(cfg))
+    return out
+
+
+def test_each_blocks_vector_equals_the_hook_free_reference_at_two_blocks(both):
+    """Raw and centred, block 1 and the last: the centred one with that block's own slice of the mean,
+    whose sums are checked against the reference stream of every document of the mean's corpus."""
+    backend, pooled, mean = both["each"]
+    L, H = len(backend.lm.blocks), backend.lm.hidden_size
+    width = 4 * H
+    assert pooled.raw.shape == (len(TEXTS), L * width)
+    ref = reference_model(backend.lm.model)
+    ids, _ = backend.lm.encode(TEXTS)
+    docs, _ = backend.lm.encode([d.text for d in corpus_of(compose_cfg(*MEAN)).documents()])
+    for block in (1, L - 1):
+        sums = torch.zeros_like(mean.sum[:, :H])  # [P, H] float64
+        for seq in docs:
+            sums[:len(seq)] += reference_stream(ref, seq)[block]
+        assert rel_err(mean.sum[:, block * H:(block + 1) * H], sums) < 1e-6, block
+        mu = mean.rows(max(len(x) for x in ids))[:, block * H:(block + 1) * H]  # [T, H]
+        for i, seq in enumerate(ids):
+            columns = slice(block * width, (block + 1) * width)
+            assert rel_err(pooled.raw[i, columns], reference_vector(ref, seq, LONG, layers=[block])) < 1e-6, (block, i)
+            want = reference_vector(ref, seq, LONG, layers=[block], mu=mu)
+            assert rel_err(pooled.centered[i, columns], want) < 1e-6, (block, i)
+
+
+def test_the_layer_mean_of_each_equals_all_raw_and_centred(both):
+    (backend, each, each_mean), (_, all_, all_mean) = both["each"], both["all"]
+    L = len(backend.lm.blocks)
+    for name in ("raw", "centered"):
+        per_block = getattr(each, name).reshape(len(TEXTS), L, -1)  # [N, L, C*H]
+        assert rel_err(per_block.mean(1), getattr(all_, name)) < 1e-6, name
+    # The mean of each holds every block's mean side by side; their average is the mean of all.
+    H = backend.lm.hidden_size
+    assert each_mean.mean.shape[1] == L * H and each_mean.metadata["layers"] == {"each": list(range(L))}
+    blocks = each_mean.mean.double().reshape(-1, L, H).mean(1)
+    assert rel_err(blocks, all_mean.mean) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def by_block(tmp_path_factory):
+    """job=sts with model.layers=each on the 8 pairs of test_sts, chosen on its dev pairs, and the same
+    run with model.layers=all."""
+    folder = tmp_path_factory.mktemp("sts-each")
+    _pairs_file(folder)
+    dev = folder / "dev.tsv"
+    dev.write_text("left\tright\tgold\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in DEV_PAIRS))
+    fit = _fit_file(folder / "fit.jsonl", FIT_TEXTS)
+    out = {}
+    for layers in ("each", "all"):
+        more = [f"model.layers={layers}", "sts.variants=[raw,centered,whitening]", "bootstrap.resamples=200",
+                f"sts.select_on={dev}"]
+        metrics = jobs.run("sts", compose_cfg(*_overrides(folder, fit, *more)), folder / layers)
+        out[layers] = (json.loads((folder / layers / "sts.json").read_text()), metrics, folder / layers)
+    return out
+
+
+def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block):
+    (each, metrics, folder), (all_, _, _) = by_block["each"], by_block["all"]
+    spearman = {(r["variant"], r["chunk"]): r["value"] for r in each["records"] if r["metric"] == "spearman"}
+    for r in all_["records"]:
+        if r["metric"] == "spearman":
+            assert spearman[(r["variant"], f"mean/{r['chunk']}")] == pytest.approx(r["value"], abs=1e-6), r
+    assert {c for _, c in spearman} >= {f"b{k}/{c}" for k in range(4) for c in ("all", "last", "exp0.023")}
+    assert (folder / "sts_layers.png").stat().st_size > 10_000
+    # The choice is over blocks too, made on the dev pairs' own records, which sts.json keeps.
+    chosen = each["selection"]
+    dev = max((r for r in chosen["records"]), key=lambda r: r["value"])
+    assert (chosen["variant"], chosen["chunk"], chosen["chosen_by"]) == (dev["variant"], dev["chunk"], dev["value"])
+    assert metrics["selected_chosen_by"] == chosen["chosen_by"]
+    assert chosen["spearman"] == spearman[(chosen["variant"], chosen["chunk"])]

@@ -1,0 +1,164 @@
+"""Texts inside prompts (the `prompt` group): exact spans where BPE merges across the template's
+edge, the pooled span against the hook-free reference, the mean under a template, prompt=none
+unchanged, and bad input."""
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from actexp import jobs
+from actexp.backends.local import LocalBackend
+from actexp.errors import UserError
+from actexp.jobs.common import chunks as chunks_from_cfg
+from actexp.jobs.common import configured_mean_path
+from actexp.models.identity import model_identity
+from actexp.models.prompting import Prompt, encode
+from actexp.models.tokenizing import load_tokenizer
+from actexp.models.spec import ModelSpec
+from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_weights, rel_err, run_clis
+
+# The sha256 of `python -m actexp.run job=csv` (the 20 samples, raw, long pooling, model=tiny) made by
+# commit 9b39116, before prompts existed: prompt=none must give these vectors byte for byte.
+CSV_BEFORE_PROMPTS = "4ccd733218d56eab0df85bb90ea3ad843cad4a004bbafc1978a3fd7a01a4bdf7"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(ModelSpec(weights="bundled"))  # the bundled tokenizer of model=tiny
+
+
+def _tokens(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("template, text", [("pre{text} and more", "fix it"),  # "prefix" is one token
+                                             ("Read: {text}fix", "it pre")])  # " prefix" is one token
+def test_the_span_is_exactly_the_texts_tokens_where_bpe_merges_across_the_templates_edge(tokenizer, template, text):
+    before, after = template.split("{text}")
+    whole = _tokens(tokenizer, before + text + after)
+    # The premise: tokenised as one string, a token spans the template's edge, so no slice of it is the text.
+    assert not any(tokenizer.decode(whole[s:e]) == text for s in range(len(whole)) for e in range(s, len(whole) + 1))
+    [ids], [cut], [(start, end)] = encode(tokenizer, [text], 2048, None, Prompt(template=template))
+    assert ids[start:end] == _tokens(tokenizer, text) and tokenizer.decode(ids[start:end]) == text
+    assert ids[:start] == _tokens(tokenizer, before) and ids[end:] == _tokens(tokenizer, after)
+    assert not cut
+    # With BOS: everything moves by one, the BOS is not in the span.
+    [ids], _, [(s, e)] = encode(tokenizer, [text], 2048, 7, Prompt(template=template))
+    assert ids[0] == 7 and (s, e) == (start + 1, end + 1)
+
+
+def test_echo_pools_the_second_copy_and_truncation_keeps_the_template_whole(tokenizer):
+    prompt = Prompt(template="Again: {copy} then {text}.")
+    text = TEXTS[1]
+    n, mid = len(_tokens(tokenizer, text)), _tokens(tokenizer, " then ")
+    [ids], [cut], [(start, end)] = encode(tokenizer, [text], 2048, None, prompt)
+    head = len(_tokens(tokenizer, "Again: "))
+    assert (start, end) == (head + n + len(mid), head + 2 * n + len(mid)) and not cut
+    assert ids[head:head + n] == ids[start:end] == _tokens(tokenizer, text)
+    # 30 tokens: the template's 5 stay, each copy keeps (30 - 5) // 2 of the text's tokens.
+    fixed = len(ids) - 2 * n
+    [short], [cut], [(start, end)] = encode(tokenizer, [text], 30, None, prompt)
+    keep = (30 - fixed) // 2
+    assert cut and len(short) == fixed + 2 * keep and short[start:end] == _tokens(tokenizer, text)[:keep]
+    assert short[-len(_tokens(tokenizer, "."))] == ids[-1]
+    with pytest.raises(UserError, match="the prompt takes .* leaving no room"):
+        encode(tokenizer, [text], fixed + 1, None, prompt)
+    with pytest.raises(UserError, match="text 1 .* has no tokens, so prompt.span=text is empty"):
+        encode(tokenizer, [text, ""], 2048, None, prompt)
+    # The span `all` and `last` of the same sequence.
+    [_], _, [span_all] = encode(tokenizer, [text], 2048, None, Prompt(template=prompt.template, span="all"))
+    [_], _, [span_last] = encode(tokenizer, [text], 2048, None, Prompt(template=prompt.template, span="last"))
+    assert span_all == (0, len(ids)) and span_last == (len(ids) - 1, len(ids))
+
+
+@pytest.mark.parametrize("overrides", [("prompt=prompteol",), ("prompt=echo",), ("prompt=echo", "prompt.span=all"),
+                                       ("prompt=prompteol", "model.prepend_bos=true", "hardware.packing=false")])
+def test_the_pooled_span_equals_the_hook_free_reference(overrides):
+    """Each text's vector pools its span of the templated sequence: the closed-form weights over the span's
+    tokens of output_hidden_states (no hooks), for texts packed together; PromptEOL's span is the last
+    token, so every chunk is that position's layer mean."""
+    cfg = compose_cfg(*overrides)
+    backend = LocalBackend.from_config(cfg)
+    got = backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling)).raw  # [N, 4H]
+    ref = reference_model(backend.lm.model)
+    ids, _, spans = backend.lm.text.encode_spans(TEXTS)
+    for i, (seq, (start, end)) in enumerate(zip(ids, spans)):
+        h = reference_stream(ref, seq).mean(0)[start:end]  # [n, H]
+        want = torch.cat([reference_weights(kind, alpha, end - start) @ h for kind, alpha in LONG])
+        assert rel_err(got[i], want) < 1e-6, (overrides, i)
+    if cfg.prompt.span == "last":
+        H = backend.lm.hidden_size
+        assert all(torch.equal(got[:, :H], got[:, c * H:(c + 1) * H]) for c in range(4))
+
+
+def test_a_centred_vector_inside_a_template_subtracts_the_mean_of_the_same_positions(tmp_path):
+    """The mean is made under the template (every position of the templated documents); the centred
+    vector of a span subtracts mu_t at the span's positions in the whole sequence."""
+    overrides = ["prompt=echo", "corpus=samples", "centering=corpus_mean", "centering.min_count=2",
+                 "centering.tail_start=4", f"paths.artifacts={tmp_path / 'art'}"]
+    jobs.run("mean", compose_cfg(*overrides), tmp_path / "mean")
+    cfg = compose_cfg(*overrides)
+    from actexp.jobs.common import corpus_mean
+
+    mean = corpus_mean(cfg)
+    assert mean.metadata["prompt"] == {"template": cfg.prompt.template, "chat": False}
+    backend = LocalBackend.from_config(cfg)
+    out = backend.vectors(TEXTS[:2], chunks_from_cfg(cfg.pooling), mean)
+    ref = reference_model(backend.lm.model)
+    ids, _, spans = backend.lm.text.encode_spans(TEXTS[:2])
+    for i, (seq, (start, end)) in enumerate(zip(ids, spans)):
+        h = reference_stream(ref, seq).mean(0) - mean.rows(len(seq)).double()  # [T, H]: mu_t by its position
+        want = torch.cat([reference_weights(kind, alpha, end - start) @ h[start:end] for kind, alpha in LONG])
+        assert rel_err(out.centered[i], want) < 1e-6
+        assert start > 0
+
+
+def test_a_template_changes_the_means_id_the_span_does_not_and_a_mean_of_another_prompt_is_refused(tmp_path):
+    def mean_id(*overrides):
+        return configured_mean_path(compose_cfg(*overrides)).parent.name
+
+    bare, eol = mean_id(), mean_id("prompt=prompteol")
+    assert bare != eol != mean_id("prompt=echo")
+    assert eol == mean_id("prompt=prompteol", "prompt.span=text") == mean_id("prompt=prompteol", "prompt.span=all")
+    assert mean_id("prompt.span=all") == bare  # the bare text pooled whole, as before prompts
+    assert mean_id("prompt=prompteol", "prompt.chat=true") != eol
+    assert "prompt" not in model_identity(compose_cfg())
+    assert model_identity(compose_cfg("prompt=prompteol"))["prompt"]["span"] == "last"
+    # A mean made inside a template, given by path to a run of the bare text: refused in one line.
+    made = ["corpus=samples", "centering.min_count=2", "centering.tail_start=4", f"paths.artifacts={tmp_path}"]
+    jobs.run("mean", compose_cfg("prompt=prompteol", *made), tmp_path / "mean")
+    path = configured_mean_path(compose_cfg("prompt=prompteol", *made))
+    with pytest.raises(UserError, match="does not fit this model: it has prompt="):
+        jobs.run("extract", compose_cfg(*made, "centering=corpus_mean", f"centering.mean_path={path}", "text=Hello"),
+                 tmp_path / "x")
+
+
+def test_prompt_none_gives_the_vectors_of_before_prompts_byte_for_byte(tmp_path):
+    jobs.run("csv", compose_cfg("logger=none", f"paths.artifacts={tmp_path}"), tmp_path)
+    [csv] = tmp_path.glob("vectors_*.csv")
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() == CSV_BEFORE_PROMPTS
+    assert "prompt" not in json.loads(csv.with_suffix(".json").read_text())["model"]
+
+
+def test_records_name_the_template(tmp_path):
+    jobs.run("csv", compose_cfg("logger=none", "prompt=echo", f"paths.artifacts={tmp_path}"), tmp_path)
+    [sidecar] = tmp_path.glob("vectors_*.json")
+    prompt = json.loads(sidecar.read_text())["model"]["prompt"]
+    assert prompt == {"name": "echo", "template": compose_cfg("prompt=echo").prompt.template, "chat": False,
+                      "span": "text"}
+
+
+def test_bad_prompts_are_one_line_and_exit_2(tmp_path):
+    results = run_clis([["job=extract", "text=Hello", "prompt.template='no text here'"],
+                        ["job=extract", "text=Hello", "prompt.template='{text} and {text}'"],
+                        ["job=extract", "text=Hello", "prompt=chat"],
+                        ["job=csv", "model.layers=each"]], cwd=tmp_path)
+    expected = ["holds {text} 0 times", "holds {text} 2 times", "has no chat template",
+                "model.layers=each gives one vector per block"]
+    for result, message in zip(results, expected):
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert not list(tmp_path.glob("experiments/*/*/vector*"))
