@@ -3,14 +3,17 @@ reference at two blocks; their layer mean equals model.layers=all, raw and centr
 block, with the block chosen on the selection pairs."""
 
 import json
+import os
 
 import pytest
 import torch
 
 from actexp import jobs
 from actexp.backends.local import LocalBackend
+from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
 from actexp.jobs.common import corpus_mean, corpus_of
+from actexp.report import sts_choices
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err
 from test_sts import DEV_PAIRS, FIT_TEXTS, _fit_file, _overrides, _pairs_file
 
@@ -100,3 +103,35 @@ def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block
     assert (chosen["variant"], chosen["chunk"], chosen["chosen_by"]) == (dev["variant"], dev["chunk"], dev["value"])
     assert metrics["selected_chosen_by"] == chosen["chosen_by"]
     assert chosen["spearman"] == spearman[(chosen["variant"], chosen["chunk"])]
+
+
+def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
+    """Per variant: the blocks' mean with its chunk chosen on dev, and the block and chunk chosen on dev;
+    then the one choice over every run, which is the job's own selection."""
+    (each, _, folder), (all_, _, _) = by_block["each"], by_block["all"]
+    table, overall = sts_choices.rows([each, all_], ["raw", "whitening"])
+    dev = {(r["variant"], r["chunk"]): r["value"] for r in each["selection"]["records"]}
+    test = {(r["variant"], r["chunk"]): r for r in each["records"] if r["metric"] == "spearman"}
+    for row, variant in zip(table, ["raw", "whitening"]):
+        mean_chunk = max((c for v, c in dev if v == variant and c.startswith("mean/")), key=lambda c: dev[(variant, c)])
+        block_chunk = max((c for v, c in dev if v == variant), key=lambda c: dev[(variant, c)])
+        assert row[:2] == ["none", variant]
+        assert row[2].startswith(f"{100 * test[(variant, mean_chunk)]['value']:.2f} [") and f"({mean_chunk};" in row[2]
+        assert row[3].startswith(f"{100 * test[(variant, block_chunk)]['value']:.2f} [") and f"({block_chunk};" in row[3]
+    assert [r[3] for r in table[2:]] == ["-", "-"]  # layers=all has no blocks to choose
+    best = max((each, all_), key=lambda run: run["selection"]["chosen_by"])["selection"]
+    assert overall[1:4] == (best["variant"], best["chunk"], best["chosen_by"])
+    sts_choices.main([str(folder.parent)])
+    assert "Chosen on dev over every prompt" in capsys.readouterr().out
+
+
+def test_per_block_vectors_that_would_fill_the_memory_are_refused_before_any_pass(both, monkeypatch):
+    """[N, L, C*H] float32 (twice with centring) against half the memory free: the OS's numbers are
+    the one thing replaced, as if this machine had 1 MiB free."""
+    backend, _, mean = both["each"]
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_AVPHYS_PAGES" else real(name))
+    with pytest.raises(UserError, match=r"model.layers=each: the vectors of 400 texts x 4 blocks x 512 dims take "
+                                        r"6 MiB, more than half of the 1 MiB free here"):
+        backend.vectors(["A text."] * 400, chunks_from_cfg(compose_cfg().pooling), mean)
+    backend.vectors(["A text."] * 10, chunks_from_cfg(compose_cfg().pooling), None)  # 80 KiB: fits

@@ -240,17 +240,20 @@ def test_an_sts_sweep_row_shows_the_centred_spearman_and_minus_raw_with_their_in
     assert "Spearman x 100 24.00 (centered, all); centered 24.00 [22.00, 27.00], minus raw 17.50 [14.00, 21.00] *" in rows[2]
 
 
-def test_an_sts_sweep_with_selection_on_dev_marks_the_row_by_its_selected_score(tmp_path):
-    """Under sts.select_on the row's result is the choice made on dev: the * never goes by test's own best."""
-    for n, best, selected in ((0, 0.61, 0.55), (1, 0.58, 0.57)):
+def test_an_sts_sweep_with_selection_on_dev_marks_the_row_by_its_choices_dev_score(tmp_path):
+    """Under sts.select_on the row's result is the choice made on dev, and the best row (a sweep over
+    prompts chooses its prompt so) goes by that choice's dev score: never by a test score."""
+    for n, best, selected, dev in ((0, 0.58, 0.55, 0.70), (1, 0.61, 0.57, 0.66)):
         metrics = {"best": f"Spearman x 100 {100 * best:.2f} (whitening, last)", "best_spearman": best,
                    "selected": "centered+whitening, exp0.023", "selected_spearman": selected,
-                   "selected_spearman/low": selected - 0.04, "selected_spearman/high": selected + 0.04}
-        write_json(tmp_path / f"{n}_model.layers-{n}" / "metrics.json",
-                   {"job": "sts", "status": "ok", "overrides": ["job=sts", f"model.layers={n}"], "metrics": metrics})
+                   "selected_spearman/low": selected - 0.04, "selected_spearman/high": selected + 0.04,
+                   "selected_chosen_by": dev}
+        write_json(tmp_path / f"{n}_prompt-{n}" / "metrics.json",
+                   {"job": "sts", "status": "ok", "overrides": ["job=sts", f"prompt={n}"], "metrics": metrics})
     rows = summary_table(tmp_path).splitlines()
-    assert "selected centered+whitening, exp0.023 55.00 [51.00, 59.00]  " in rows[1] and "*" not in rows[1]
-    assert "selected centered+whitening, exp0.023 57.00 [53.00, 61.00] *" in rows[2]
+    assert "selected centered+whitening, exp0.023 55.00 [51.00, 59.00] *" in rows[1]
+    assert "selected centered+whitening, exp0.023 57.00 [53.00, 61.00]  " in rows[2] and "*" not in rows[2]
+    assert rows[-1] == "(* the best row by the score of its choice on the selection pairs)"
 
 
 @pytest.mark.slow

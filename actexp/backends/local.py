@@ -71,7 +71,7 @@ def _check_room(size: int, n: int, blocks: int, width: int) -> None:
     available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if size > available / 2:
         raise UserError(f"model.layers=each: the vectors of {n} texts x {blocks} blocks x {width} dims take "
-                        f"{size / 2**30:.1f} GiB, more than half of the {available / 2**30:.1f} GiB free here: pool "
+                        f"{size / 2**20:,.0f} MiB, more than half of the {available / 2**20:,.0f} MiB free here: pool "
                         "fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their mean), or use fewer texts")
 
 
