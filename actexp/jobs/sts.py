@@ -168,7 +168,10 @@ def run(cfg, out_dir, tracker, backend) -> dict:
                                 for r in chooser_records if r["metric"] == "spearman"]
         [result] = [r for r in records if (r["metric"], r["variant"], r["chunk"]) ==
                     ("spearman", selection["variant"], selection["chunk"])]
-        selection |= {"spearman": result["value"], "interval": result["interval"], "split": pairs.split}
+        selection |= {"spearman": result["value"], "interval": result["interval"], "split": pairs.split,
+                      # the choice's cosine per evaluated pair: runs of other prompts compare with it, paired
+                      "cosines": scores[(selection["variant"], selection["chunk"])].tolist(),
+                      "gold": pairs.scores.tolist()}
     return _report(cfg, Path(out_dir), tracker, backend.metadata, mean, pairs, parsed, chunks, records, scores,
                    {"fits": fit_records, "settings": settings, "bootstrap": boot.record("pairs"),
                     "differences": differences, "selection": selection})

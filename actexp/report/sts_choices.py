@@ -13,6 +13,11 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
+from ..maths import bootstrap
+from ..maths.bootstrap import Bootstrap
+
 
 def _best(dev: Dict[Tuple[str, str], float], keep) -> Optional[Tuple[str, str]]:
     candidates = [k for k, v in dev.items() if v is not None and keep(*k)]
@@ -53,10 +58,43 @@ def rows(sts_runs: List[dict], variants: List[str]) -> Tuple[List[List[str]], Tu
     return out, overall
 
 
+def against_first(sts_runs: List[dict]) -> List[List[str]]:
+    """Per run: its choice on dev, the evaluated split's Spearman of it, and minus the first run's
+    (prompt=none in the README) with a paired interval: both runs' cosines on the same resamples of
+    the same pairs, drawn as the runs drew theirs."""
+    first = sts_runs[0]
+    boot = first["bootstrap"]
+    draw = Bootstrap(boot["resamples"], boot["seed"], boot["level"])
+    counts = draw.counts(len(first["selection"]["cosines"]))  # [B, P]
+    gold = np.asarray(first["selection"]["gold"])  # [P]
+    out = []
+    for run in sts_runs:
+        if (run["pairs"]["sha256"], run["selection"]["gold"], run["bootstrap"]) != (first["pairs"]["sha256"],
+                                                                                   first["selection"]["gold"], boot):
+            raise ValueError("the runs evaluated other pairs or drew other resamples: no paired difference")
+        s = run["selection"]
+        cells = [(run["model"].get("prompt") or {}).get("name", "none"), f"{s['variant']}, {s['chunk']}",
+                 f"{100 * s['chosen_by']:.2f}", _interval_text(s["spearman"], s["interval"])]
+        if run is not first:
+            mine = bootstrap.spearman(np.asarray(s["cosines"]), gold, counts)
+            theirs = bootstrap.spearman(np.asarray(first["selection"]["cosines"]), gold, counts)
+            cells.append(_interval_text(s["spearman"] - first["selection"]["spearman"], draw.interval(mine - theirs)))
+        else:
+            cells.append("")
+        out.append(cells)
+    return out
+
+
+def _interval_text(value: float, interval) -> str:
+    return f"{100 * value:.2f}" + (f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]" if interval else "")
+
+
 def markdown(sts_runs: List[dict], variants: List[str]) -> str:
     table, (prompt, variant, chunk, dev, record) = rows(sts_runs, variants)
     lines = ["| prompt | variant | blocks' mean (chunk chosen on dev) | best block and chunk on dev |",
              "|---|---|---:|---:|"] + [f"| {' | '.join(r)} |" for r in table]
+    lines += ["", "| prompt | chosen on dev | dev | test | minus the first row (paired) |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {' | '.join(r)} |" for r in against_first(sts_runs)]
     low, high = record["interval"] or (float("nan"), float("nan"))
     lines.append(f"\nChosen on dev over every prompt, variant, block and chunk: {prompt}, {variant}, {chunk} "
                  f"(dev {100 * dev:.2f}) -> {record['split']} {100 * record['value']:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
