@@ -5,7 +5,9 @@ block, with the block chosen on the selection pairs."""
 import json
 import os
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from actexp import jobs
@@ -135,3 +137,22 @@ def test_per_block_vectors_that_would_fill_the_memory_are_refused_before_any_pas
                                         r"6 MiB, more than half of the 1 MiB free here"):
         backend.vectors(["A text."] * 400, chunks_from_cfg(compose_cfg().pooling), mean)
     backend.vectors(["A text."] * 10, chunks_from_cfg(compose_cfg().pooling), None)  # 80 KiB: fits
+
+
+def test_each_prompts_choice_minus_the_first_runs_has_a_paired_interval_from_a_plain_loop(by_block):
+    """The runs' chosen cosines on the same resamples of the pairs: scipy's Spearman on each resample
+    of both, one resample at a time, gives the interval of the difference."""
+    (each, _, _), (all_, _, _) = by_block["each"], by_block["all"]
+    _, second = sts_choices.against_first([all_, each])
+    first_cos, cos = (np.asarray(run["selection"]["cosines"]) for run in (all_, each))
+    gold = np.asarray(each["selection"]["gold"])
+    boot = each["bootstrap"]
+    rng = np.random.default_rng(boot["seed"])
+    diffs = []
+    for _ in range(boot["resamples"]):
+        i = rng.integers(0, len(gold), len(gold))
+        diffs.append(scipy.stats.spearmanr(cos[i], gold[i])[0] - scipy.stats.spearmanr(first_cos[i], gold[i])[0])
+    low, high = np.nanquantile(diffs, [(1 - boot["level"]) / 2, (1 + boot["level"]) / 2])
+    value = each["selection"]["spearman"] - all_["selection"]["spearman"]
+    assert second[-1] == f"{100 * value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+    assert second[:2] == ["none", f"{each['selection']['variant']}, {each['selection']['chunk']}"]
