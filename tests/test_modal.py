@@ -242,6 +242,26 @@ def test_vectors_go_out_in_token_groups_and_come_back_in_order(stand_in, tmp_pat
     assert token_groups([5, 70, 3, 3, 60], 64) == [[0], [1], [2, 3], [4]]
 
 
+def test_a_prompt_and_one_vector_per_block_travel_to_modal_as_the_config_names_them(stand_in, tmp_path):
+    """prompt=echo with model.layers=each: the mean made on Modal and the centred per-block vectors
+    computed there equal those made on this machine."""
+    overrides = ["prompt=echo", "model.layers=each", "corpus=samples", "corpus.shard_size=8", "centering=corpus_mean",
+                 "centering.min_count=2", "centering.tail_start=4"]
+    out = {}
+    for where, more in (("here", ["model.dtype=float32"]), ("modal", MODAL)):
+        cfg = compose_cfg(*overrides, *more, f"paths.artifacts={tmp_path / where}")
+        jobs.run("mean", cfg, tmp_path / f"mean-{where}")
+        with open_backend(cfg) as backend:
+            mean = corpus_mean(cfg)
+            out[where] = (backend.vectors(TEXTS, chunks_from_cfg(cfg.pooling), mean), mean)
+    assert [name for name, _ in stand_in.calls].count("vectors") >= 1
+    (here, here_mean), (there, there_mean) = out["here"], out["modal"]
+    assert here_mean.metadata["mean_id"] == there_mean.metadata["mean_id"]
+    assert there_mean.metadata["prompt"]["template"] == compose_cfg("prompt=echo").prompt.template
+    assert here.raw.shape == there.raw.shape == (len(TEXTS), 4 * 4 * 128)
+    assert rel_err(there.raw, here.raw) < 1e-5 and rel_err(there.centered, here.centered) < 1e-5
+
+
 def test_mean_on_modal_fans_out_resumes_after_failures_and_downloads(stand_in, tmp_path):
     overrides = ["job=mean", "corpus=samples", "corpus.shard_size=4", "centering.min_count=4"]
     jobs.run("mean", compose_cfg(*overrides, f"paths.artifacts={tmp_path / 'local'}", "model.dtype=float32"), tmp_path)
