@@ -91,6 +91,7 @@ def by_block(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # two job=sts runs
 def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block):
     (each, metrics, folder), (all_, _, _) = by_block["each"], by_block["all"]
     spearman = {(r["variant"], r["chunk"]): r["value"] for r in each["records"] if r["metric"] == "spearman"}
@@ -107,6 +108,7 @@ def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block
     assert chosen["spearman"] == spearman[(chosen["variant"], chosen["chunk"])]
 
 
+@pytest.mark.slow  # two job=sts runs
 def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
     """Per variant: the blocks' mean with its chunk chosen on dev, and the block and chunk chosen on dev;
     then the one choice over every run, which is the job's own selection."""
@@ -139,6 +141,7 @@ def test_per_block_vectors_that_would_fill_the_memory_are_refused_before_any_pas
     backend.vectors(["A text."] * 10, chunks_from_cfg(compose_cfg().pooling), None)  # 80 KiB: fits
 
 
+@pytest.mark.slow  # two job=sts runs
 def test_each_prompts_choice_minus_the_first_runs_has_a_paired_interval_from_a_plain_loop(by_block):
     """The runs' chosen cosines on the same resamples of the pairs: scipy's Spearman on each resample
     of both, one resample at a time, gives the interval of the difference."""

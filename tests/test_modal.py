@@ -242,6 +242,7 @@ def test_vectors_go_out_in_token_groups_and_come_back_in_order(stand_in, tmp_pat
     assert token_groups([5, 70, 3, 3, 60], 64) == [[0], [1], [2, 3], [4]]
 
 
+@pytest.mark.slow  # two means and two passes: 10 s
 def test_a_prompt_and_one_vector_per_block_travel_to_modal_as_the_config_names_them(stand_in, tmp_path):
     """prompt=echo with model.layers=each: the mean made on Modal and the centred per-block vectors
     computed there equal those made on this machine."""

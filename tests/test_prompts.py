@@ -73,8 +73,10 @@ def test_echo_pools_the_second_copy_and_truncation_keeps_the_template_whole(toke
     assert span_all == (0, len(ids)) and span_last == (len(ids) - 1, len(ids))
 
 
-@pytest.mark.parametrize("overrides", [("prompt=prompteol",), ("prompt=echo",), ("prompt=echo", "prompt.span=all"),
-                                       ("prompt=prompteol", "model.prepend_bos=true", "hardware.packing=false")])
+@pytest.mark.parametrize("overrides", [("prompt=prompteol",), pytest.param(("prompt=echo",), marks=pytest.mark.slow),
+                                       pytest.param(("prompt=echo", "prompt.span=all"), marks=pytest.mark.slow),
+                                       pytest.param(("prompt=prompteol", "model.prepend_bos=true", "hardware.packing=false"),
+                                                    marks=pytest.mark.slow)])
 def test_the_pooled_span_equals_the_hook_free_reference(overrides):
     """Each text's vector pools its span of the templated sequence: the closed-form weights over the span's
     tokens of output_hidden_states (no hooks), for texts packed together; PromptEOL's span is the last
@@ -93,6 +95,7 @@ def test_the_pooled_span_equals_the_hook_free_reference(overrides):
         assert all(torch.equal(got[:, :H], got[:, c * H:(c + 1) * H]) for c in range(4))
 
 
+@pytest.mark.slow  # a mean job or CLI children: over 10 s
 def test_a_centred_vector_inside_a_template_subtracts_the_mean_of_the_same_positions(tmp_path):
     """The mean is made under the template (every position of the templated documents); the centred
     vector of a span subtracts mu_t at the span's positions in the whole sequence."""
@@ -115,6 +118,7 @@ def test_a_centred_vector_inside_a_template_subtracts_the_mean_of_the_same_posit
         assert start > 0
 
 
+@pytest.mark.slow  # a mean job or CLI children: over 10 s
 def test_a_template_changes_the_means_id_the_span_does_not_and_a_mean_of_another_prompt_is_refused(tmp_path):
     def mean_id(*overrides):
         return configured_mean_path(compose_cfg(*overrides)).parent.name
@@ -150,6 +154,7 @@ def test_records_name_the_template(tmp_path):
                       "span": "text"}
 
 
+@pytest.mark.slow  # a mean job or CLI children: over 10 s
 def test_bad_prompts_are_one_line_and_exit_2(tmp_path):
     results = run_clis([["job=extract", "text=Hello", "prompt.template='no text here'"],
                         ["job=extract", "text=Hello", "prompt.template='{text} and {text}'"],

@@ -10,6 +10,7 @@ records are read for the chosen cells alone.
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -106,7 +107,10 @@ def main(argv=None) -> None:
     parser.add_argument("sweep", type=Path, help="a multirun folder of job=sts runs (or one run's folder)")
     parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening")
     args = parser.parse_args(argv)
-    runs = [json.loads(p.read_text()) for p in sorted(args.sweep.glob("**/sts.json"))]
+    # In the sweep's order: job 10 after job 9.
+    found = sorted(args.sweep.glob("**/sts.json"), key=lambda p: [int(x) if x.isdigit() else x
+                                                                   for x in re.split(r"(\d+)", str(p))])
+    runs = [json.loads(p.read_text()) for p in found]
     if not runs:
         raise SystemExit(f"error: no sts.json under {args.sweep}: give the folder of a job=sts run or sweep")
     try:
