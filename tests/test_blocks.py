@@ -3,14 +3,13 @@ reference at two blocks; their layer mean equals model.layers=all, raw and centr
 block, with the block chosen on the selection pairs."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 import scipy.stats
 import torch
 
-from actexp import jobs
+from actexp import jobs, memory
 from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
@@ -19,6 +18,8 @@ from actexp.report import sts_choices
 from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream, reference_vector, rel_err
 from test_sts import DEV_PAIRS, FIT_TEXTS, _fit_file, _overrides, _pairs_file
 
+# Longer than every document of the mean's corpus too: its tail value centres the last positions.
+TEXTS = [*TEXTS, " ".join([TEXTS[2]] * 3)]
 MEAN = ["corpus=samples", "centering=corpus_mean", "centering.min_count=2", "centering.tail_start=4"]
 
 
@@ -52,6 +53,7 @@ def test_each_blocks_vector_equals_the_hook_free_reference_at_two_blocks(both):
         for seq in docs:
             sums[:len(seq)] += reference_stream(ref, seq)[block]
         assert rel_err(mean.sum[:, block * H:(block + 1) * H], sums) < 1e-6, block
+        assert max(len(x) for x in ids) > mean.mean.shape[0]  # the tail is used
         mu = mean.rows(max(len(x) for x in ids))[:, block * H:(block + 1) * H]  # [T, H]
         for i, seq in enumerate(ids):
             columns = slice(block * width, (block + 1) * width)
@@ -129,16 +131,26 @@ def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
     assert "Chosen on dev over every prompt" in capsys.readouterr().out
 
 
-def test_per_block_vectors_that_would_fill_the_memory_are_refused_before_any_pass(both, monkeypatch):
-    """[N, L, C*H] float32 (twice with centring) against half the memory free: the OS's numbers are
-    the one thing replaced, as if this machine had 1 MiB free."""
+def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_before_any_pass(both, tmp_path, monkeypatch):
+    """[N, L, C*H] float32 (twice with centring), and (L+1)*C fits of H x H float64 per base, against half
+    the memory available: the kernel's report is the one thing replaced, as if 1 MiB were available."""
     backend, _, mean = both["each"]
-    real = os.sysconf
-    monkeypatch.setattr(os, "sysconf", lambda name: 256 if name == "SC_AVPHYS_PAGES" else real(name))
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:          10 kB\nMemAvailable:     1024 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
     with pytest.raises(UserError, match=r"model.layers=each: the vectors of 400 texts x 4 blocks x 512 dims take "
                                         r"6 MiB, more than half of the 1 MiB free here"):
         backend.vectors(["A text."] * 400, chunks_from_cfg(compose_cfg().pooling), mean)
     backend.vectors(["A text."] * 10, chunks_from_cfg(compose_cfg().pooling), None)  # 80 KiB: fits
+    folder = tmp_path / "sts"
+    folder.mkdir()
+    _pairs_file(folder)
+    meminfo.write_text("MemAvailable:      200 kB\n")  # 20 parts x 128 x 11 dims x 8 bytes x 2 bases: 440 KiB
+    cfg = compose_cfg(*_overrides(folder, _fit_file(folder / "fit.jsonl"), "model.layers=each", "sts.variants=[raw,whitening]"))
+    with pytest.raises(UserError, match=r"sts: the fits of 20 parts of 128 dims take 0.0 GiB, more than half of the memory"):
+        jobs.run("sts", cfg, folder / "run")
+    assert not (folder / "run" / "sts.json").exists()
+
 
 
 @pytest.mark.slow  # two job=sts runs

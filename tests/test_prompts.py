@@ -2,6 +2,7 @@
 edge, the pooled span against the hook-free reference, the mean under a template, prompt=none
 unchanged, and bad input."""
 
+import copy
 import hashlib
 import json
 
@@ -12,7 +13,7 @@ from actexp import jobs
 from actexp.backends.local import LocalBackend
 from actexp.errors import UserError
 from actexp.jobs.common import chunks as chunks_from_cfg
-from actexp.jobs.common import configured_mean_path
+from actexp.jobs.common import configured_mean_path, corpus_of
 from actexp.models.identity import model_identity
 from actexp.models.prompting import Prompt, encode
 from actexp.models.tokenizing import load_tokenizer
@@ -21,7 +22,9 @@ from helpers import LONG, TEXTS, compose_cfg, reference_model, reference_stream,
 
 # The sha256 of `python -m actexp.run job=csv` (the 20 samples, raw, long pooling, model=tiny) made by
 # commit 9b39116, before prompts existed: prompt=none must give these vectors byte for byte.
-CSV_BEFORE_PROMPTS = "4ccd733218d56eab0df85bb90ea3ad843cad4a004bbafc1978a3fd7a01a4bdf7"
+CSV_BEFORE_PROMPTS = {(): "4ccd733218d56eab0df85bb90ea3ad843cad4a004bbafc1978a3fd7a01a4bdf7",
+                      ("model.prepend_bos=true", "model.max_tokens=8"):  # the BOS pooled, every text cut
+                      "57addcfde27ffe557929f0eb0b13a6f9f84b3403ed4e8d25e4174436d47819c6"}
 
 
 @pytest.fixture(scope="module")
@@ -37,36 +40,51 @@ def _tokens(tokenizer, text):
                                              ("Read: {text}fix", "it pre")])  # " prefix" is one token
 def test_the_span_is_exactly_the_texts_tokens_where_bpe_merges_across_the_templates_edge(tokenizer, template, text):
     before, after = template.split("{text}")
+    lead = " " if before.endswith(" ") else ""  # a space that ends the piece before the text goes with the text
     whole = _tokens(tokenizer, before + text + after)
     # The premise: tokenised as one string, a token spans the template's edge, so no slice of it is the text.
-    assert not any(tokenizer.decode(whole[s:e]) == text for s in range(len(whole)) for e in range(s, len(whole) + 1))
+    assert not any(tokenizer.decode(whole[s:e]) == lead + text for s in range(len(whole)) for e in range(s, len(whole) + 1))
     [ids], [cut], [(start, end)] = encode(tokenizer, [text], 2048, None, Prompt(template=template))
-    assert ids[start:end] == _tokens(tokenizer, text) and tokenizer.decode(ids[start:end]) == text
-    assert ids[:start] == _tokens(tokenizer, before) and ids[end:] == _tokens(tokenizer, after)
+    assert ids[start:end] == _tokens(tokenizer, lead + text) and tokenizer.decode(ids[start:end]) == lead + text
+    assert ids[:start] == _tokens(tokenizer, before[:len(before) - len(lead)]) and ids[end:] == _tokens(tokenizer, after)
     assert not cut
     # With BOS: everything moves by one, the BOS is not in the span.
     [ids], _, [(s, e)] = encode(tokenizer, [text], 2048, 7, Prompt(template=template))
     assert ids[0] == 7 and (s, e) == (start + 1, end + 1)
 
 
+def test_a_chat_template_wraps_the_template_and_its_bos_is_not_doubled(tokenizer):
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = ("{{ bos_token }}<user>{{ messages[0]['content'] }}</user>"
+                          "{% if add_generation_prompt %}<bot>{% endif %}")
+    bos = chat.convert_tokens_to_ids(chat.bos_token)
+    text = TEXTS[1]
+    for bos_id in (None, bos):
+        [ids], _, [(start, end)] = encode(chat, [text], 2048, bos_id, Prompt(template='Say "{text}"', chat=True))
+        assert chat.decode(ids) == f'{chat.bos_token}<user>Say "{text}"</user><bot>' and ids.count(bos) == 1
+        assert ids[start:end] == _tokens(chat, text)
+    [ids], _, [span] = encode(chat, [text], 2048, None, Prompt(template="{text}", chat=True, span="last"))
+    assert span == (len(ids) - 1, len(ids)) and ids[-len(_tokens(chat, "<bot>")):] == _tokens(chat, "<bot>")
+
+
 def test_echo_pools_the_second_copy_and_truncation_keeps_the_template_whole(tokenizer):
     prompt = Prompt(template="Again: {copy} then {text}.")
     text = TEXTS[1]
-    n, mid = len(_tokens(tokenizer, text)), _tokens(tokenizer, " then ")
+    words, head, mid = _tokens(tokenizer, " " + text), _tokens(tokenizer, "Again:"), _tokens(tokenizer, " then")
+    n = len(words)
     [ids], [cut], [(start, end)] = encode(tokenizer, [text], 2048, None, prompt)
-    head = len(_tokens(tokenizer, "Again: "))
-    assert (start, end) == (head + n + len(mid), head + 2 * n + len(mid)) and not cut
-    assert ids[head:head + n] == ids[start:end] == _tokens(tokenizer, text)
-    # 30 tokens: the template's 5 stay, each copy keeps (30 - 5) // 2 of the text's tokens.
+    assert ids == head + words + mid + words + _tokens(tokenizer, ".") and not cut
+    assert (start, end) == (len(head) + n + len(mid), len(head) + 2 * n + len(mid))
+    # 30 tokens: the template's stay, each copy keeps (30 - template) // 2 of the text's tokens.
     fixed = len(ids) - 2 * n
     [short], [cut], [(start, end)] = encode(tokenizer, [text], 30, None, prompt)
     keep = (30 - fixed) // 2
-    assert cut and len(short) == fixed + 2 * keep and short[start:end] == _tokens(tokenizer, text)[:keep]
-    assert short[-len(_tokens(tokenizer, "."))] == ids[-1]
+    assert cut and short == head + words[:keep] + mid + words[:keep] + _tokens(tokenizer, ".")
+    assert short[start:end] == words[:keep]
     with pytest.raises(UserError, match="the prompt takes .* leaving no room"):
         encode(tokenizer, [text], fixed + 1, None, prompt)
     with pytest.raises(UserError, match="text 1 .* has no tokens, so prompt.span=text is empty"):
-        encode(tokenizer, [text, ""], 2048, None, prompt)
+        encode(tokenizer, [text, ""], 2048, None, Prompt(template="{text}."))
     # The span `all` and `last` of the same sequence.
     [_], _, [span_all] = encode(tokenizer, [text], 2048, None, Prompt(template=prompt.template, span="all"))
     [_], _, [span_last] = encode(tokenizer, [text], 2048, None, Prompt(template=prompt.template, span="last"))
@@ -108,8 +126,12 @@ def test_a_centred_vector_inside_a_template_subtracts_the_mean_of_the_same_posit
     mean = corpus_mean(cfg)
     assert mean.metadata["prompt"] == {"template": cfg.prompt.template, "chat": False}
     backend = LocalBackend.from_config(cfg)
-    out = backend.vectors(TEXTS[:2], chunks_from_cfg(cfg.pooling), mean)
     ref = reference_model(backend.lm.model)
+    sums = torch.zeros_like(mean.sum)  # [P, H]: the mean's documents inside the template, every position
+    for seq in backend.lm.text.encode_spans([d.text for d in corpus_of(cfg).documents()])[0]:
+        sums[:len(seq)] += reference_stream(ref, seq).mean(0)
+    assert rel_err(mean.sum, sums) < 1e-6
+    out = backend.vectors(TEXTS[:2], chunks_from_cfg(cfg.pooling), mean)
     ids, _, spans = backend.lm.text.encode_spans(TEXTS[:2])
     for i, (seq, (start, end)) in enumerate(zip(ids, spans)):
         h = reference_stream(ref, seq).mean(0) - mean.rows(len(seq)).double()  # [T, H]: mu_t by its position
@@ -124,7 +146,7 @@ def test_a_template_changes_the_means_id_the_span_does_not_and_a_mean_of_another
         return configured_mean_path(compose_cfg(*overrides)).parent.name
 
     bare, eol = mean_id(), mean_id("prompt=prompteol")
-    assert bare != eol != mean_id("prompt=echo")
+    assert len({bare, eol, mean_id("prompt=echo")}) == 3
     assert eol == mean_id("prompt=prompteol", "prompt.span=text") == mean_id("prompt=prompteol", "prompt.span=all")
     assert mean_id("prompt.span=all") == bare  # the bare text pooled whole, as before prompts
     assert mean_id("prompt=prompteol", "prompt.chat=true") != eol
@@ -139,19 +161,21 @@ def test_a_template_changes_the_means_id_the_span_does_not_and_a_mean_of_another
                  tmp_path / "x")
 
 
-def test_prompt_none_gives_the_vectors_of_before_prompts_byte_for_byte(tmp_path):
-    jobs.run("csv", compose_cfg("logger=none", f"paths.artifacts={tmp_path}"), tmp_path)
+@pytest.mark.parametrize("overrides", list(CSV_BEFORE_PROMPTS))
+def test_prompt_none_gives_the_vectors_of_before_prompts_byte_for_byte(tmp_path, overrides):
+    jobs.run("csv", compose_cfg("logger=none", f"paths.artifacts={tmp_path}", *overrides), tmp_path)
     [csv] = tmp_path.glob("vectors_*.csv")
-    assert hashlib.sha256(csv.read_bytes()).hexdigest() == CSV_BEFORE_PROMPTS
+    assert hashlib.sha256(csv.read_bytes()).hexdigest() == CSV_BEFORE_PROMPTS[overrides]
     assert "prompt" not in json.loads(csv.with_suffix(".json").read_text())["model"]
 
 
 def test_records_name_the_template(tmp_path):
     jobs.run("csv", compose_cfg("logger=none", "prompt=echo", f"paths.artifacts={tmp_path}"), tmp_path)
     [sidecar] = tmp_path.glob("vectors_*.json")
-    prompt = json.loads(sidecar.read_text())["model"]["prompt"]
-    assert prompt == {"name": "echo", "template": compose_cfg("prompt=echo").prompt.template, "chat": False,
-                      "span": "text"}
+    made = json.loads(sidecar.read_text())
+    template = compose_cfg("prompt=echo").prompt.template
+    assert made["model"]["prompt"] == {"template": template, "chat": False, "span": "text"}  # in the identity
+    assert made["prompt"] == {"name": "echo", "template": template, "chat": False, "span": "text"}
 
 
 @pytest.mark.slow  # a mean job or CLI children: over 10 s

@@ -4,7 +4,6 @@ import ctypes
 import dataclasses
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from filelock import Timeout
 
 from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
+from ..memory import available_memory
 from ..maths.centering import CorpusMean, MeanAccumulator
 from ..maths.pooling import Chunk, pool, weights
 from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream, stream_blocks
@@ -68,7 +68,7 @@ RESULTS_ON_DEVICE = 1 << 30  # bytes of a call's vectors kept on a GPU until the
 def _check_room(size: int, n: int, blocks: int, width: int) -> None:
     """model.layers=each keeps [N, L, C*H] float32 (twice with centring) in this machine's memory: refused
     in one line when it would take more than half of the memory available now."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    available = available_memory()
     if size > available / 2:
         raise UserError(f"model.layers=each: the vectors of {n} texts x {blocks} blocks x {width} dims take "
                         f"{size / 2**20:,.0f} MiB, more than half of the {available / 2**20:,.0f} MiB free here: pool "
@@ -173,7 +173,9 @@ class LocalBackend:
                         pool_into(which, x, lengths, 0, mu)
                     bar.update(sum(pack.lengths))
         raw, centered = raw.cpu(), None if centered is None else centered.cpu()
-        self._refuse_non_finite(texts, raw if centered is None else torch.cat([raw, centered], 1))
+        for x in (raw, centered):  # apart: a concatenated copy would double the peak of per-block vectors
+            if x is not None:
+                self._refuse_non_finite(texts, x)
         return Pooled(raw, centered, [len(x) for x in ids], truncated)
 
     def centred_by_definition(self, texts: Sequence[str], chunks: Sequence[Chunk], mean: CorpusMean,
@@ -232,12 +234,10 @@ class LocalBackend:
                   else self._batches(ids))
         for item in passes:
             if not self.lm.per_block:
-                _, h = item
                 for _, x, lengths in segments(*item):
                     acc.add(x, lengths)
-                del h
             if trim is not None:
-                del item
+                del item  # the pack's stream, before the heap is trimmed
                 trim(0)
         if not torch.isfinite(acc.sum).all():
             raise UserError(f"the activations of these documents are not finite in model.dtype={self.spec.dtype}: "

@@ -8,6 +8,8 @@ import shlex
 from pathlib import Path
 from typing import List, Optional
 
+from omegaconf import OmegaConf
+
 from ..errors import UserError
 from ..maths.bootstrap import Bootstrap
 from ..maths.centering import CorpusMean
@@ -170,6 +172,8 @@ def metadata(cfg, model: dict, mean: Optional[CorpusMean] = None) -> dict:
         "actexp_version": __version__,
         "model": model,
         "pooling": pooling_record(cfg.pooling) | {"labels": [c.label for c in chunks(cfg.pooling)]},
+        # The prompt group as configured, its name included (the model identity names what it computes).
+        "prompt": OmegaConf.to_container(cfg.prompt, resolve=True) if cfg.get("prompt") else None,
         "centering": centering_metadata(mean),
     }
 

@@ -29,6 +29,7 @@ from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
 from ..maths.parts import Parts
+from ..memory import available_memory
 from ..report import plots
 from ..report.console import with_interval, wrote
 from ..store import fits as fit_store
@@ -90,8 +91,13 @@ def fit_set(cfg):
     return texts, {"name": f"corpus-{cfg.corpus.name}", "sha256": content, "corpus_id": corpus.id}
 
 
-def _check_fit(s, methods, n_texts: int, h: int) -> None:
-    """Settings the fit set cannot serve, refused before any forward pass."""
+def _check_fit(s, methods, n_texts: int, h: int, parts: int = 1) -> None:
+    """Settings the fit set cannot serve, refused before any forward pass; `parts` fits per base (chunks,
+    of every block and the blocks' mean with model.layers=each) must fit in memory."""
+    fits = parts * h * min(h, max(n_texts - 1, 1)) * 8 * 2  # float64 eigenvectors, raw and centred bases
+    if methods and fits > available_memory() / 2:
+        raise UserError(f"sts: the fits of {parts} parts of {h} dims take {fits / 2**30:.1f} GiB, more than half of "
+                        "the memory free here: pool fewer chunks (pooling=short), or give model.layers a list of blocks")
     if methods and n_texts < 2:
         raise UserError(f"the fit set (sts.fit={s.fit}) has {n_texts} text(s): fit on at least 2")
     if "abtt" in methods and s.abtt_dims >= min(h, n_texts - 1):
@@ -147,7 +153,9 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     chunks = common.chunks(cfg.pooling)
     methods = {m for _, m in parsed.values() if m}
     fit_texts, described = fit_set(cfg) if methods else ([], {})
-    _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"])  # before any forward pass
+    blocks = n_blocks(backend.metadata)
+    _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"],  # before any forward pass
+               len(chunks) * (blocks + (blocks > 1)))
     chooser = selection_pairs(cfg, pairs)
     mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     vectors = _vectors(backend, pairs, chunks, mean)
@@ -155,7 +163,6 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fitted, fit_records = _fits(cfg, backend, chunks, mean, bases, fit_texts, described)
     settings = {"abtt_dims": s.abtt_dims, "whitening_dims": s.whitening_dims}
     boot = common.bootstrap_of(cfg)
-    blocks = n_blocks(backend.metadata)
     records, scores, resampled = _scores(parsed, vectors, fitted, settings, chunks, blocks, pairs, fit_records, boot)
     differences = _differences(scores, resampled, list(parsed), pairs, boot)
     selection = None

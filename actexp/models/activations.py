@@ -112,54 +112,10 @@ class _StopForward(Exception):
     """Raised by the hook of the deepest selected block: later blocks are not needed."""
 
 
-class LayerMean:
-    """Forward hooks that average the raw outputs of the selected blocks into h [B, T, H] float32."""
-
-    def __init__(self, blocks: Sequence[torch.nn.Module], layer_ids: Sequence[int]):
-        self.blocks, self.layer_ids = blocks, list(layer_ids)
-        self.stop_early = self.layer_ids[-1] < len(blocks) - 1
-        self.sum = None
-
-    def _hook(self, layer: int):
-        def hook(module, args, output):
-            out = output[0] if isinstance(output, tuple) else output  # [B, T, H]; transformers 4 returns a tuple
-            if self.sum is None:
-                self.sum = out.to(torch.float32, copy=True)  # [B, T, H]
-            else:
-                self.sum.add_(out)
-            if self.stop_early and layer == self.layer_ids[-1]:
-                raise _StopForward
-
-        return hook
-
-    @torch.inference_mode()
-    def __call__(self, body: torch.nn.Module, input_ids: torch.Tensor,
-                 position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """h [B, T, H] float32 for input_ids [B, T]: right-padded rows (position_ids None), or packed
-        rows whose position_ids restart at 0 for each text.
-
-        Right padding needs no attention mask: a causal model never lets a real token see a pad, and
-        positions stay 0..T-1. Packed rows need none either: transformers reads the restarts of
-        position_ids as text boundaries and masks attention across them (block-diagonal causal for
-        sdpa and eager, a block mask for flex; flash attention only in a batch of one row, which the
-        backend's check finds). Pads are never pooled.
-        """
-        handles = [self.blocks[i].register_forward_hook(self._hook(i)) for i in self.layer_ids]
-        self.sum = None
-        try:
-            body(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        h, self.sum = self.sum.div_(len(self.layer_ids)), None
-        return h
-
-
 class BlockOutputs:
     """Forward hooks that hand each selected block's raw output [R, W, H] to a callback as the block
-    makes it (model.layers=each): the callback pools or sums it, so no stack of blocks is ever kept."""
+    makes it: LayerMean sums them, model.layers=each pools each, so no stack of blocks is ever kept.
+    The LM head never runs, no KV cache is made, and blocks after the deepest selected one never run."""
 
     def __init__(self, blocks: Sequence[torch.nn.Module], layer_ids: Sequence[int]):
         self.blocks, self.layer_ids = blocks, list(layer_ids)
@@ -184,6 +140,36 @@ class BlockOutputs:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+class LayerMean:
+    """The mean of the selected blocks' raw outputs, h [B, T, H] float32, summed as each block makes it."""
+
+    def __init__(self, blocks: Sequence[torch.nn.Module], layer_ids: Sequence[int]):
+        self.outputs, self.n = BlockOutputs(blocks, layer_ids), len(layer_ids)
+
+    @torch.inference_mode()
+    def __call__(self, body: torch.nn.Module, input_ids: torch.Tensor,
+                 position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h [B, T, H] float32 for input_ids [B, T]: right-padded rows (position_ids None), or packed
+        rows whose position_ids restart at 0 for each text.
+
+        Right padding needs no attention mask: a causal model never lets a real token see a pad, and
+        positions stay 0..T-1. Packed rows need none either: transformers reads the restarts of
+        position_ids as text boundaries and masks attention across them (block-diagonal causal for
+        sdpa and eager, a block mask for flex; flash attention only in a batch of one row, which the
+        backend's check finds). Pads are never pooled.
+        """
+        total = []
+
+        def add(k, out):  # out [B, T, H] in the model's dtype
+            if not total:
+                total.append(out.to(torch.float32, copy=True))  # [B, T, H]
+            else:
+                total[0].add_(out)
+
+        self.outputs(body, add, input_ids, position_ids)
+        return total[0].div_(self.n)
 
 
 def batch_ids(lm: LoadedModel, ids: Sequence[Sequence[int]], pack: Pack) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

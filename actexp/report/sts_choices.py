@@ -20,6 +20,11 @@ from ..maths import bootstrap
 from ..maths.bootstrap import Bootstrap
 
 
+def label(run: dict) -> str:
+    """A run's prompt as the table names it: the prompt group's name (its template is listed below the table)."""
+    return (run.get("prompt") or {}).get("name") or "none"
+
+
 def _best(dev: Dict[Tuple[str, str], float], keep) -> Optional[Tuple[str, str]]:
     candidates = [k for k, v in dev.items() if v is not None and keep(*k)]
     return max(candidates, key=lambda k: dev[k]) if candidates else None
@@ -41,8 +46,9 @@ def rows(sts_runs: List[dict], variants: List[str]) -> Tuple[List[List[str]], Tu
     for run in sts_runs:
         selection = run.get("selection")
         if not selection:
-            raise ValueError("a run without sts.select_on: its choices cannot be made on other pairs")
-        prompt = (run["model"].get("prompt") or {}).get("name", "none")
+            raise ValueError("a run without sts.select_on: its choices cannot be made on other pairs; "
+                             "run the sweep with sts.select_on=dev")
+        prompt = label(run)
         dev = {(r["variant"], r["chunk"]): r["value"] for r in selection["records"]}
         test = {(r["variant"], r["chunk"]): r for r in run["records"] if r["metric"] == "spearman"}
         per_block = any(chunk.startswith("b") and "/" in chunk for _, chunk in dev)
@@ -53,6 +59,8 @@ def rows(sts_runs: List[dict], variants: List[str]) -> Tuple[List[List[str]], Tu
             best_block = _best(dev, lambda v, c: v == variant) if per_block else None
             out.append([prompt, variant, _cell(test, mean_of_blocks, dev, True),
                         _cell(test, best_block, dev, True) if per_block else "-"])
+        if selection["source"]["sha256"] != sts_runs[0]["selection"]["source"]["sha256"]:
+            raise ValueError("the runs chose on different selection pairs: one choice over all of them needs the same")
         key = (selection["variant"], selection["chunk"])
         if overall is None or selection["chosen_by"] > overall[3]:
             overall = (prompt, *key, selection["chosen_by"], test[key])
@@ -74,7 +82,7 @@ def against_first(sts_runs: List[dict]) -> List[List[str]]:
                                                                                    first["selection"]["gold"], boot):
             raise ValueError("the runs evaluated other pairs or drew other resamples: no paired difference")
         s = run["selection"]
-        cells = [(run["model"].get("prompt") or {}).get("name", "none"), f"{s['variant']}, {s['chunk']}",
+        cells = [label(run), f"{s['variant']}, {s['chunk']}",
                  f"{100 * s['chosen_by']:.2f}", _interval_text(s["spearman"], s["interval"])]
         if run is not first:
             mine = bootstrap.spearman(np.asarray(s["cosines"]), gold, counts)
@@ -96,6 +104,10 @@ def markdown(sts_runs: List[dict], variants: List[str]) -> str:
              "|---|---|---:|---:|"] + [f"| {' | '.join(r)} |" for r in table]
     lines += ["", "| prompt | chosen on dev | dev | test | minus the first row (paired) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(r)} |" for r in against_first(sts_runs)]
+    lines.append("\nTemplates: " + "; ".join(f"{label(run)}: {json.dumps((run['model'].get('prompt') or {}).get('template'))}"
+                                              f"{' in the chat template' if (run['model'].get('prompt') or {}).get('chat') else ''}"
+                                              f", span {(run['model'].get('prompt') or {}).get('span', 'text')}"
+                                              for run in sts_runs))
     low, high = record["interval"] or (float("nan"), float("nan"))
     lines.append(f"\nChosen on dev over every prompt, variant, block and chunk: {prompt}, {variant}, {chunk} "
                  f"(dev {100 * dev:.2f}) -> {record['split']} {100 * record['value']:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
@@ -116,7 +128,7 @@ def main(argv=None) -> None:
     try:
         print(markdown(runs, args.variants.split(",")))
     except ValueError as e:
-        raise SystemExit(f"error: {e}: run the sweep with sts.select_on=dev") from None
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

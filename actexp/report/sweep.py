@@ -104,7 +104,8 @@ def summary_table(sweep_dir: Path) -> str:
         rows.append(cells)
     # The best row: under sts.select_on by the score on the selection pairs of each row's choice (a
     # sweep over prompts then chooses its prompt on dev too); else by the split's own best.
-    chosen = all("selected_chosen_by" in (r.get("metrics") or {}) for r in records if r.get("job") == "sts")
+    ok = [r for r in records if r.get("job") == "sts" and r.get("status") == "ok"]  # a failed run chose nothing
+    chosen = bool(ok) and all("selected_chosen_by" in (r.get("metrics") or {}) for r in ok)
     key = "selected_chosen_by" if chosen else "best_spearman"
     sts = [(r.get("metrics") or {}).get(key) if r.get("job") == "sts" else None for r in records]
     if sum(x is not None for x in sts) > 1:  # an STS sweep (e.g. over prompts or model.layers): * on its best row
