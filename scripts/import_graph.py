@@ -25,7 +25,7 @@ ROOT = Path.cwd() / PACKAGE if (Path.cwd() / PACKAGE / "__init__.py").is_file() 
 # The folder rule, bottom first: a module may import its own folder and the folders on earlier
 # lines (a line's folders do not import each other). Top-level modules are named by file.
 LAYERS = [
-    ["errors", "progress", "version"],
+    ["errors", "memory", "progress", "version"],
     ["maths", "config"],
     ["store"],
     ["models"],
