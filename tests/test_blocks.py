@@ -127,8 +127,11 @@ def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
     assert [r[3] for r in table[2:]] == ["-", "-"]  # layers=all has no blocks to choose
     best = max((each, all_), key=lambda run: run["selection"]["chosen_by"])["selection"]
     assert overall[1:4] == (best["variant"], best["chunk"], best["chosen_by"])
-    sts_choices.main([str(folder.parent)])
+    sts_choices.main([str(folder.parent), "--variants", "raw,whitening"])
     assert "Chosen on dev over every prompt" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="2"):  # a variant the runs did not score: one line, exit 2
+        sts_choices.main([str(folder / "sts.json"), "--variants", "raw,centered+whitening"])
+    assert capsys.readouterr().err == "error: --variants centered+whitening: the runs scored centered, raw, whitening\n"
 
 
 def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_before_any_pass(both, tmp_path, monkeypatch):

@@ -29,6 +29,13 @@ def check(name: str, cfg):
     if cfg.model.get("layers") == "each" and name not in PER_BLOCK:
         raise UserError(f"model.layers=each gives one vector per block, which job={name} cannot use: use it with "
                         f"{' or '.join('job=' + j for j in PER_BLOCK)}, or give model.layers=all or a list of blocks")
+    if cfg.get("prompt") and cfg.prompt.chat:  # before a mean or a sweep's work: the tokenizer alone says
+        from ..models.tokenizing import load_tokenizer
+        from ..store.layout import hash_cache
+        from .common import model_spec
+
+        spec = model_spec(cfg)
+        spec.prompt_of().pieces(load_tokenizer(spec, hash_cache(cfg.paths.artifacts)))
     return job
 
 

@@ -25,7 +25,8 @@ from ..version import __version__
 log = logging.getLogger(__name__)
 
 # Overrides that decide which corpus mean fits: repeated in the command we suggest.
-MEAN_GROUPS = ("experiment", "model", "hardware", "corpus", "paths", "centering.min_count", "centering.tail_start")
+MEAN_GROUPS = ("experiment", "model", "prompt", "hardware", "corpus", "paths", "centering.min_count",
+               "centering.tail_start")
 
 
 def chunks(pooling_cfg) -> List[Chunk]:

@@ -83,8 +83,9 @@ def _stream_check(backend, chunks, mean, names, n_tokens):
 
 def run(cfg, out_dir, tracker, backend) -> dict:
     if common.model_spec(cfg).prompt:
-        raise UserError("job=compare checks raw - centred = pooled_mean(T) over a bare text's every token; inside "
-                        "a prompt the span starts later: use prompt=none (prompt.span=text or all)")
+        raise UserError("job=compare checks raw - centred = pooled_mean(T) over every token of a bare text, and this "
+                        "config pools a span of a templated sequence or its last token: use prompt=none with "
+                        "prompt.span=text")
     chunk_list = common.chunks(cfg.pooling)
     mean = common.corpus_mean(cfg, required=True, tracker=tracker)
     model_id = common.model_identity(cfg)

@@ -102,6 +102,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
         else:
             log.info(f"{metrics['shards']} shards extracted; merge them with mean.stage=aggregate")
             written = [stats.folder / "shards"]
-    written.append(write_json(Path(out_dir) / "mean.json", metrics))
+    # The file also names the model the mean is for (its prompt and layers included), as the mean's header does.
+    written.append(write_json(Path(out_dir) / "mean.json", metrics | {"model": stats.identity}))
     wrote(log, written)
     return metrics

@@ -352,7 +352,8 @@ def intervals(records: List[dict], differences: List[dict], boot: dict, main: st
     diff = {d["variant"]: d for d in differences if d["chunk"] == main}
     width = max(len(r["variant"]) for r in own) + 2
     first = own[0]["variant"]
-    lines = [f"{'All chunks' if main == 'all' else 'The blocks mean, all chunks'}, {100 * boot['level']:g} % intervals from {boot['resamples']} resamples of the pairs "
+    what = "All chunks" if main == "all" else "The blocks' mean, all chunks"
+    lines = [f"{what}, {100 * boot['level']:g} % intervals from {boot['resamples']} resamples of the pairs "
              f"(seed {boot['seed']}); minus {first}: paired, the same resamples:",
              f"{'':<{width}}{'Spearman x 100':>24}{'minus ' + first:>24}"]
     lines += [f"{r['variant']:<{width}}{cell(r)}{cell(diff.get(r['variant']))}" for r in own]

@@ -61,8 +61,9 @@ class Prompt:
         template = self.template or "{text}"
         if self.chat:
             if not getattr(tokenizer, "chat_template", None):
-                raise UserError("prompt=chat, but this model's tokenizer has no chat template: use prompt=prompteol "
-                                "or prompt.template, or an instruct model (model=smollm2-135m-q4)")
+                raise UserError("prompt.chat=true (prompt=chat), but this model's tokenizer has no chat template: use "
+                                "prompt.chat=false (prompt=prompteol or a prompt.template), or an instruct model "
+                                "(model=smollm2-135m-q4)")
             template = tokenizer.apply_chat_template([{"role": "user", "content": template}], tokenize=False,
                                                      add_generation_prompt=True)
             bos = tokenizer.bos_token

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap, Normalize  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..store.io import write_bytes  # noqa: E402
 
@@ -242,6 +243,7 @@ def sts_layers(by_block: dict, mean_of_blocks: dict, path: Path, title: str) -> 
         if mean_of_blocks.get(name) is not None:
             ax.axhline(100 * mean_of_blocks[name], color=colour, linestyle="--", linewidth=0.9)
     ax.set_xlabel("block")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("Spearman x 100")
     ax.set_title(title + "\n(dashed: the blocks' mean)", fontsize=10)
     ax.legend(fontsize=8, ncol=2)

@@ -1,6 +1,8 @@
-"""The README's table of a sweep of job=sts runs made with sts.select_on: per run (a prompt) and
-variant, the evaluated split's Spearman of the chunk chosen on the selection pairs among the blocks'
-mean, and of the block and chunk chosen there among every block; then the one choice over all.
+"""The table of a job=sts sweep made with sts.select_on, every cell chosen on the selection pairs.
+
+Per run (a prompt) and variant: the evaluated split's Spearman of the chunk chosen on the selection
+pairs among the blocks' mean, and of the block and chunk chosen there among every block; each run's
+own choice minus the first run's, paired; then the one choice over all runs.
 
 Only the selection pairs' records (`selection.records` of sts.json) choose; the evaluated split's
 records are read for the chosen cells alone.
@@ -11,18 +13,27 @@ records are read for the chosen cells alone.
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from ..maths import bootstrap
+from ..config.schema import CONF
 from ..maths.bootstrap import Bootstrap
 
 
 def label(run: dict) -> str:
-    """A run's prompt as the table names it: the prompt group's name (its template is listed below the table)."""
-    return (run.get("prompt") or {}).get("name") or "none"
+    """A run's prompt as the table names it: the prompt group's name, and its template and span where
+    they are not the group's own (conf/prompt), so two runs of one group never share a label."""
+    prompt = run.get("prompt") or {}
+    name = prompt.get("name") or "none"
+    own = OmegaConf.load(CONF / "prompt" / f"{name}.yaml") if (CONF / "prompt" / f"{name}.yaml").is_file() else {}
+    changed = [f"{key} {json.dumps(prompt.get(key))}" for key in ("template", "chat", "span")
+               if key in prompt and prompt.get(key) != own.get(key, {"chat": False, "span": "text"}.get(key))]
+    return name + (f" ({', '.join(changed)})" if changed else "")
 
 
 def _best(dev: Dict[Tuple[str, str], float], keep) -> Optional[Tuple[str, str]]:
@@ -114,21 +125,38 @@ def markdown(sts_runs: List[dict], variants: List[str]) -> str:
     return "\n".join(lines)
 
 
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit 2 (as the CLI's)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="a multirun folder of job=sts runs (or one run's folder)")
-    parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening")
+    parser.add_argument("sweep", type=Path, help="a multirun folder of job=sts runs, one run's folder, or its sts.json")
+    parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening",
+                        help="the variants of the first table, comma-separated (those the runs scored)")
     args = parser.parse_args(argv)
+    if args.sweep.is_file() and args.sweep.name == "sts.json":
+        args.sweep = args.sweep.parent
     # In the sweep's order: job 10 after job 9.
     found = sorted(args.sweep.glob("**/sts.json"), key=lambda p: [int(x) if x.isdigit() else x
                                                                    for x in re.split(r"(\d+)", str(p))])
-    runs = [json.loads(p.read_text()) for p in found]
-    if not runs:
-        raise SystemExit(f"error: no sts.json under {args.sweep}: give the folder of a job=sts run or sweep")
+    if not found:
+        _fail(f"no sts.json under {args.sweep}: give the folder of a job=sts run or sweep")
     try:
-        print(markdown(runs, args.variants.split(",")))
+        runs = [json.loads(p.read_text()) for p in found]
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        _fail(f"a sts.json under {args.sweep} is not JSON ({e}): run its job again")
+    variants = args.variants.split(",")
+    scored = {r["variant"] for run in runs for r in run["records"]}
+    unknown = [v for v in variants if v not in scored]
+    if unknown:
+        _fail(f"--variants {','.join(unknown)}: the runs scored {', '.join(sorted(scored))}")
+    try:
+        print(markdown(runs, variants))
+    except ValueError as e:
+        _fail(str(e))
 
 
 if __name__ == "__main__":
