@@ -183,9 +183,14 @@ def test_bad_prompts_are_one_line_and_exit_2(tmp_path):
     results = run_clis([["job=extract", "text=Hello", "prompt.template='no text here'"],
                         ["job=extract", "text=Hello", "prompt.template='{text} and {text}'"],
                         ["job=extract", "text=Hello", "prompt=chat"],
-                        ["job=csv", "model.layers=each"]], cwd=tmp_path)
+                        ["job=csv", "model.layers=each"],
+                        ["job=mean", "prompt=chat", "corpus=samples", f"paths.artifacts={tmp_path / 'art'}"],
+                        ["job=extract", "text=Hi", "centering=corpus_mean", "prompt=echo",
+                         f"paths.artifacts={tmp_path / 'art'}"]], cwd=tmp_path)
     expected = ["holds {text} 0 times", "holds {text} 2 times", "has no chat template",
-                "model.layers=each gives one vector per block"]
+                "model.layers=each gives one vector per block", "has no chat template",
+                f"compute it with `python -m actexp.run job=mean prompt=echo paths.artifacts={tmp_path / 'art'}`"]
+    assert not (tmp_path / "art" / "stats").exists()  # the chat prompt was refused before the mean's work
     for result, message in zip(results, expected):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
