@@ -20,6 +20,8 @@ from test_sts import DEV_PAIRS, FIT_TEXTS, _fit_file, _overrides, _pairs_file
 
 # Longer than every document of the mean's corpus too: its tail value centres the last positions.
 TEXTS = [*TEXTS, " ".join([TEXTS[2]] * 3)]
+pytestmark = pytest.mark.slow  # two mean jobs and two job=sts runs: about 40 s (CI runs them; the default suite stays under 5 min)
+
 MEAN = ["corpus=samples", "centering=corpus_mean", "centering.min_count=2", "centering.tail_start=4"]
 
 
@@ -93,7 +95,6 @@ def by_block(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow  # two job=sts runs
 def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block):
     (each, metrics, folder), (all_, _, _) = by_block["each"], by_block["all"]
     spearman = {(r["variant"], r["chunk"]): r["value"] for r in each["records"] if r["metric"] == "spearman"}
@@ -110,7 +111,6 @@ def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block
     assert chosen["spearman"] == spearman[(chosen["variant"], chosen["chunk"])]
 
 
-@pytest.mark.slow  # two job=sts runs
 def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
     """Per variant: the blocks' mean with its chunk chosen on dev, and the block and chunk chosen on dev;
     then the one choice over every run, which is the job's own selection."""
@@ -156,7 +156,6 @@ def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_befor
 
 
 
-@pytest.mark.slow  # two job=sts runs
 def test_each_prompts_choice_minus_the_first_runs_has_a_paired_interval_from_a_plain_loop(by_block):
     """The runs' chosen cosines on the same resamples of the pairs: scipy's Spearman on each resample
     of both, one resample at a time, gives the interval of the difference."""

@@ -169,6 +169,7 @@ def test_prompt_none_gives_the_vectors_of_before_prompts_byte_for_byte(tmp_path,
     assert "prompt" not in json.loads(csv.with_suffix(".json").read_text())["model"]
 
 
+@pytest.mark.slow  # a csv job
 def test_records_name_the_template(tmp_path):
     jobs.run("csv", compose_cfg("logger=none", "prompt=echo", f"paths.artifacts={tmp_path}"), tmp_path)
     [sidecar] = tmp_path.glob("vectors_*.json")
