@@ -14,9 +14,9 @@ from filelock import Timeout
 
 from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
-from ..memory import available_memory
 from ..maths.centering import CorpusMean, MeanAccumulator
 from ..maths.pooling import Chunk, pool, weights
+from ..memory import available_memory
 from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream, stream_blocks
 from ..models.identity import identity
 from ..models.loading import LoadedModel, load_model

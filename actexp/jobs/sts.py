@@ -28,7 +28,7 @@ from ..errors import UserError
 from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
-from ..maths.parts import Parts
+from ..maths.parts import Parts, n_parts
 from ..memory import available_memory
 from ..report import plots
 from ..report.console import with_interval, wrote
@@ -136,7 +136,7 @@ def _fits(cfg, backend, chunks, mean, bases, fit_texts, described):
                     "fit_set": by_content, "base": base, "mean_sha256": mean.sha256 if base == "centered" else None}
         fitted[base], path, sha = fit_store.load_or_fit(cfg.paths.artifacts, identity,
                                                         lambda base=base: fit_vectors(base),
-                                                        len(chunks) * (blocks + (blocks > 1)))
+                                                        n_parts(len(chunks), blocks))
         records[base] = {"path": str(path), "sha256": sha, "fit_set": described | {"texts": len(fit_texts)}}
     return fitted, records
 
@@ -155,7 +155,7 @@ def run(cfg, out_dir, tracker, backend) -> dict:
     fit_texts, described = fit_set(cfg) if methods else ([], {})
     blocks = n_blocks(backend.metadata)
     _check_fit(s, methods, len(fit_texts), backend.metadata["hidden_size"],  # before any forward pass
-               len(chunks) * (blocks + (blocks > 1)))
+               n_parts(len(chunks), blocks))
     chooser = selection_pairs(cfg, pairs)
     mean = _mean(cfg, out_dir, tracker, backend) if any(b == "centered" for b, _ in parsed.values()) else None
     vectors = _vectors(backend, pairs, chunks, mean)

@@ -13,6 +13,11 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 
+def n_parts(n_chunks: int, n_blocks: int = 1) -> int:
+    """How many parts vectors of n_blocks blocks of n_chunks chunks have: the blocks' mean adds C when L > 1."""
+    return n_chunks * (n_blocks + (n_blocks > 1))
+
+
 class Parts(Sequence):
     """x [N, L*C*H] as L*C parts [N, H] (plus C for the blocks' mean when L > 1), in float64."""
 
@@ -23,7 +28,7 @@ class Parts(Sequence):
             raise ValueError(f"{x.shape[1]} dims do not split into {n_blocks} blocks of {n_chunks} chunks")
 
     def __len__(self) -> int:
-        return self.n_chunks * (self.n_blocks + (self.n_blocks > 1))
+        return n_parts(self.n_chunks, self.n_blocks)
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < len(self):
