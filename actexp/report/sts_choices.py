@@ -7,7 +7,7 @@ own choice minus the first run's, paired; then the one choice over all runs.
 Only the selection pairs' records (`selection.records` of sts.json) choose; the evaluated split's
 records are read for the chosen cells alone.
 
-    python -m actexp.report.sts_choices multirun/sts/<date>_<pid> [--variants raw,centered,...]
+    python -m actexp.report.sts_choices multirun/sts/<date>_<pid> [more runs ...] [--variants raw,centered,...]
 """
 
 import argparse
@@ -133,21 +133,24 @@ def _fail(message: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="a multirun folder of job=sts runs, one run's folder, or its sts.json")
+    parser.add_argument("sweeps", type=Path, nargs="+",
+                        help="multirun folders of job=sts runs, runs' folders or their sts.json, in the table's order")
     parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening",
                         help="the variants of the first table, comma-separated (those the runs scored)")
     args = parser.parse_args(argv)
-    if args.sweep.is_file() and args.sweep.name == "sts.json":
-        args.sweep = args.sweep.parent
-    # In the sweep's order: job 10 after job 9.
-    found = sorted(args.sweep.glob("**/sts.json"), key=lambda p: [int(x) if x.isdigit() else x
-                                                                   for x in re.split(r"(\d+)", str(p))])
-    if not found:
-        _fail(f"no sts.json under {args.sweep}: give the folder of a job=sts run or sweep")
+    found = []
+    for sweep in args.sweeps:
+        folder = sweep.parent if sweep.is_file() and sweep.name == "sts.json" else sweep
+        # In the sweep's order: job 10 after job 9.
+        mine = sorted(folder.glob("**/sts.json"), key=lambda p: [int(x) if x.isdigit() else x
+                                                                 for x in re.split(r"(\d+)", str(p))])
+        if not mine:
+            _fail(f"no sts.json under {sweep}: give the folder of a job=sts run or sweep")
+        found += mine
     try:
         runs = [json.loads(p.read_text()) for p in found]
     except ValueError as e:
-        _fail(f"a sts.json under {args.sweep} is not JSON ({e}): run its job again")
+        _fail(f"a sts.json there is not JSON ({e}): run its job again")
     variants = args.variants.split(",")
     scored = {r["variant"] for run in runs for r in run["records"]}
     unknown = [v for v in variants if v not in scored]
