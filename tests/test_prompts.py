@@ -91,6 +91,13 @@ def test_echo_pools_the_second_copy_and_truncation_keeps_the_template_whole(toke
     assert span_all == (0, len(ids)) and span_last == (len(ids) - 1, len(ids))
 
 
+def test_a_template_without_one_text_names_the_placeholder_it_has_instead():
+    with pytest.raises(UserError, match=r"holds \{text\} 0 times \(it has \{txt\}: only \{text\} and \{copy\}"):
+        Prompt(template="Say {txt} once")
+    with pytest.raises(UserError, match=r"holds \{text\} 2 times: give it"):
+        Prompt(template="{text} and {text}, {copy}")
+
+
 @pytest.mark.parametrize("overrides", [("prompt=prompteol",), pytest.param(("prompt=echo",), marks=pytest.mark.slow),
                                        pytest.param(("prompt=echo", "prompt.span=all"), marks=pytest.mark.slow),
                                        pytest.param(("prompt=prompteol", "model.prepend_bos=true", "hardware.packing=false"),

@@ -36,8 +36,10 @@ class Prompt:
         if self.template is not None:
             n = len(re.findall(r"\{text\}", self.template))
             if n != 1:
-                raise UserError(f"prompt.template {self.template!r} holds {{text}} {n} times: give it exactly once "
-                                "(the pooled copy; {copy} repeats the text unpooled)")
+                unknown = sorted(set(re.findall(r"\{\w+\}", self.template)) - {"{text}", "{copy}"})
+                also = f" (it has {', '.join(unknown)}: only {{text}} and {{copy}} are filled in)" if unknown else ""
+                raise UserError(f"prompt.template {self.template!r} holds {{text}} {n} times{also}: give it exactly "
+                                "once (the pooled copy; {copy} repeats the text unpooled)")
 
     @property
     def plain(self) -> bool:
