@@ -63,17 +63,6 @@ def test_abtt_removes_the_top_directions_and_global_mean_centres_the_fit_set():
     assert np.allclose(postprocess.apply("global_mean", y, f), y - x.mean(0))
 
 
-def test_each_chunk_is_processed_with_its_own_fit():
-    a, b = _fit_set(seed=2), _fit_set(seed=3) * 10 + 4
-    x = np.concatenate([a, b], 1)  # [n, 2H]: two chunks of very different scales
-    fits = [postprocess.fit(a), postprocess.fit(b)]
-    parts = postprocess.apply_per_chunk("whitening", x, fits)
-    for part in parts:
-        assert np.allclose(np.cov(part.T), np.eye(a.shape[1]), atol=1e-10)
-    swapped = postprocess.apply_per_chunk("whitening", x, fits[::-1])
-    assert not np.allclose(np.cov(swapped[0].T), np.eye(a.shape[1]), atol=0.1)
-
-
 def test_a_list_constant_within_rounding_has_no_correlation():
     gold = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     assert np.mean([0.7] * 7) != 0.7  # the float mean is 1e-16 off: what made Pearson 0.0 instead of undefined

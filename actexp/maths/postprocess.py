@@ -77,10 +77,3 @@ def per_chunk(x: np.ndarray, n_chunks: int) -> List[np.ndarray]:
         raise ValueError(f"{x.shape[1]} dims do not split into {n_chunks} chunks")
     return [x[:, c * h:(c + 1) * h] for c in range(n_chunks)]
 
-
-def apply_per_chunk(method: str, x: np.ndarray, fits: List[Fit], **settings) -> List[np.ndarray]:
-    """x [N, C*H] -> one post-processed [N, H or k] array per chunk, each with its own chunk's fit."""
-    h = x.shape[1] // len(fits)
-    if h * len(fits) != x.shape[1] or any(len(f.mean) != h for f in fits):
-        raise ValueError(f"{x.shape[1]} dims do not split into {len(fits)} chunks of the fits' {len(fits[0].mean)} dims")
-    return [apply(method, part, f, **settings) for part, f in zip(per_chunk(x, len(fits)), fits)]
