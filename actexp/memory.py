@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -13,3 +15,11 @@ def available_memory() -> int:
         return int(line.split()[1]) * 1024
     except (OSError, StopIteration, ValueError, IndexError):
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def require_room(size: int, what: str, fix: str) -> None:
+    """Refuse in one line, before the work, what would take more than half of the memory available now."""
+    available = available_memory()
+    if size > available / 2:
+        raise UserError(f"{what} take {size / 2**20:,.1f} MiB, more than half of the {available / 2**20:,.1f} MiB "
+                        f"free here: {fix}")

@@ -142,7 +142,7 @@ def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_befor
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:          10 kB\nMemAvailable:     1024 kB\n")
     monkeypatch.setattr(memory, "MEMINFO", meminfo)
     with pytest.raises(UserError, match=r"model.layers=each: the vectors of 400 texts x 4 blocks x 512 dims take "
-                                        r"6 MiB, more than half of the 1 MiB free here"):
+                                        r"6.2 MiB, more than half of the 1.0 MiB free here"):
         backend.vectors(["A text."] * 400, chunks_from_cfg(compose_cfg().pooling), mean)
     backend.vectors(["A text."] * 10, chunks_from_cfg(compose_cfg().pooling), None)  # 80 KiB: fits
     folder = tmp_path / "sts"
@@ -150,7 +150,7 @@ def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_befor
     _pairs_file(folder)
     meminfo.write_text("MemAvailable:      200 kB\n")  # 20 parts x 128 x 11 dims x 8 bytes x 2 bases: 440 KiB
     cfg = compose_cfg(*_overrides(folder, _fit_file(folder / "fit.jsonl"), "model.layers=each", "sts.variants=[raw,whitening]"))
-    with pytest.raises(UserError, match=r"sts: the fits of 20 parts of 128 dims take 0.0 GiB, more than half of the memory"):
+    with pytest.raises(UserError, match=r"sts: the fits of 20 parts of 128 dims take 0.4 MiB, more than half of the 0.2 MiB free here"):
         jobs.run("sts", cfg, folder / "run")
     assert not (folder / "run" / "sts.json").exists()
 

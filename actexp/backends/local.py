@@ -16,7 +16,7 @@ from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
 from ..maths.centering import CorpusMean, MeanAccumulator
 from ..maths.pooling import Chunk, pool, weights
-from ..memory import available_memory
+from ..memory import require_room
 from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream, stream_blocks
 from ..models.identity import identity
 from ..models.loading import LoadedModel, load_model
@@ -63,16 +63,6 @@ class Pooled:
 # (models/activations.py: packing_error): about 1e-7 measured where packing works, of order 1 where it does not.
 PACKING_TOLERANCE = {torch.float32: 1e-4}  # half precision: 5e-2
 RESULTS_ON_DEVICE = 1 << 30  # bytes of a call's vectors kept on a GPU until the call ends (Pythia-12B long: 13k texts)
-
-
-def _check_room(size: int, n: int, blocks: int, width: int) -> None:
-    """model.layers=each keeps [N, L, C*H] float32 (twice with centring) in this machine's memory: refused
-    in one line when it would take more than half of the memory available now."""
-    available = available_memory()
-    if size > available / 2:
-        raise UserError(f"model.layers=each: the vectors of {n} texts x {blocks} blocks x {width} dims take "
-                        f"{size / 2**20:,.0f} MiB, more than half of the {available / 2**20:,.0f} MiB free here: pool "
-                        "fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their mean), or use fewer texts")
 
 
 class LocalBackend:
@@ -144,7 +134,9 @@ class LocalBackend:
         width = len(chunks) * self.lm.hidden_size  # C*H: one block's vector
         size = len(texts) * blocks * width * 4 * (1 if mean is None else 2)
         if blocks > 1:
-            _check_room(size, len(texts), blocks, width)
+            require_room(size, f"model.layers=each: the vectors of {len(texts)} texts x {blocks} blocks x {width} dims",
+                         "pool fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their mean), "
+                         "or use fewer texts")
         device = self.lm.device if size <= RESULTS_ON_DEVICE else torch.device("cpu")
         raw = torch.empty(len(texts), blocks * width, dtype=torch.float32, device=device)  # [N, L*C*H]
         centered = None if mean is None else torch.empty_like(raw)  # [N, L*C*H]
