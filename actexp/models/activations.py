@@ -240,24 +240,27 @@ def packing_error(lm: LoadedModel) -> float:
     return ((packed - alone).norm() / alone.norm()).item()
 
 
+def _packs(ids: Sequence[Sequence[int]], batching: Batching) -> Iterator[Pack]:
+    """The forward passes over the texts' token ids, Ctrl-C checked before each."""
+    lengths = [len(x) for x in ids]
+    if min(lengths, default=1) < 1:
+        raise ValueError("every text needs at least one token")
+    for pack in batching.packs(lengths):
+        check_interrupt()
+        yield pack
+
+
 def stream_blocks(lm: LoadedModel, ids: Sequence[Sequence[int]], batching: Batching, on_block) -> Iterator[Pack]:
     """model.layers=each: per forward pass, on_block(pack, k, out [R, W, H]) for each selected block k as
     it is made, then the pack."""
-    if min((len(x) for x in ids), default=1) < 1:
-        raise ValueError("every text needs at least one token")
     outputs = BlockOutputs(lm.blocks, lm.layer_ids)
-    for pack in batching.packs([len(x) for x in ids]):
-        check_interrupt()
+    for pack in _packs(ids, batching):
         outputs(lm.body, lambda k, out: on_block(pack, k, out), *batch_ids(lm, ids, pack))
         yield pack
 
 
 def stream(lm: LoadedModel, ids: Sequence[Sequence[int]], batching: Batching) -> Iterator[Tuple[Pack, torch.Tensor]]:
     """Yield (pack, h [R, W, H] float32) per forward pass over the texts' token ids."""
-    lengths = [len(x) for x in ids]
-    if min(lengths, default=1) < 1:
-        raise ValueError("every text needs at least one token")
     layer_mean = LayerMean(lm.blocks, lm.layer_ids)
-    for pack in batching.packs(lengths):
-        check_interrupt()
+    for pack in _packs(ids, batching):
         yield pack, layer_mean(lm.body, *batch_ids(lm, ids, pack))  # [R, W, H]
