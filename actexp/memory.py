@@ -2,8 +2,7 @@
 
 import os
 from pathlib import Path
-
-from .errors import UserError
+from typing import Optional
 
 MEMINFO = Path("/proc/meminfo")
 
@@ -17,9 +16,10 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def require_room(size: int, what: str, fix: str) -> None:
-    """Refuse in one line, before the work, what would take more than half of the memory available now."""
+def over_half(size: int) -> Optional[str]:
+    """What a job refuses before its work: "take X MiB, more than half of the Y MiB free here" when size
+    bytes would take more than half of the memory available now, else None."""
     available = available_memory()
-    if size > available / 2:
-        raise UserError(f"{what} take {size / 2**20:,.1f} MiB, more than half of the {available / 2**20:,.1f} MiB "
-                        f"free here: {fix}")
+    if size <= available / 2:
+        return None
+    return f"take {size / 2**20:,.1f} MiB, more than half of the {available / 2**20:,.1f} MiB free here"

@@ -16,7 +16,7 @@ from ..data.corpus import Document
 from ..errors import UserError, check_interrupt
 from ..maths.centering import CorpusMean, MeanAccumulator
 from ..maths.pooling import Chunk, pool, weights
-from ..memory import require_room
+from ..memory import over_half
 from ..models.activations import Batching, LayerMean, batch_ids, packing_error, segments, stream, stream_blocks
 from ..models.identity import identity
 from ..models.loading import LoadedModel, load_model
@@ -133,10 +133,10 @@ class LocalBackend:
         blocks = len(self.lm.layer_ids) if self.lm.per_block else 1
         width = len(chunks) * self.lm.hidden_size  # C*H: one block's vector
         size = len(texts) * blocks * width * 4 * (1 if mean is None else 2)
-        if blocks > 1:
-            require_room(size, f"model.layers=each: the vectors of {len(texts)} texts x {blocks} blocks x {width} dims",
-                         "pool fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their mean), "
-                         "or use fewer texts")
+        if blocks > 1 and (over := over_half(size)):
+            raise UserError(f"model.layers=each: the vectors of {len(texts)} texts x {blocks} blocks x {width} dims "
+                            f"{over}: pool fewer chunks (pooling=short), choose blocks (model.layers=[...] gives their "
+                            "mean), or use fewer texts")
         device = self.lm.device if size <= RESULTS_ON_DEVICE else torch.device("cpu")
         raw = torch.empty(len(texts), blocks * width, dtype=torch.float32, device=device)  # [N, L*C*H]
         centered = None if mean is None else torch.empty_like(raw)  # [N, L*C*H]

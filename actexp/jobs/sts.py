@@ -29,7 +29,7 @@ from ..maths import bootstrap, postprocess
 from ..maths.analysis import chunk_key
 from ..maths.correlation import pearson, spearman
 from ..maths.parts import Parts, n_parts
-from ..memory import require_room
+from ..memory import over_half
 from ..report import plots
 from ..report.console import with_interval, wrote
 from ..store import fits as fit_store
@@ -95,9 +95,9 @@ def _check_fit(s, methods, n_texts: int, h: int, parts: int = 1) -> None:
     """Settings the fit set cannot serve, refused before any forward pass; `parts` fits per base (chunks,
     of every block and the blocks' mean with model.layers=each) must fit in memory."""
     fits = parts * h * min(h, max(n_texts - 1, 1)) * 8 * 2  # float64 eigenvectors, raw and centred bases
-    if methods:
-        require_room(fits, f"sts: the fits of {parts} parts of {h} dims",
-                     "pool fewer chunks (pooling=short), or give model.layers a list of blocks")
+    if methods and (over := over_half(fits)):
+        raise UserError(f"sts: the fits of {parts} parts of {h} dims {over}: pool fewer chunks (pooling=short), or "
+                        "give model.layers a list of blocks")
     if methods and n_texts < 2:
         raise UserError(f"the fit set (sts.fit={s.fit}) has {n_texts} text(s): fit on at least 2")
     if "abtt" in methods and s.abtt_dims >= min(h, n_texts - 1):

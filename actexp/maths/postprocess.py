@@ -76,4 +76,3 @@ def per_chunk(x: np.ndarray, n_chunks: int) -> List[np.ndarray]:
     if h * n_chunks != x.shape[1]:
         raise ValueError(f"{x.shape[1]} dims do not split into {n_chunks} chunks")
     return [x[:, c * h:(c + 1) * h] for c in range(n_chunks)]
-
