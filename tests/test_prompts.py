@@ -91,11 +91,13 @@ def test_echo_pools_the_second_copy_and_truncation_keeps_the_template_whole(toke
     assert span_all == (0, len(ids)) and span_last == (len(ids) - 1, len(ids))
 
 
-def test_a_template_without_one_text_names_the_placeholder_it_has_instead():
-    with pytest.raises(UserError, match=r"holds \{text\} 0 times \(it has \{txt\}: only \{text\} and \{copy\}"):
-        Prompt(template="Say {txt} once")
+def test_a_placeholder_other_than_text_and_copy_is_refused_by_name():
+    for template in ("Say {txt} once", "Rewrite: {coppy}\nRewritten: {text}"):
+        with pytest.raises(UserError, match=r"has \{(txt|coppy)\}: only \{text\} \(the pooled copy\) and \{copy\}"):
+            Prompt(template=template)
     with pytest.raises(UserError, match=r"holds \{text\} 2 times: give it"):
         Prompt(template="{text} and {text}, {copy}")
+    assert Prompt(template="Braces {} and {not a word} stay: {copy} {text}").template  # only {word} is a placeholder
 
 
 @pytest.mark.parametrize("overrides", [("prompt=prompteol",), pytest.param(("prompt=echo",), marks=pytest.mark.slow),

@@ -34,12 +34,14 @@ class Prompt:
             raise UserError(f"prompt.span={self.span}: use text (the text's tokens), all (the whole sequence) or "
                             "last (the sequence's last token)")
         if self.template is not None:
+            unknown = sorted(set(re.findall(r"\{\w+\}", self.template)) - {"{text}", "{copy}"})
+            if unknown:  # a typo ({txt}, {coppy}) would reach the model as literal text
+                raise UserError(f"prompt.template {self.template!r} has {', '.join(unknown)}: only {{text}} (the "
+                                "pooled copy) and {copy} (the text again, unpooled) are filled in")
             n = len(re.findall(r"\{text\}", self.template))
             if n != 1:
-                unknown = sorted(set(re.findall(r"\{\w+\}", self.template)) - {"{text}", "{copy}"})
-                also = f" (it has {', '.join(unknown)}: only {{text}} and {{copy}} are filled in)" if unknown else ""
-                raise UserError(f"prompt.template {self.template!r} holds {{text}} {n} times{also}: give it exactly "
-                                "once (the pooled copy; {copy} repeats the text unpooled)")
+                raise UserError(f"prompt.template {self.template!r} holds {{text}} {n} times: give it exactly once "
+                                "(the pooled copy; {copy} repeats the text unpooled)")
 
     @property
     def plain(self) -> bool:
