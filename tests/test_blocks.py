@@ -111,7 +111,7 @@ def test_sts_by_block_scores_every_block_and_the_blocks_mean_equals_all(by_block
     assert chosen["spearman"] == spearman[(chosen["variant"], chosen["chunk"])]
 
 
-def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
+def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys, tmp_path):
     """Per variant: the blocks' mean with its chunk chosen on dev, and the block and chunk chosen on dev;
     then the one choice over every run, which is the job's own selection."""
     (each, _, folder), (all_, _, _) = by_block["each"], by_block["all"]
@@ -129,9 +129,18 @@ def test_the_readme_table_chooses_each_cell_on_the_dev_pairs(by_block, capsys):
     assert overall[1:4] == (best["variant"], best["chunk"], best["chosen_by"])
     sts_choices.main([str(folder.parent), "--variants", "raw,whitening"])
     assert "Chosen on dev over every prompt" in capsys.readouterr().out
+    sts_choices.main([str(folder / "sts.json")])  # by default, the variants the run scored, in its order
+    assert [line.split(" | ")[1] for line in capsys.readouterr().out.splitlines()[2:5]] == ["raw", "centered", "whitening"]
     with pytest.raises(SystemExit, match="2"):  # a variant the runs did not score: one line, exit 2
         sts_choices.main([str(folder / "sts.json"), "--variants", "raw,centered+whitening"])
     assert capsys.readouterr().err == "error: --variants centered+whitening: the runs scored centered, raw, whitening\n"
+    unselected = tmp_path / "unselected" / "sts.json"  # a run without sts.select_on, second: named before variants
+    unselected.parent.mkdir()
+    unselected.write_text(json.dumps({k: v for k, v in each.items() if k != "selection"}))
+    with pytest.raises(SystemExit, match="2"):
+        sts_choices.main([str(folder / "sts.json"), str(unselected)])
+    assert capsys.readouterr().err == f"error: {unselected} was run without sts.select_on: its choices cannot be " \
+                                      "made on other pairs; run it with sts.select_on=dev\n"
 
 
 def test_per_block_vectors_and_fits_that_would_fill_the_memory_are_refused_before_any_pass(both, tmp_path, monkeypatch):

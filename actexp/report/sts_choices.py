@@ -135,8 +135,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", type=Path, nargs="+",
                         help="multirun folders of job=sts runs, runs' folders or their sts.json, in the table's order")
-    parser.add_argument("--variants", default="raw,centered,whitening,centered+whitening",
-                        help="the variants of the first table, comma-separated (those the runs scored)")
+    parser.add_argument("--variants", help="the variants of the first table, comma-separated (default: those "
+                                           "the runs scored, in the first run's order)")
     args = parser.parse_args(argv)
     found = []
     for sweep in args.sweeps:
@@ -151,8 +151,12 @@ def main(argv=None) -> None:
         runs = [json.loads(p.read_text()) for p in found]
     except ValueError as e:
         _fail(f"a sts.json there is not JSON ({e}): run its job again")
-    variants = args.variants.split(",")
-    scored = {r["variant"] for run in runs for r in run["records"]}
+    unselected = [str(p) for p, run in zip(found, runs) if not run.get("selection")]
+    if unselected:
+        _fail(f"{unselected[0]} was run without sts.select_on: its choices cannot be made on other pairs; "
+              "run it with sts.select_on=dev")
+    scored = list(dict.fromkeys(r["variant"] for run in runs for r in run["records"]))  # first run's order
+    variants = args.variants.split(",") if args.variants else scored
     unknown = [v for v in variants if v not in scored]
     if unknown:
         _fail(f"--variants {','.join(unknown)}: the runs scored {', '.join(sorted(scored))}")
