@@ -115,14 +115,18 @@ def markdown(sts_runs: List[dict], variants: List[str]) -> str:
              "|---|---|---:|---:|"] + [f"| {' | '.join(r)} |" for r in table]
     lines += ["", "| prompt | chosen on dev | dev | test | minus the first row (paired) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(r)} |" for r in against_first(sts_runs)]
-    lines.append("\nTemplates: " + "; ".join(f"{label(run)}: {json.dumps((run['model'].get('prompt') or {}).get('template'))}"
-                                              f"{' in the chat template' if (run['model'].get('prompt') or {}).get('chat') else ''}"
-                                              f", span {(run['model'].get('prompt') or {}).get('span', 'text')}"
-                                              for run in sts_runs))
+    lines.append("\nTemplates: " + "; ".join(_template(run) for run in sts_runs))
     low, high = record["interval"] or (float("nan"), float("nan"))
     lines.append(f"\nChosen on dev over every prompt, variant, block and chunk: {prompt}, {variant}, {chunk} "
                  f"(dev {100 * dev:.2f}) -> {record['split']} {100 * record['value']:.2f} [{100 * low:.2f}, {100 * high:.2f}]")
     return "\n".join(lines)
+
+
+def _template(run: dict) -> str:
+    """What a run's model read and pooled: 'echo: "Rewrite ... {text}", span text'."""
+    prompt = run["model"].get("prompt") or {}
+    chat = " in the chat template" if prompt.get("chat") else ""
+    return f"{label(run)}: {json.dumps(prompt.get('template'))}{chat}, span {prompt.get('span', 'text')}"
 
 
 def _fail(message: str) -> None:
