@@ -77,8 +77,9 @@ class Prompt:
         for match in PLACEHOLDER.finditer(template):
             literal = template[at:match.start()]
             lead = " " if literal.endswith(" ") else ""
-            if literal[:len(literal) - len(lead)]:
-                out.append(tokenizer(literal[:len(literal) - len(lead)], add_special_tokens=False)["input_ids"])
+            literal = literal[:len(literal) - len(lead)]
+            if literal:
+                out.append(tokenizer(literal, add_special_tokens=False)["input_ids"])
             out.append((match.group(1), lead))
             at = match.end()
         if at < len(template):
